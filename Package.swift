@@ -1,0 +1,82 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+/// One set of settings for every target: Swift 6 language mode (strict concurrency) everywhere.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "fanflow",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "fanflow", targets: ["fanflow"]),
+        .library(name: "Contracts", targets: ["Contracts"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+    ],
+    targets: [
+        // C libraries, seen through system-library targets. Only the three client modules import them.
+        .systemLibrary(name: "CRabbitMQ", pkgConfig: "librabbitmq", providers: [.apt(["librabbitmq-dev"])]),
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+
+        // A dedicated OS thread as an actor executor: where blocking C calls are allowed to run.
+        .target(name: "IOThread", swiftSettings: swiftSettings),
+
+        .target(name: "AMQPClient",
+                dependencies: ["CRabbitMQ", "IOThread", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: swiftSettings),
+        .target(name: "RedisClient",
+                dependencies: ["CHiredis", "IOThread"],
+                swiftSettings: swiftSettings),
+        .target(name: "PostgresClient",
+                dependencies: ["CLibPQ", "IOThread"],
+                swiftSettings: swiftSettings),
+
+        .target(name: "Contracts", swiftSettings: swiftSettings),
+        .target(name: "Storage",
+                dependencies: ["PostgresClient", .product(name: "Logging", package: "swift-log")],
+                resources: [.copy("Migrations")],
+                swiftSettings: swiftSettings),
+
+        .target(name: "Gateway",
+                dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
+                               .product(name: "Hummingbird", package: "hummingbird"),
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+                swiftSettings: swiftSettings),
+        .target(name: "Workers",
+                dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+                swiftSettings: swiftSettings),
+        .target(name: "Scheduler",
+                dependencies: ["Contracts", "AMQPClient", "PostgresClient", "Storage",
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+                swiftSettings: swiftSettings),
+
+        .executableTarget(name: "fanflow",
+                          dependencies: ["Contracts", "Gateway", "Workers", "Scheduler", "Storage",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Logging", package: "swift-log"),
+                                         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+                          swiftSettings: swiftSettings),
+        .executableTarget(name: "FanFlowBench",
+                          dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          swiftSettings: swiftSettings),
+
+        .testTarget(name: "UnitTests", dependencies: ["Contracts", "IOThread"], swiftSettings: swiftSettings),
+        .testTarget(name: "IntegrationTests",
+                    dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient", "Storage"],
+                    swiftSettings: swiftSettings),
+    ]
+)

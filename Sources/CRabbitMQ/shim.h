@@ -1,0 +1,25 @@
+#ifndef FANFLOW_CRABBITMQ_SHIM_H
+#define FANFLOW_CRABBITMQ_SHIM_H
+#include <amqp.h>
+#include <amqp_framing.h>
+#include <amqp_tcp_socket.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+/* amqp_login is variadic, which Swift cannot call: PLAIN login only needs user and password. */
+static inline amqp_rpc_reply_t fanflow_amqp_login_plain(amqp_connection_state_t state, const char *vhost,
+                                                        int channel_max, int frame_max, int heartbeat,
+                                                        const char *user, const char *password) {
+    return amqp_login(state, vhost, channel_max, frame_max, heartbeat, AMQP_SASL_METHOD_PLAIN, user, password);
+}
+
+/* A send that cannot complete within the limit fails the connection instead of stalling its thread forever
+   (a blocked broker stops reading; publishers must answer an error, not hang). */
+static inline int fanflow_set_send_timeout(int fd, long milliseconds) {
+    struct timeval tv;
+    tv.tv_sec = milliseconds / 1000;
+    tv.tv_usec = (milliseconds % 1000) * 1000;
+    return setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+#endif

@@ -1,0 +1,151 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A failure of the PostgreSQL client, carrying the server's own diagnostics.
+public struct PostgresError: Error, Sendable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: String { case connect, server, io, usage }
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+        /// The connection could not be opened (bad URL, refused, authentication).
+        public static let connect = Code(.connect)
+        /// The server refused the statement; ``PostgresError/sqlState`` says why.
+        public static let server = Code(.server)
+        /// The connection broke; whether the statement committed is unknown.
+        public static let io = Code(.io)
+        /// The call itself was wrong (for example a parameter that libpq cannot send).
+        public static let usage = Code(.usage)
+        public var description: String { base.rawValue }
+    }
+
+    public let code: Code
+    /// The five-character SQLSTATE for server errors (`23505` unique violation, `40001` serialization…).
+    public let sqlState: String?
+    /// `PQresultErrorMessage` or `PQerrorMessage`, as the server or libpq wrote it.
+    public let message: String
+    public let detail: String?
+    public let constraint: String?
+
+    public init(_ code: Code, _ message: String, sqlState: String? = nil, detail: String? = nil,
+                constraint: String? = nil) {
+        self.code = code
+        self.message = message
+        self.sqlState = sqlState
+        self.detail = detail
+        self.constraint = constraint
+    }
+
+    public var isUniqueViolation: Bool { sqlState == "23505" }
+    public var isSerializationFailure: Bool { sqlState == "40001" || sqlState == "40P01" }
+
+    public var description: String {
+        var text = "postgres \(code)"
+        if let sqlState { text += " \(sqlState)" }
+        text += ": \(message.trimmingCharacters(in: .whitespacesAndNewlines))"
+        if let detail { text += " (\(detail))" }
+        return text
+    }
+}
+
+/// A statement parameter: sent as text, or as raw bytes in binary format (`bytea`).
+public enum PostgresValue: Sendable, Hashable {
+    case text(String)
+    case binary([UInt8])
+    case null
+}
+
+/// Values that can be bound as statement parameters.
+public protocol PostgresEncodable: Sendable {
+    var postgresValue: PostgresValue { get }
+}
+
+extension String: PostgresEncodable { public var postgresValue: PostgresValue { .text(self) } }
+extension Substring: PostgresEncodable { public var postgresValue: PostgresValue { .text(String(self)) } }
+extension Int: PostgresEncodable { public var postgresValue: PostgresValue { .text(String(self)) } }
+extension Int64: PostgresEncodable { public var postgresValue: PostgresValue { .text(String(self)) } }
+extension Int32: PostgresEncodable { public var postgresValue: PostgresValue { .text(String(self)) } }
+extension Double: PostgresEncodable { public var postgresValue: PostgresValue { .text(String(self)) } }
+extension Bool: PostgresEncodable { public var postgresValue: PostgresValue { .text(self ? "t" : "f") } }
+extension UUID: PostgresEncodable { public var postgresValue: PostgresValue { .text(uuidString.lowercased()) } }
+extension Array: PostgresEncodable where Element == UInt8 { public var postgresValue: PostgresValue { .binary(self) } }
+extension PostgresValue: PostgresEncodable { public var postgresValue: PostgresValue { self } }
+extension Date: PostgresEncodable {
+    /// Microsecond precision, as `timestamptz` stores it, written in UTC so the session zone never matters.
+    public var postgresValue: PostgresValue {
+        let micros = Int64((timeIntervalSince1970 * 1_000_000).rounded())
+        var seconds = time_t(micros >= 0 ? micros / 1_000_000 : (micros - 999_999) / 1_000_000)
+        let fraction = micros - Int64(seconds) * 1_000_000
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        return .text(String(format: "%04d-%02d-%02d %02d:%02d:%02d.%06lld+00", Int(parts.tm_year) + 1900,
+                            Int(parts.tm_mon) + 1, Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min),
+                            Int(parts.tm_sec), fraction))
+    }
+}
+extension Optional: PostgresEncodable where Wrapped: PostgresEncodable {
+    public var postgresValue: PostgresValue { self?.postgresValue ?? .null }
+}
+
+/// Whether result cells come back as text or in PostgreSQL's binary format.
+public enum PostgresResultFormat: Int32, Sendable {
+    case text = 0
+    case binary = 1
+}
+
+/// The rows of one result, copied out of libpq.
+public struct PostgresRows: Sendable, RandomAccessCollection {
+    public let columns: [String]
+    public let format: PostgresResultFormat
+    /// Rows affected by INSERT/UPDATE/DELETE/COPY (`PQcmdTuples`).
+    public let affectedRows: Int
+    private let cells: [[UInt8]?]
+
+    init(columns: [String], format: PostgresResultFormat, affectedRows: Int, cells: [[UInt8]?]) {
+        self.columns = columns
+        self.format = format
+        self.affectedRows = affectedRows
+        self.cells = cells
+    }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { columns.isEmpty ? 0 : cells.count / columns.count }
+
+    public subscript(position: Int) -> PostgresRow {
+        let width = columns.count
+        return PostgresRow(columns: columns, format: format, cells: Array(cells[(position * width)..<((position + 1) * width)]))
+    }
+}
+
+/// One row; cells are read by column name or position.
+public struct PostgresRow: Sendable {
+    public let columns: [String]
+    public let format: PostgresResultFormat
+    public let cells: [[UInt8]?]
+
+    public func bytes(_ column: String) -> [UInt8]? {
+        guard let index = columns.firstIndex(of: column) else { return nil }
+        return cells[index]
+    }
+
+    public func string(_ column: String) -> String? {
+        bytes(column).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Integer cells: decimal text, or 2/4/8-byte big-endian integers in binary format.
+    public func int(_ column: String) -> Int? {
+        guard let bytes = bytes(column) else { return nil }
+        if format == .text { return Int(String(decoding: bytes, as: UTF8.self)) }
+        guard [2, 4, 8].contains(bytes.count) else { return nil }
+        var value: Int64 = 0
+        for byte in bytes { value = (value << 8) | Int64(byte) }
+        let shift = Int64(64 - bytes.count * 8)
+        return Int((value << shift) >> shift)
+    }
+
+    public func bool(_ column: String) -> Bool? {
+        guard let bytes = bytes(column), let first = bytes.first else { return nil }
+        return format == .text ? first == UInt8(ascii: "t") : first != 0
+    }
+}
