@@ -4,7 +4,6 @@ import PackageDescription
 /// One set of settings for every target: Swift 6 language mode (strict concurrency) everywhere.
 let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
-    .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
 let package = Package(
@@ -28,16 +27,16 @@ let package = Package(
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
 
         // A dedicated OS thread as an actor executor: where blocking C calls are allowed to run.
-        .target(name: "IOThread", swiftSettings: swiftSettings),
+        .target(name: "ClientSupport", swiftSettings: swiftSettings),
 
         .target(name: "AMQPClient",
-                dependencies: ["CRabbitMQ", "IOThread", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["CRabbitMQ", "ClientSupport", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
         .target(name: "RedisClient",
-                dependencies: ["CHiredis", "IOThread"],
+                dependencies: ["CHiredis", "ClientSupport"],
                 swiftSettings: swiftSettings),
         .target(name: "PostgresClient",
-                dependencies: ["CLibPQ", "IOThread"],
+                dependencies: ["CLibPQ", "ClientSupport"],
                 swiftSettings: swiftSettings),
 
         .target(name: "Contracts", swiftSettings: swiftSettings),
@@ -74,7 +73,7 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: swiftSettings),
 
-        .testTarget(name: "UnitTests", dependencies: ["Contracts", "IOThread"], swiftSettings: swiftSettings),
+        .testTarget(name: "UnitTests", dependencies: ["Contracts", "ClientSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
                     dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient", "Storage"],
                     swiftSettings: swiftSettings),

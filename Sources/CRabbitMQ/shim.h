@@ -22,4 +22,16 @@ static inline int fanflow_set_send_timeout(int fd, long milliseconds) {
     return setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 
+/* Method ids are macros with casts, which Swift does not import. */
+static const amqp_method_number_t FANFLOW_BASIC_ACK = AMQP_BASIC_ACK_METHOD;
+static const amqp_method_number_t FANFLOW_BASIC_NACK = AMQP_BASIC_NACK_METHOD;
+static const amqp_method_number_t FANFLOW_BASIC_RETURN = AMQP_BASIC_RETURN_METHOD;
+static const amqp_method_number_t FANFLOW_BASIC_DELIVER = AMQP_BASIC_DELIVER_METHOD;
+static const amqp_method_number_t FANFLOW_BASIC_CANCEL = AMQP_BASIC_CANCEL_METHOD;
+static const amqp_method_number_t FANFLOW_CHANNEL_CLOSE = AMQP_CHANNEL_CLOSE_METHOD;
+static const amqp_method_number_t FANFLOW_CHANNEL_CLOSE_OK = AMQP_CHANNEL_CLOSE_OK_METHOD;
+static const amqp_method_number_t FANFLOW_CONNECTION_CLOSE = AMQP_CONNECTION_CLOSE_METHOD;
+static const amqp_method_number_t FANFLOW_CONNECTION_CLOSE_OK = AMQP_CONNECTION_CLOSE_OK_METHOD;
+static const amqp_method_number_t FANFLOW_CONNECTION_BLOCKED = AMQP_CONNECTION_BLOCKED_METHOD;
+static const amqp_method_number_t FANFLOW_CONNECTION_UNBLOCKED = AMQP_CONNECTION_UNBLOCKED_METHOD;
 #endif

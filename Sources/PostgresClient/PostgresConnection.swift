@@ -1,5 +1,5 @@
 import CLibPQ
-import IOThread
+import ClientSupport
 
 /// One PostgreSQL connection on its own thread.
 ///

@@ -1,5 +1,5 @@
 import CHiredis
-import IOThread
+import ClientSupport
 #if canImport(Glibc)
 import Glibc
 #endif
