@@ -73,7 +73,7 @@ public actor PostgresConnection {
     }
 
     /// Runs `body` between `BEGIN` and `COMMIT`; any error rolls back and is rethrown.
-    public func transaction<T: Sendable>(_ body: (isolated PostgresConnection) throws -> T) throws -> T {
+    public func transaction<T: Sendable>(_ body: @Sendable (isolated PostgresConnection) throws -> T) throws -> T {
         guard !inTransaction else { throw PostgresError(.usage, "transactions do not nest") }
         try execute("BEGIN")
         inTransaction = true
