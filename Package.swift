@@ -73,7 +73,7 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: swiftSettings),
 
-        .testTarget(name: "UnitTests", dependencies: ["Contracts", "ClientSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "UnitTests", dependencies: ["Contracts", "ClientSupport", "AMQPClient"], swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
                     dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient", "Storage"],
                     swiftSettings: swiftSettings),

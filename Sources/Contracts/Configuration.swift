@@ -1,0 +1,135 @@
+import Foundation
+
+/// A configuration problem found at start-up: names the variable and what it expects.
+public struct ConfigurationError: Error, Sendable, CustomStringConvertible, Equatable {
+    public let variable: String
+    public let problem: String
+    public var description: String { "\(variable): \(problem)" }
+}
+
+/// Settings shared by every FanFlow process, read from `FANFLOW_*` environment variables and
+/// validated once at start. A bad or missing value stops the process with a message naming it.
+public struct FanFlowConfiguration: Sendable, Equatable {
+    public var amqpURL: String
+    public var redisURL: String
+    public var databaseURL: String
+    public var httpHost: String
+    public var httpPort: Int
+    /// Bearer token for `/admin/v1/*`; the gateway refuses to start without one.
+    public var adminToken: String?
+    /// Natural days and months (caps, check-ins, periodic jobs) are counted in this zone.
+    public var timeZone: TimeZone
+    /// Encrypts app secrets at rest when set (32 bytes, base64).
+    public var secretKey: String?
+    public var logLevel: String
+
+    /// Which process is starting: each needs a different set of variables.
+    public enum Role: Sendable { case gateway, worker, scheduler, tool }
+
+    public static let variables: [(name: String, meaning: String)] = [
+        ("FANFLOW_AMQP_URL", "amqp://user:password@host:port/vhost (required)"),
+        ("FANFLOW_REDIS_URL", "redis://[:password@]host:port/db (required)"),
+        ("FANFLOW_DATABASE_URL", "postgresql://user:password@host:port/database (required)"),
+        ("FANFLOW_HTTP_HOST", "gateway listen address (default 127.0.0.1)"),
+        ("FANFLOW_HTTP_PORT", "gateway port, 1-65535 (default 8080)"),
+        ("FANFLOW_ADMIN_TOKEN", "bearer token for the admin API, at least 16 characters (gateway: required)"),
+        ("FANFLOW_TIMEZONE", "IANA zone for natural days and months (default Asia/Shanghai)"),
+        ("FANFLOW_SECRET_KEY", "base64 of 32 random bytes; encrypts app secrets at rest (optional)"),
+        ("FANFLOW_LOG_LEVEL", "trace|debug|info|notice|warning|error|critical (default info)"),
+    ]
+
+    public init(amqpURL: String, redisURL: String, databaseURL: String, httpHost: String = "127.0.0.1",
+                httpPort: Int = 8080, adminToken: String? = nil, timeZone: TimeZone,
+                secretKey: String? = nil, logLevel: String = "info") {
+        self.amqpURL = amqpURL
+        self.redisURL = redisURL
+        self.databaseURL = databaseURL
+        self.httpHost = httpHost
+        self.httpPort = httpPort
+        self.adminToken = adminToken
+        self.timeZone = timeZone
+        self.secretKey = secretKey
+        self.logLevel = logLevel
+    }
+
+    /// Reads and validates the environment; reports every problem at once, not just the first.
+    public static func load(_ environment: [String: String] = ProcessInfo.processInfo.environment,
+                            role: Role) throws(ConfigurationErrors) -> FanFlowConfiguration {
+        var problems: [ConfigurationError] = []
+        func value(_ name: String) -> String? {
+            guard let raw = environment[name]?.trimmingCharacters(in: .whitespaces), !raw.isEmpty else { return nil }
+            return raw
+        }
+        func url(_ name: String, schemes: [String], example: String) -> String {
+            guard let text = value(name) else {
+                problems.append(ConfigurationError(variable: name, problem: "missing; expected a URL like \(example)"))
+                return ""
+            }
+            guard schemes.contains(where: { text.hasPrefix($0 + "://") }) else {
+                problems.append(ConfigurationError(variable: name, problem: "expected a URL like \(example), got \(redacted(text))"))
+                return ""
+            }
+            return text
+        }
+
+        let amqp = url("FANFLOW_AMQP_URL", schemes: ["amqp"], example: "amqp://guest:guest@127.0.0.1:5672/%2F")
+        let redis = url("FANFLOW_REDIS_URL", schemes: ["redis"], example: "redis://127.0.0.1:6379/0")
+        let database = url("FANFLOW_DATABASE_URL", schemes: ["postgresql", "postgres"],
+                           example: "postgresql://fanflow:secret@127.0.0.1:5432/fanflow")
+
+        let host = value("FANFLOW_HTTP_HOST") ?? "127.0.0.1"
+        var port = 8080
+        if let text = value("FANFLOW_HTTP_PORT") {
+            if let number = Int(text), (1...65535).contains(number) { port = number } else {
+                problems.append(ConfigurationError(variable: "FANFLOW_HTTP_PORT", problem: "expected a port 1-65535, got \(text)"))
+            }
+        }
+
+        let token = value("FANFLOW_ADMIN_TOKEN")
+        if let token, token.count < 16 {
+            problems.append(ConfigurationError(variable: "FANFLOW_ADMIN_TOKEN", problem: "must be at least 16 characters"))
+        } else if token == nil, role == .gateway {
+            problems.append(ConfigurationError(variable: "FANFLOW_ADMIN_TOKEN",
+                                               problem: "missing; the admin API needs a bearer token of at least 16 characters"))
+        }
+
+        let zoneName = value("FANFLOW_TIMEZONE") ?? "Asia/Shanghai"
+        let zone = TimeZone(identifier: zoneName)
+        if zone == nil {
+            problems.append(ConfigurationError(variable: "FANFLOW_TIMEZONE", problem: "unknown time zone \(zoneName); expected an IANA name like Asia/Shanghai"))
+        }
+
+        let secret = value("FANFLOW_SECRET_KEY")
+        if let secret, Data(base64Encoded: secret)?.count != 32 {
+            problems.append(ConfigurationError(variable: "FANFLOW_SECRET_KEY", problem: "expected base64 of exactly 32 bytes (openssl rand -base64 32)"))
+        }
+
+        let level = value("FANFLOW_LOG_LEVEL")?.lowercased() ?? "info"
+        if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) {
+            problems.append(ConfigurationError(variable: "FANFLOW_LOG_LEVEL", problem: "expected trace, debug, info, notice, warning, error or critical, got \(level)"))
+        }
+
+        guard problems.isEmpty, let zone else { throw ConfigurationErrors(problems: problems) }
+        return FanFlowConfiguration(amqpURL: amqp, redisURL: redis, databaseURL: database, httpHost: host,
+                                    httpPort: port, adminToken: token, timeZone: zone, secretKey: secret,
+                                    logLevel: level)
+    }
+
+    /// A URL with its password replaced, for messages and logs.
+    public static func redacted(_ url: String) -> String {
+        guard let schemeEnd = url.range(of: "://"), let at = url[schemeEnd.upperBound...].lastIndex(of: "@") else {
+            return url
+        }
+        let credentials = url[schemeEnd.upperBound..<at]
+        guard let colon = credentials.firstIndex(of: ":") else { return url }
+        return String(url[..<url.index(after: colon)]) + "***" + String(url[at...])
+    }
+}
+
+/// All configuration problems found, one line each.
+public struct ConfigurationErrors: Error, Sendable, CustomStringConvertible {
+    public let problems: [ConfigurationError]
+    public var description: String {
+        "invalid configuration:\n" + problems.map { "  \($0)" }.joined(separator: "\n")
+    }
+}

@@ -1,0 +1,121 @@
+import Contracts
+import Foundation
+import Testing
+
+@Suite("Contracts")
+struct ContractsTests {
+    @Test("the envelope's wire form is stable: field names, routing key, RFC 3339 times")
+    func envelopeWireForm() throws {
+        let envelope = Envelope(
+            id: "wx:gh_1:msg:1234567890", platform: .wechat, app: "wx5823bf96d3bd56c7", kind: .subscribe,
+            subject: .init(openid: "oUser", unionid: "uUnion"),
+            occurredAt: Date(timeIntervalSince1970: 1_700_000_000),
+            receivedAt: Date(timeIntervalSince1970: 1_700_000_000.25),
+            attributes: ["scene": .string("expo-2026"), "qr": .integer(7)])
+        let json = String(decoding: try envelope.encoded(), as: UTF8.self)
+        #expect(json == #"{"app":"wx5823bf96d3bd56c7","attributes":{"qr":7,"scene":"expo-2026"},"id":"wx:gh_1:msg:1234567890","kind":"subscribe","occurredAt":"2023-11-14T22:13:20.000Z","platform":"wechat","receivedAt":"2023-11-14T22:13:20.250Z","schema":"fanflow.event/1","subject":{"openid":"oUser","unionid":"uUnion"}}"#)
+        #expect(envelope.routingKey == "wechat.subscribe")
+        #expect(try Envelope.decode(Array(json.utf8)) == envelope)
+    }
+
+    @Test("a message of another schema version is refused, not misread")
+    func schemaChecked() {
+        let json = #"{"schema":"fanflow.event/2","id":"x","platform":"qq","app":"a","kind":"k","subject":{},"occurredAt":"2024-01-01T00:00:00Z","receivedAt":"2024-01-01T00:00:00Z","attributes":{}}"#
+        #expect(throws: Envelope.DecodingProblem.unsupportedSchema("fanflow.event/2")) { try Envelope.decode(Array(json.utf8)) }
+    }
+
+    @Test("unknown platform fields survive a round trip in attributes")
+    func unknownFieldsKept() throws {
+        let json = #"{"schema":"fanflow.event/1","id":"x","platform":"weibo","app":"a","kind":"new_kind","subject":{"openid":"o"},"occurredAt":"2024-01-01T08:00:00+08:00","receivedAt":"2024-01-01T00:00:00.5Z","attributes":{"nested":{"list":[1,"two",true,null,2.5]}}}"#
+        let envelope = try Envelope.decode(Array(json.utf8))
+        #expect(envelope.kind == EventKind("new_kind"))
+        #expect(envelope.occurredAt == Date(timeIntervalSince1970: 1_704_067_200))
+        #expect(envelope.attributes["nested"] == .object(["list": .array([.integer(1), .string("two"), .bool(true), .null, .number(2.5)])]))
+        #expect(try Envelope.decode(envelope.encoded()) == envelope)
+    }
+
+    @Test("RFC 3339: offsets, fractions, and refusal of malformed times", arguments: [
+        ("2024-02-29T23:59:59Z", 1_709_251_199.0),
+        ("2024-03-01T07:59:59.5+08:00", 1_709_251_199.5),
+        ("1969-12-31T23:59:59.999Z", -0.001),
+        ("2024-01-01 00:00:00-05:30", 1_704_087_000.0),
+    ])
+    func rfc3339(text: String, seconds: Double) throws {
+        let date = try #require(RFC3339.parse(text))
+        #expect(abs(date.timeIntervalSince1970 - seconds) < 0.0005)
+    }
+
+    @Test("malformed times are refused", arguments: ["", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00", "2024-01-01T00:00:00+8", "yesterday", "2024-01-01T00:00:00.Z"])
+    func rfc3339Refused(text: String) {
+        #expect(RFC3339.parse(text) == nil)
+    }
+
+    @Test("formatting is UTC with milliseconds, before 1970 too")
+    func rfc3339Format() {
+        #expect(RFC3339.format(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00.000Z")
+        #expect(RFC3339.format(Date(timeIntervalSince1970: -0.001)) == "1969-12-31T23:59:59.999Z")
+        #expect(RFC3339.format(Date(timeIntervalSince1970: 1_709_251_199.5)) == "2024-02-29T23:59:59.500Z")
+    }
+
+    @Test("wire names of platforms, queues and exchanges never change")
+    func wireNames() {
+        #expect(Platform.allCases.map(\.rawValue) == ["wechat", "alipay", "weibo", "qq", "h5", "server", "fanflow"])
+        #expect(ExchangeName.events.rawValue == "fanflow.events")
+        #expect(QueueName.points.rawValue == "fanflow.points")
+        #expect(QueueName.points.deadLetter.rawValue == "fanflow.points.dead")
+        #expect(EventKind.communityPost.rawValue == "community.post")
+        #expect(Topology.standard.queue(.points)?.bindings.contains("h5.#") == false)
+    }
+}
+
+@Suite("Configuration")
+struct ConfigurationTests {
+    let valid = [
+        "FANFLOW_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2F",
+        "FANFLOW_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "FANFLOW_DATABASE_URL": "postgresql://fanflow:secret@127.0.0.1:5432/fanflow",
+        "FANFLOW_ADMIN_TOKEN": "0123456789abcdef0123",
+    ]
+
+    @Test("defaults: 127.0.0.1:8080, Asia/Shanghai, info")
+    func defaults() throws {
+        let configuration = try FanFlowConfiguration.load(valid, role: .gateway)
+        #expect(configuration.httpHost == "127.0.0.1")
+        #expect(configuration.httpPort == 8080)
+        #expect(configuration.timeZone.identifier == "Asia/Shanghai")
+        #expect(configuration.logLevel == "info")
+    }
+
+    @Test("every problem is reported at once, each naming its variable")
+    func problemsNamed() {
+        var environment = valid
+        environment["FANFLOW_AMQP_URL"] = nil
+        environment["FANFLOW_REDIS_URL"] = "localhost:6379"
+        environment["FANFLOW_HTTP_PORT"] = "80000"
+        environment["FANFLOW_TIMEZONE"] = "Mars/Olympus"
+        environment["FANFLOW_ADMIN_TOKEN"] = "short"
+        environment["FANFLOW_SECRET_KEY"] = "bm90IDMyIGJ5dGVz"
+        do {
+            _ = try FanFlowConfiguration.load(environment, role: .gateway)
+            Issue.record("expected problems")
+        } catch {
+            #expect(error.problems.map(\.variable) == ["FANFLOW_AMQP_URL", "FANFLOW_REDIS_URL", "FANFLOW_HTTP_PORT",
+                                                       "FANFLOW_ADMIN_TOKEN", "FANFLOW_TIMEZONE", "FANFLOW_SECRET_KEY"])
+            #expect(error.description.contains("FANFLOW_HTTP_PORT: expected a port 1-65535, got 80000"))
+        }
+    }
+
+    @Test("the admin token is required by the gateway only")
+    func tokenPerRole() throws {
+        var environment = valid
+        environment["FANFLOW_ADMIN_TOKEN"] = nil
+        #expect(throws: ConfigurationErrors.self) { try FanFlowConfiguration.load(environment, role: .gateway) }
+        _ = try FanFlowConfiguration.load(environment, role: .worker)
+    }
+
+    @Test("passwords are redacted in messages")
+    func redaction() {
+        #expect(FanFlowConfiguration.redacted("postgresql://fanflow:secret@db:5432/x") == "postgresql://fanflow:***@db:5432/x")
+        #expect(FanFlowConfiguration.redacted("redis://db:6379") == "redis://db:6379")
+    }
+}
