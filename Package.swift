@@ -16,7 +16,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
@@ -45,25 +44,32 @@ let package = Package(
                 resources: [.copy("Migrations")],
                 swiftSettings: swiftSettings),
 
+        // Process plumbing shared by gateway, workers and scheduler.
+        .target(name: "Runtime",
+                dependencies: ["Contracts", "AMQPClient", "ClientSupport",
+                               .product(name: "Logging", package: "swift-log")],
+                swiftSettings: swiftSettings),
+
         .target(name: "Gateway",
-                dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
+                dependencies: ["Contracts", "Runtime", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
                                .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
         .target(name: "Workers",
-                dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
+                dependencies: ["Contracts", "Runtime", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
         .target(name: "Scheduler",
-                dependencies: ["Contracts", "AMQPClient", "PostgresClient", "Storage",
+                dependencies: ["Contracts", "Runtime", "AMQPClient", "PostgresClient", "Storage",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
 
         .executableTarget(name: "fanflow",
-                          dependencies: ["Contracts", "Gateway", "Workers", "Scheduler", "Storage",
+                          dependencies: ["Contracts", "Runtime", "Gateway", "Workers", "Scheduler", "Storage",
+                                         "AMQPClient", "PostgresClient",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log"),
                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
@@ -75,7 +81,7 @@ let package = Package(
 
         .testTarget(name: "UnitTests", dependencies: ["Contracts", "ClientSupport", "AMQPClient"], swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
-                    dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient", "Storage"],
+                    dependencies: ["Contracts", "Runtime", "Workers", "AMQPClient", "RedisClient", "PostgresClient", "Storage"],
                     swiftSettings: swiftSettings),
     ]
 )

@@ -28,7 +28,9 @@ public actor AMQPConnection {
     private var closedReason: AMQPError?
     private var confirmMode = false
     private var confirms = ConfirmTracker<CheckedContinuation<PublishOutcome, Never>>()
-    private var consumers: [String: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation] = [:]
+    private var consumers: [String: AsyncThrowingStream<[AMQPDelivery], any Error>.Continuation] = [:]
+    /// Deliveries completed during the current pump, handed to their consumers together at its end.
+    private var completed: [String: [AMQPDelivery]] = [:]
     private var incoming: IncomingMessage?
     /// True while the broker has blocked this connection (resource alarm).
     public private(set) var isBlocked = false
@@ -185,11 +187,13 @@ public actor AMQPConnection {
 
     // MARK: - Consuming
 
-    /// Starts a consumer with manual acknowledgement. At most `prefetch` deliveries are unacknowledged
-    /// at a time, which bounds the stream's buffer. The stream ends with an error if the channel or
-    /// connection closes, and normally after ``cancel(consumerTag:)``.
+    /// Starts a consumer with manual acknowledgement. Deliveries arrive in batches: all those one read
+    /// of the socket completed, so a pool can write one transaction and send one `ack(multiple:)` per
+    /// batch without timers. At most `prefetch` deliveries are unacknowledged at a time, which
+    /// bounds the stream's buffer. The stream ends with an error if the channel or connection
+    /// closes, and normally after ``cancel(consumerTag:)``.
     public func consume(queue: String, prefetch: Int, consumerTag: String = "")
-        throws(AMQPError) -> (tag: String, deliveries: AsyncThrowingStream<AMQPDelivery, any Error>) {
+        throws(AMQPError) -> (tag: String, deliveries: AsyncThrowingStream<[AMQPDelivery], any Error>) {
         let conn = try usable()
         _ = amqp_basic_qos(conn, channel, 0, UInt16(clamping: prefetch), 0)
         try checkRPC("basic.qos")
@@ -200,7 +204,7 @@ public actor AMQPConnection {
         try checkRPC("basic.consume \(queue)")
         guard let ok else { throw AMQPError(.connect, "basic.consume answered without a consumer tag") }
         let tag = CValue.string(ok.pointee.consumer_tag)
-        let (stream, continuation) = AsyncThrowingStream<AMQPDelivery, any Error>.makeStream()
+        let (stream, continuation) = AsyncThrowingStream<[AMQPDelivery], any Error>.makeStream()
         consumers[tag] = continuation
         return (tag, stream)
     }
@@ -342,6 +346,8 @@ public actor AMQPConnection {
             if closedReason != nil { return }
         }
         if incoming == nil { amqp_maybe_release_buffers(conn) }
+        for (tag, batch) in completed { consumers[tag]?.yield(batch) }
+        completed.removeAll(keepingCapacity: true)
         for waiter in confirms.expire(now: Self.nowNanoseconds()) { waiter.resume(returning: .timedOut) }
     }
 
@@ -415,8 +421,8 @@ public actor AMQPConnection {
     private func completeIfWhole() {
         guard let message = incoming, let size = message.bodySize, message.body.count >= size else { return }
         incoming = nil
-        guard !message.isReturn, let consumer = consumers[message.consumerTag] else { return }
-        consumer.yield(AMQPDelivery(deliveryTag: message.deliveryTag, redelivered: message.redelivered,
+        guard !message.isReturn, consumers[message.consumerTag] != nil else { return }
+        completed[message.consumerTag, default: []].append(AMQPDelivery(deliveryTag: message.deliveryTag, redelivered: message.redelivered,
                                     exchange: message.exchange, routingKey: message.routingKey,
                                     consumerTag: message.consumerTag, properties: message.properties,
                                     body: message.body, channelGeneration: channelGeneration, connection: self))
@@ -431,6 +437,7 @@ public actor AMQPConnection {
         for waiter in confirms.reset() { waiter.resume(returning: .failed(error)) }
         for consumer in consumers.values { consumer.finish(throwing: error) }
         consumers.removeAll()
+        completed.removeAll()
         incoming = nil
         do {
             try openChannel()
@@ -467,6 +474,7 @@ public actor AMQPConnection {
 
     private func finish(_ error: AMQPError) {
         closedReason = error
+        completed.removeAll()
         for waiter in confirms.reset() { waiter.resume(returning: .failed(error)) }
         for consumer in consumers.values { consumer.finish(throwing: error) }
         consumers.removeAll()

@@ -18,7 +18,7 @@ public struct Backoff: Sendable {
 
     /// Calls `operation` until it succeeds, sleeping between failures; `onFailure` sees each error.
     /// Stops (rethrowing) when the task is cancelled.
-    public func retry<T>(_ operation: () async throws -> T,
+    public func retry<T>(isolation: isolated (any Actor)? = #isolation, _ operation: () async throws -> T,
                          onFailure: (any Error, Int) -> Void = { _, _ in }) async throws -> T {
         var attempt = 0
         while true {

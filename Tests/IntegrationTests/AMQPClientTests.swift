@@ -34,7 +34,7 @@ struct AMQPClientTests {
         let consumer = try await AMQPConnection(url: TestEnvironment.amqpURL)
         let (_, deliveries) = try await consumer.consume(queue: queue, prefetch: 10)
         var iterator = deliveries.makeAsyncIterator()
-        let delivery = try #require(try await iterator.next())
+        let delivery = try #require(try await iterator.next()?.first)
         #expect(delivery.body == Array("hello".utf8))
         #expect(delivery.routingKey == "wechat.subscribe")
         #expect(delivery.properties.messageID == "m-1")
@@ -86,11 +86,14 @@ struct AMQPClientTests {
         let consumer = try await AMQPConnection(url: TestEnvironment.amqpURL)
         let (_, deliveries) = try await consumer.consume(queue: queue, prefetch: 200)
         var seen = Set<String>()
-        for try await delivery in deliveries {
-            seen.insert(delivery.properties.messageID ?? "")
-            if seen.count % 50 == 0 || seen.count == count { try await delivery.ack(multiple: true) }
+        var batches = 0
+        for try await batch in deliveries {
+            batches += 1
+            for delivery in batch { seen.insert(delivery.properties.messageID ?? "") }
+            try await batch.last?.ack(multiple: true)
             if seen.count == count { break }
         }
+        #expect(batches < count) // frames read together arrive together
         #expect(seen.count == count)
         await consumer.close()
         await cleanUp(publisher, exchange: exchange, queue: queue)
@@ -105,7 +108,7 @@ struct AMQPClientTests {
         let first = try await AMQPConnection(url: TestEnvironment.amqpURL)
         let (_, firstDeliveries) = try await first.consume(queue: queue, prefetch: 1)
         var firstIterator = firstDeliveries.makeAsyncIterator()
-        let taken = try #require(try await firstIterator.next())
+        let taken = try #require(try await firstIterator.next()?.first)
         #expect(taken.properties.messageID == "redeliver-me")
         #expect(!taken.redelivered)
         await first.abort() // no ack, no close handshake: as if the worker crashed
@@ -114,7 +117,7 @@ struct AMQPClientTests {
         let second = try await AMQPConnection(url: TestEnvironment.amqpURL)
         let (_, secondDeliveries) = try await second.consume(queue: queue, prefetch: 1)
         var secondIterator = secondDeliveries.makeAsyncIterator()
-        let again = try #require(try await secondIterator.next())
+        let again = try #require(try await secondIterator.next()?.first)
         #expect(again.properties.messageID == "redeliver-me")
         #expect(again.redelivered)
         #expect(again.deliveryCount == 1)

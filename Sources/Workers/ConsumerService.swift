@@ -1,0 +1,67 @@
+import AMQPClient
+import ClientSupport
+import Contracts
+import Logging
+import Runtime
+import ServiceLifecycle
+
+/// Handles the deliveries of one batch and settles every one of them (ack, nack or dead-letter).
+public protocol BatchHandler: Sendable {
+    func handle(_ batch: [AMQPDelivery]) async
+}
+
+/// One consumer on one connection: consumes a queue, hands each batch to its handler, and on
+/// connection loss reconnects with backoff. On graceful shutdown it cancels the consumer, lets the
+/// batch in hand finish (its acks go out), then closes; unacknowledged deliveries return to the queue.
+public struct ConsumerService: Service {
+    let amqp: AMQPConfiguration
+    let queue: QueueName
+    let prefetch: Int
+    let handler: any BatchHandler
+    let logger: Logger
+
+    public init(amqp: AMQPConfiguration, queue: QueueName, prefetch: Int, handler: any BatchHandler, logger: Logger) {
+        self.amqp = amqp
+        self.queue = queue
+        self.prefetch = prefetch
+        self.handler = handler
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let backoff = Backoff()
+        var attempt = 0
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            do {
+                try await consumeOnce()
+                attempt = 0
+            } catch {
+                if Task.isShuttingDownGracefully || Task.isCancelled { break }
+                logger.error("consumer stopped; reconnecting", metadata: ["queue": "\(queue)", "error": "\(error)"])
+                try? await Task.sleep(for: .milliseconds(backoff.delayMilliseconds(attempt: attempt)))
+                attempt += 1
+            }
+        }
+    }
+
+    private func consumeOnce() async throws {
+        let connection = try await AMQPConnection(configuration: amqp)
+        do {
+            try await connection.declare(Topology.standard)
+            let (tag, deliveries) = try await connection.consume(queue: queue.rawValue, prefetch: prefetch)
+            logger.info("consuming", metadata: ["queue": "\(queue)", "prefetch": "\(prefetch)"])
+            try await withGracefulShutdownHandler {
+                for try await batch in deliveries {
+                    await handler.handle(batch)
+                }
+            } onGracefulShutdown: {
+                Task { try? await connection.cancel(consumerTag: tag) }
+            }
+        } catch {
+            await connection.close()
+            throw error
+        }
+        await connection.close()
+        logger.info("consumer closed", metadata: ["queue": "\(queue)"])
+    }
+}

@@ -1,0 +1,138 @@
+import AMQPClient
+import ArgumentParser
+import Contracts
+import Foundation
+import Gateway
+import Logging
+import PostgresClient
+import Runtime
+import Scheduler
+import ServiceLifecycle
+import Storage
+import Workers
+
+@main
+struct FanFlow: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fanflow",
+        abstract: "FanFlow: social CRM events to points, orders and pushes, exactly once.",
+        discussion: "Configuration comes from the environment:\n"
+            + FanFlowConfiguration.variables.map { "  \($0.name)\n      \($0.meaning)" }.joined(separator: "\n"),
+        subcommands: [GatewayCommand.self, WorkerCommand.self, SchedulerCommand.self, MigrateCommand.self])
+}
+
+/// Loads the configuration for a role, or stops the process naming every bad variable.
+func loadConfiguration(role: FanFlowConfiguration.Role) throws -> FanFlowConfiguration {
+    do {
+        let configuration = try FanFlowConfiguration.load(role: role)
+        LoggingSetup.bootstrap(level: configuration.logLevel)
+        return configuration
+    } catch {
+        FileHandle.standardError.write(Data("fanflow: \(error)\n".utf8))
+        throw ExitCode(78) // EX_CONFIG
+    }
+}
+
+/// Runs services until SIGTERM or SIGINT, then shuts them down gracefully in reverse order.
+func runServices(_ services: [any Service], logger: Logger) async throws {
+    let group = ServiceGroup(configuration: .init(
+        services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
+        gracefulShutdownSignals: [.sigterm, .sigint],
+        logger: logger))
+    try await group.run()
+}
+
+struct GatewayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "gateway",
+                                                    abstract: "Serve webhooks, beacons and the admin API over HTTP.")
+
+    func run() async throws {
+        let configuration = try loadConfiguration(role: .gateway)
+        let logger = Logger(label: "fanflow.gateway")
+        let gateway = try await Gateway(configuration: configuration, logger: logger)
+        logger.notice("gateway listening", metadata: ["address": "http://\(configuration.httpHost):\(configuration.httpPort)"])
+        try await runServices([gateway.application()], logger: logger)
+        await gateway.shutdown()
+        logger.notice("gateway stopped")
+    }
+}
+
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Consume work queues with pools of consumers.",
+        discussion: "Pools in this build: \(PoolName.available.map(\.rawValue).joined(separator: ", ")).")
+
+    @Option(name: .customLong("pool"), help: "A pool and its consumer count, e.g. behavior=2 (repeatable).")
+    var pools: [String] = ["behavior=1"]
+
+    @Option(help: "Unacknowledged messages per consumer.")
+    var prefetch: Int = 500
+
+    func run() async throws {
+        let specs: [PoolSpec]
+        do { specs = try pools.map { try PoolSpec(parsing: $0) } } catch {
+            throw ValidationError("\(error)")
+        }
+        let configuration = try loadConfiguration(role: .worker)
+        let logger = Logger(label: "fanflow.worker")
+        var amqp = try AMQPConfiguration(url: configuration.amqpURL)
+        amqp.connectionName = "fanflow-worker"
+        let database = PostgresPool(url: configuration.databaseURL,
+                                    maximumConnections: max(2, specs.reduce(0) { $0 + $1.consumers }))
+        var services: [any Service] = []
+        for spec in specs {
+            let handler: any BatchHandler
+            switch spec.name {
+            case .behavior: handler = BehaviorStore(database: database, logger: logger)
+            case .points, .orders, .push: throw ValidationError("pool \(spec.name.rawValue) is not part of this build yet")
+            }
+            for _ in 0..<spec.consumers {
+                services.append(ConsumerService(amqp: amqp, queue: spec.name.queue, prefetch: prefetch,
+                                                handler: handler, logger: logger))
+            }
+        }
+        logger.notice("worker starting", metadata: ["pools": "\(pools.joined(separator: " "))"])
+        try await runServices(services, logger: logger)
+        await database.close()
+        logger.notice("worker stopped")
+    }
+}
+
+struct SchedulerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scheduler",
+        abstract: "Elect one leader among schedulers and keep the topology declared.")
+
+    func run() async throws {
+        let configuration = try loadConfiguration(role: .scheduler)
+        let logger = Logger(label: "fanflow.scheduler")
+        var amqp = try AMQPConfiguration(url: configuration.amqpURL)
+        amqp.connectionName = "fanflow-scheduler"
+        let broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { connection in
+            try await connection.declare(Topology.standard)
+            try await connection.enableConfirms()
+        }
+        try await broker.start()
+        logger.notice("scheduler started")
+        try await runServices([LeaderElection(databaseURL: configuration.databaseURL, logger: logger)], logger: logger)
+        await broker.close()
+        logger.notice("scheduler stopped")
+    }
+}
+
+struct MigrateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Apply pending database migrations (safe to run twice, and from two processes at once).")
+
+    func run() async throws {
+        let configuration = try loadConfiguration(role: .tool)
+        let logger = Logger(label: "fanflow.migrate")
+        let connection = try await PostgresConnection(url: configuration.databaseURL)
+        let applied = try await Migrator(migrations: try Migration.bundled(), logger: logger).run(on: connection)
+        logger.notice(applied.isEmpty ? "schema is current" : "migrations applied",
+                      metadata: ["applied": "\(applied)"])
+        await connection.close()
+    }
+}
