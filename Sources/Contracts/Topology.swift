@@ -34,6 +34,12 @@ public struct Topology: Sendable {
         public let bindings: [String]
         /// Deliveries before a message is dead-lettered: a poison message must not loop forever.
         public let deliveryLimit: Int
+
+        public init(name: QueueName, bindings: [String], deliveryLimit: Int) {
+            self.name = name
+            self.bindings = bindings
+            self.deliveryLimit = deliveryLimit
+        }
     }
 
     public let eventsExchange = ExchangeName.events
