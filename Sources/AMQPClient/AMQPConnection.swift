@@ -21,7 +21,9 @@ public actor AMQPConnection {
     public nonisolated var unownedExecutor: UnownedSerialExecutor { thread.asUnownedSerialExecutor() }
 
     public let configuration: AMQPConfiguration
-    private var connection: amqp_connection_state_t?
+    /// Touched only by the actor's methods (on its thread) and by `deinit`, when no other reference exists.
+    /// (`isolated deinit` would keep it checked, but trips the Swift 6.3 optimizer across modules.)
+    nonisolated(unsafe) private var connection: amqp_connection_state_t?
     private let channel: amqp_channel_t = 1
     /// Incremented whenever the channel is re-opened: delivery tags of an older channel are void.
     private var channelGeneration = 0
@@ -49,13 +51,15 @@ public actor AMQPConnection {
     }
 
     /// Connects, logs in and opens the channel.
-    public init(configuration: AMQPConfiguration) async throws(AMQPError) {
+    public init(configuration: AMQPConfiguration) async throws {
         self.configuration = configuration
         self.thread = IOThread(name: "amqp")
-        try await open()
+        try open()
     }
 
-    public init(url: String) async throws(AMQPError) {
+    /// Throws ``AMQPError``. (Untyped: a typed-throws async initializer of an actor with a custom executor
+    /// trips the Swift 6.3 optimizer, "circular reference", in modules that call it.)
+    public init(url: String) async throws {
         try await self.init(configuration: AMQPConfiguration(url: url))
     }
 
@@ -65,7 +69,7 @@ public actor AMQPConnection {
         try await backoff.retry({ try await AMQPConnection(configuration: configuration) }, onFailure: onFailure)
     }
 
-    isolated deinit {
+    deinit {
         if let connection {
             amqp_destroy_connection(connection)
         }
@@ -299,11 +303,12 @@ public actor AMQPConnection {
         thread.setPollSource(IOThread.PollSource(
             fd: amqp_get_sockfd(conn),
             maxWaitMilliseconds: Int32(wait),
-            hasBufferedInput: { [unowned self] in
-                self.assumeIsolated { connection in connection.hasBufferedInput() }
+            // Weak: the thread must not keep a dropped connection alive, nor touch one being freed.
+            hasBufferedInput: { [weak self] in
+                self?.assumeIsolated { connection in connection.hasBufferedInput() } ?? false
             },
-            service: { [unowned self] in
-                self.assumeIsolated { connection in connection.pump() }
+            service: { [weak self] in
+                self?.assumeIsolated { connection in connection.pump() }
             }))
     }
 

@@ -125,6 +125,8 @@ public final class IOThread: SerialExecutor, @unchecked Sendable {
                 return (jobs, q.stopping)
             }
             for job in jobs { job.runSynchronously(on: executor) }
+            // The owner is gone: its socket may already be closed, so it is not polled again.
+            if stopping { if jobs.isEmpty { break } else { continue } }
             if !jobs.isEmpty {
                 // Under a steady stream of jobs the socket must still be read (acks free the callers).
                 if let source = pollSource, source.hasBufferedInput() || waitReadable(source.fd, 0) {
@@ -132,7 +134,6 @@ public final class IOThread: SerialExecutor, @unchecked Sendable {
                 }
                 continue
             }
-            if stopping { break }
             sleep()
         }
         pollSource = nil

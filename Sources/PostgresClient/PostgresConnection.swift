@@ -12,16 +12,20 @@ public actor PostgresConnection {
 
     /// A `postgresql://` URL or a `key=value` connection string, as libpq takes them.
     public let connectionString: String
-    private var connection: OpaquePointer?
+    /// Touched only by the actor's methods (on its thread) and by `deinit`, when no other reference exists.
+    /// (`isolated deinit` would keep it checked, but trips the Swift 6.3 optimizer across modules.)
+    nonisolated(unsafe) private var connection: OpaquePointer?
     private var inTransaction = false
 
-    public init(url: String) async throws(PostgresError) {
+    /// Throws ``PostgresError``. (Untyped: a typed-throws async initializer of an actor with a custom executor
+    /// trips the Swift 6.3 optimizer, "circular reference", in modules that call it.)
+    public init(url: String) async throws {
         self.connectionString = url
         self.thread = IOThread(name: "postgres")
-        try await connectIsolated()
+        try connectIsolated()
     }
 
-    isolated deinit {
+    deinit {
         if let connection { PQfinish(connection) }
         thread.stopWhenIdle()
     }

@@ -21,24 +21,30 @@ public actor RedisConnection {
     public nonisolated var unownedExecutor: UnownedSerialExecutor { thread.asUnownedSerialExecutor() }
 
     public let configuration: RedisConfiguration
-    private var context: UnsafeMutablePointer<redisContext>?
+    /// Touched only by the actor's methods (on its thread) and by `deinit`, when no other reference exists.
+    /// (`isolated deinit` would keep it checked, but trips the Swift 6.3 optimizer across modules.)
+    nonisolated(unsafe) private var context: UnsafeMutablePointer<redisContext>?
     /// SHA-1 of each script as the server reported it on `SCRIPT LOAD`.
     private var scriptSHAs: [String: String] = [:]
     /// Connections opened so far, including the first: tests and metrics read it to see reconnects.
     public private(set) var connectCount = 0
 
     /// Connects and runs `AUTH`/`SELECT` as the configuration says.
-    public init(configuration: RedisConfiguration) async throws(RedisError) {
+    /// Throws ``RedisError``. (Untyped: a typed-throws async initializer of an actor with a custom executor
+    /// trips the Swift 6.3 optimizer, "circular reference", in modules that call it.)
+    public init(configuration: RedisConfiguration) async throws {
         self.configuration = configuration
         self.thread = IOThread(name: "redis")
-        try await connectIsolated()
+        try connectIsolated()
     }
 
-    public init(url: String) async throws(RedisError) {
+    /// Throws ``RedisError``. (Untyped: a typed-throws async initializer of an actor with a custom executor
+    /// trips the Swift 6.3 optimizer, "circular reference", in modules that call it.)
+    public init(url: String) async throws {
         try await self.init(configuration: RedisConfiguration(url: url))
     }
 
-    isolated deinit {
+    deinit {
         if let context { redisFree(context) }
         thread.stopWhenIdle()
     }

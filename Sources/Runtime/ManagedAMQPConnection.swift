@@ -27,10 +27,23 @@ public actor ManagedAMQPConnection {
 
     /// Connects for the first time, retrying until it works or the task is cancelled.
     public func start() async throws {
-        let connection = try await backoff.retry({ try await self.open() }, onFailure: { error, attempt in
-            self.logger.warning("broker not reachable, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
-        })
-        self.connection = connection
+        connection = try await openRetrying()
+    }
+
+    /// Opens a connection, retrying with backoff until it works or the task is cancelled.
+    private func openRetrying() async throws -> AMQPConnection {
+        var attempt = 0
+        while true {
+            do {
+                return try await open()
+            } catch {
+                try Task.checkCancellation()
+                lastError = error
+                logger.warning("broker not reachable, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                try await Task.sleep(for: .milliseconds(backoff.delayMilliseconds(attempt: attempt)))
+                attempt += 1
+            }
+        }
     }
 
     /// The open connection, or the reason there is none (a reconnect is then under way).
@@ -74,9 +87,7 @@ public actor ManagedAMQPConnection {
     private func reconnectInBackground() {
         guard reconnecting == nil, !stopped else { return }
         reconnecting = Task {
-            let fresh = try? await backoff.retry({ try await self.open() }, onFailure: { error, _ in
-                self.lastError = error
-            })
+            let fresh = try? await self.openRetrying()
             await self.installed(fresh)
         }
     }
