@@ -32,8 +32,14 @@ public actor AMQPConnection {
     private var confirms = ConfirmTracker<CheckedContinuation<PublishOutcome, Never>>()
     private var consumers: [String: AsyncThrowingStream<[AMQPDelivery], any Error>.Continuation] = [:]
     /// Deliveries completed during the current pump, handed to their consumers together at its end.
-    private var completed: [String: [AMQPDelivery]] = [:]
+    /// Nearly always one consumer per connection: a short list beats hashing the tag per message.
+    private var completed: [(tag: String, deliveries: [AMQPDelivery])] = []
+    private var lastConsumerTag = RepeatedString()
+    private var lastExchange = RepeatedString()
+    private var lastRoutingKey = RepeatedString()
     private var incoming: IncomingMessage?
+    /// True while publishes made by the current batch of jobs wait in a corked socket.
+    private var corked = false
     /// True while the broker has blocked this connection (resource alarm).
     public private(set) var isBlocked = false
 
@@ -170,9 +176,13 @@ public actor AMQPConnection {
     private func send(exchange: String, routingKey: String, body: [UInt8], properties: AMQPProperties,
                       mandatory: Bool) -> AMQPError? {
         let conn: amqp_connection_state_t
-        do { conn = try usable() } catch { return error }
+        do { conn = try usable(publishing: true) } catch { return error }
         let arena = CArena()
         defer { withExtendedLifetime(arena) {} } // rabbitmq-c reads its memory during the call
+        if !corked {
+            corked = true
+            _ = fanflow_set_cork(amqp_get_sockfd(conn), 1)
+        }
         var props = arena.properties(properties)
         let exchangeBytes = arena.bytes(exchange)
         let routingKeyBytes = arena.bytes(routingKey)
@@ -248,6 +258,7 @@ public actor AMQPConnection {
     /// Closes the channel and connection politely. Unacknowledged deliveries return to their queues;
     /// unconfirmed publishes fail.
     public func close() {
+        uncork()
         guard let conn = connection else { return }
         if closedReason == nil {
             _ = amqp_channel_close(conn, channel, AMQP_REPLY_SUCCESS)
@@ -299,6 +310,7 @@ public actor AMQPConnection {
             throw AMQPError(.connect, error.message, replyCode: error.replyCode)
         }
         _ = fanflow_set_send_timeout(amqp_get_sockfd(conn), configuration.sendTimeoutMilliseconds)
+        _ = fanflow_set_no_delay(amqp_get_sockfd(conn))
         let wait = configuration.heartbeatSeconds > 0 ? min(100, configuration.heartbeatSeconds * 250) : 100
         thread.setPollSource(IOThread.PollSource(
             fd: amqp_get_sockfd(conn),
@@ -309,6 +321,9 @@ public actor AMQPConnection {
             },
             service: { [weak self] in
                 self?.assumeIsolated { connection in connection.pump() }
+            },
+            afterJobs: { [weak self] in
+                self?.assumeIsolated { connection in connection.uncork() }
             }))
     }
 
@@ -323,9 +338,19 @@ public actor AMQPConnection {
         }
     }
 
-    private func usable() throws(AMQPError) -> amqp_connection_state_t {
+    /// Sends what the last batch of publishes left in the corked socket.
+    private func uncork() {
+        guard corked, let connection else { return }
+        corked = false
+        _ = fanflow_set_cork(amqp_get_sockfd(connection), 0)
+    }
+
+    /// The connection, for a call about to write. Anything but a publish first releases the cork:
+    /// an RPC, an ack or a close must leave at once.
+    private func usable(publishing: Bool = false) throws(AMQPError) -> amqp_connection_state_t {
         if let closedReason { throw closedReason }
         guard let connection else { throw AMQPError(.connectionClosed, "not connected") }
+        if !publishing { uncork() }
         return connection
     }
 
@@ -361,16 +386,20 @@ public actor AMQPConnection {
         case AMQP_FRAME_METHOD:
             handleMethod(frame.payload.method)
         case AMQP_FRAME_HEADER:
-            guard var message = incoming else { return }
-            message.bodySize = Int(frame.payload.properties.body_size)
+            guard incoming != nil else { return }
+            let size = Int(frame.payload.properties.body_size)
+            incoming?.bodySize = size
+            incoming?.body.reserveCapacity(size)
             if let decoded = frame.payload.properties.decoded {
-                message.properties = CValue.properties(decoded.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee)
+                incoming?.properties = CValue.properties(decoded.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee)
             }
-            incoming = message
             completeIfWhole()
         case AMQP_FRAME_BODY:
             guard incoming != nil else { return }
-            incoming?.body.append(contentsOf: CValue.data(frame.payload.body_fragment))
+            let fragment = frame.payload.body_fragment
+            if fragment.len > 0, let bytes = fragment.bytes {
+                incoming?.body.append(contentsOf: UnsafeRawBufferPointer(start: bytes, count: fragment.len))
+            }
             completeIfWhole()
         default:
             break // heartbeats are answered inside rabbitmq-c
@@ -393,9 +422,9 @@ public actor AMQPConnection {
             let deliver = method.decoded.assumingMemoryBound(to: amqp_basic_deliver_t.self).pointee
             incoming = IncomingMessage(isReturn: false, deliveryTag: deliver.delivery_tag,
                                        redelivered: deliver.redelivered != 0,
-                                       exchange: CValue.string(deliver.exchange),
-                                       routingKey: CValue.string(deliver.routing_key),
-                                       consumerTag: CValue.string(deliver.consumer_tag))
+                                       exchange: lastExchange.read(deliver.exchange),
+                                       routingKey: lastRoutingKey.read(deliver.routing_key),
+                                       consumerTag: lastConsumerTag.read(deliver.consumer_tag))
         case FANFLOW_BASIC_RETURN:
             // A mandatory message nobody could take; its content frames follow and are dropped.
             // The broker still confirms it, so callers that need routing guarantees bind queues first.
@@ -426,11 +455,16 @@ public actor AMQPConnection {
     private func completeIfWhole() {
         guard let message = incoming, let size = message.bodySize, message.body.count >= size else { return }
         incoming = nil
-        guard !message.isReturn, consumers[message.consumerTag] != nil else { return }
-        completed[message.consumerTag, default: []].append(AMQPDelivery(deliveryTag: message.deliveryTag, redelivered: message.redelivered,
+        guard !message.isReturn else { return }
+        let delivery = AMQPDelivery(deliveryTag: message.deliveryTag, redelivered: message.redelivered,
                                     exchange: message.exchange, routingKey: message.routingKey,
                                     consumerTag: message.consumerTag, properties: message.properties,
-                                    body: message.body, channelGeneration: channelGeneration, connection: self))
+                                    body: message.body, channelGeneration: channelGeneration, connection: self)
+        if let index = completed.lastIndex(where: { $0.tag == message.consumerTag }) {
+            completed[index].deliveries.append(delivery)
+        } else if consumers[message.consumerTag] != nil {
+            completed.append((message.consumerTag, [delivery]))
+        }
     }
 
     /// The broker closed the channel: fail what was waiting on it, acknowledge the close, and open a

@@ -70,6 +70,25 @@ final class CArena {
     }
 }
 
+/// The last string read from a frame field, reused while the bytes repeat. Consumer tag, exchange
+/// and routing key are the same for message after message: no allocation, no hashing for them.
+struct RepeatedString {
+    private var bytes: [UInt8] = []
+    private(set) var value = ""
+
+    mutating func read(_ field: amqp_bytes_t) -> String {
+        let same = field.len == bytes.count && (field.len == 0 || bytes.withUnsafeBytes { stored in
+            guard let stored = stored.baseAddress, let incoming = field.bytes else { return false }
+            return memcmp(stored, incoming, field.len) == 0
+        })
+        if !same {
+            bytes = CValue.data(field)
+            value = String(decoding: bytes, as: UTF8.self)
+        }
+        return value
+    }
+}
+
 /// Copies C values out of rabbitmq-c's frame memory, which is reused after the next read.
 enum CValue {
     static func string(_ bytes: amqp_bytes_t) -> String {

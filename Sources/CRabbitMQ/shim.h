@@ -5,6 +5,8 @@
 #include <amqp_tcp_socket.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 /* amqp_login is variadic, which Swift cannot call: PLAIN login only needs user and password. */
 static inline amqp_rpc_reply_t fanflow_amqp_login_plain(amqp_connection_state_t state, const char *vhost,
@@ -20,6 +22,18 @@ static inline int fanflow_set_send_timeout(int fd, long milliseconds) {
     tv.tv_sec = milliseconds / 1000;
     tv.tv_usec = (milliseconds % 1000) * 1000;
     return setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+/* Small frames (confirms, acks) must leave at once, not wait for Nagle. */
+static inline int fanflow_set_no_delay(int fd) {
+    int on = 1;
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+}
+
+/* While corked, the kernel holds partial packets: publishes made back to back leave together when
+   the cork is removed, instead of one packet per message for the broker to read. */
+static inline int fanflow_set_cork(int fd, int on) {
+    return setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
 }
 
 /* Method ids are macros with casts, which Swift does not import. */

@@ -25,13 +25,17 @@ public final class IOThread: SerialExecutor, @unchecked Sendable {
         public var service: () -> Void
         /// Longest sleep, so timers (confirm deadlines, heartbeats) are checked even without traffic.
         public var maxWaitMilliseconds: Int32
+        /// Runs after each batch of jobs: lets writes made by those jobs leave together.
+        public var afterJobs: () -> Void
 
         public init(fd: Int32, maxWaitMilliseconds: Int32,
-                    hasBufferedInput: @escaping () -> Bool, service: @escaping () -> Void) {
+                    hasBufferedInput: @escaping () -> Bool, service: @escaping () -> Void,
+                    afterJobs: @escaping () -> Void = {}) {
             self.fd = fd
             self.maxWaitMilliseconds = maxWaitMilliseconds
             self.hasBufferedInput = hasBufferedInput
             self.service = service
+            self.afterJobs = afterJobs
         }
     }
 
@@ -128,9 +132,10 @@ public final class IOThread: SerialExecutor, @unchecked Sendable {
             // The owner is gone: its socket may already be closed, so it is not polled again.
             if stopping { if jobs.isEmpty { break } else { continue } }
             if !jobs.isEmpty {
-                // Under a steady stream of jobs the socket must still be read (acks free the callers).
-                if let source = pollSource, source.hasBufferedInput() || waitReadable(source.fd, 0) {
-                    source.service()
+                if let source = pollSource {
+                    source.afterJobs()
+                    // Under a steady stream of jobs the socket must still be read (acks free the callers).
+                    if source.hasBufferedInput() || waitReadable(source.fd, 0) { source.service() }
                 }
                 continue
             }

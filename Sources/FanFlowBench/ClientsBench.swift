@@ -125,13 +125,13 @@ struct ClientsBench: AsyncParsableCommand {
         return Double(total) / (now() - started)
     }
 
-    /// Multi-row INSERT of `batchRows` rows per transaction (parameters bound), then COPY.
+    /// Multi-row INSERT of `batchRows` rows per transaction (a prepared statement, parameters bound),
+    /// then COPY.
     func postgres(url: String) async throws -> (Double, Double) {
         let db = try await PostgresConnection(url: url)
-        try await db.execute("DROP TABLE IF EXISTS bench_insert; CREATE UNLOGGED TABLE bench_insert_probe (x int); DROP TABLE bench_insert_probe;")
-        try await db.execute("CREATE TABLE bench_insert (id bigint, member text, note text)")
+        try await db.execute("SET client_min_messages = warning; DROP TABLE IF EXISTS bench_insert; CREATE TABLE bench_insert (id bigint, member text, note text)")
         let placeholders = (0..<batchRows).map { "($\($0 * 3 + 1),$\($0 * 3 + 2),$\($0 * 3 + 3))" }.joined(separator: ",")
-        let sql = "INSERT INTO bench_insert (id, member, note) VALUES \(placeholders)"
+        try await db.prepare("bench_insert_batch", "INSERT INTO bench_insert (id, member, note) VALUES \(placeholders)")
         let deadline = now() + seconds
         let started = now()
         var rows = 0
@@ -144,7 +144,7 @@ struct ClientsBench: AsyncParsableCommand {
                 parameters.append("note")
             }
             let fixed = parameters
-            rows += try await db.transaction { tx in try tx.query(sql, fixed).affectedRows }
+            rows += try await db.transaction { tx in try tx.query(prepared: "bench_insert_batch", fixed).affectedRows }
         }
         let insertRate = Double(rows) / (now() - started)
 

@@ -76,6 +76,33 @@ public actor PostgresConnection {
         return rows(of: result, format: format)
     }
 
+    /// Parses and plans a statement once under `name`, for statements run many times (bulk inserts):
+    /// the server then skips parsing and planning on each ``query(prepared:_:format:)``.
+    public func prepare(_ name: String, _ sql: String) throws(PostgresError) {
+        let connection = try open()
+        let result = PQprepare(connection, name, sql, 0, nil)
+        defer { PQclear(result) }
+        try check(result, connection)
+        prepared.insert(name)
+    }
+
+    /// Names this session prepared; a reset connection has lost them.
+    public private(set) var prepared: Set<String> = []
+
+    /// Runs a statement prepared with ``prepare(_:_:)``.
+    @discardableResult
+    public func query(prepared name: String, _ parameters: [any PostgresEncodable] = [],
+                      format: PostgresResultFormat = .text) throws(PostgresError) -> PostgresRows {
+        let connection = try open()
+        let values = parameters.map(\.postgresValue)
+        let result = withParameters(values) { count, pointers, lengths, formats in
+            PQexecPrepared(connection, name, count, pointers, lengths, formats, format.rawValue)
+        }
+        defer { PQclear(result) }
+        try check(result, connection)
+        return rows(of: result, format: format)
+    }
+
     /// Runs `body` between `BEGIN` and `COMMIT`; any error rolls back and is rethrown.
     public func transaction<T: Sendable>(_ body: @Sendable (isolated PostgresConnection) throws -> T) throws -> T {
         guard !inTransaction else { throw PostgresError(.usage, "transactions do not nest") }
@@ -153,6 +180,7 @@ public actor PostgresConnection {
                 throw PostgresError(.io, "connection lost inside a transaction: \(String(cString: PQerrorMessage(connection)))")
             }
             PQreset(connection)
+            prepared.removeAll()
             guard PQstatus(connection) == CONNECTION_OK else {
                 throw PostgresError(.connect, String(cString: PQerrorMessage(connection)))
             }
@@ -249,6 +277,12 @@ enum CopyText {
             guard let cell else {
                 buffer.append(UInt8(ascii: "\\"))
                 buffer.append(UInt8(ascii: "N"))
+                continue
+            }
+            let needsEscaping = cell.utf8.contains { $0 == UInt8(ascii: "\\") || $0 == UInt8(ascii: "\t")
+                || $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") }
+            guard needsEscaping else {
+                buffer.append(contentsOf: cell.utf8)
                 continue
             }
             for byte in cell.utf8 {

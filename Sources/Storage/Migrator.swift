@@ -79,6 +79,7 @@ public struct Migrator: Sendable {
 
     private func applyPending(on connection: PostgresConnection) async throws -> [Int] {
         try await connection.execute("""
+            SET client_min_messages = warning;
             CREATE TABLE IF NOT EXISTS fanflow_migrations (
                 version    integer     PRIMARY KEY,
                 name       text        NOT NULL,
