@@ -81,7 +81,9 @@ let package = Package(
 
         .testTarget(name: "UnitTests", dependencies: ["Contracts", "ClientSupport", "AMQPClient"], swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
-                    dependencies: ["Contracts", "Runtime", "Workers", "AMQPClient", "RedisClient", "PostgresClient", "Storage"],
+                    dependencies: ["Contracts", "Runtime", "Workers", "Gateway", "AMQPClient", "RedisClient",
+                                   "PostgresClient", "Storage",
+                                   .product(name: "HummingbirdTesting", package: "hummingbird")],
                     swiftSettings: swiftSettings),
     ]
 )

@@ -102,6 +102,20 @@ struct PostgresClientTests {
         }
     }
 
+    @Test("a prepared statement runs many times with new parameters")
+    func preparedStatements() async throws {
+        try await withSchema { db in
+            try await db.execute("CREATE TABLE p (id int, name text)")
+            try await db.prepare("insert_p", "INSERT INTO p VALUES ($1, $2), ($3, $4)")
+            for n in stride(from: 0, to: 10, by: 2) {
+                #expect(try await db.query(prepared: "insert_p", [n, "n\(n)", n + 1, "n\(n + 1)"]).affectedRows == 2)
+            }
+            #expect(try await db.query("SELECT count(*) AS c, sum(id) AS s FROM p")[0].int("s") == 45)
+            #expect(await db.prepared.contains("insert_p"))
+            await #expect(throws: PostgresError.self) { try await db.query(prepared: "missing", []) }
+        }
+    }
+
     @Test("a bad URL or password fails with libpq's message")
     func connectFailure() async throws {
         await #expect(throws: PostgresError.self) {
