@@ -32,18 +32,10 @@ public actor ManagedAMQPConnection {
 
     /// Opens a connection, retrying with backoff until it works or the task is cancelled.
     private func openRetrying() async throws -> AMQPConnection {
-        var attempt = 0
-        while true {
-            do {
-                return try await open()
-            } catch {
-                try Task.checkCancellation()
-                lastError = error
-                logger.warning("broker not reachable, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
-                try await Task.sleep(for: .milliseconds(backoff.delayMilliseconds(attempt: attempt)))
-                attempt += 1
-            }
-        }
+        try await backoff.retry({ try await self.open() }, onFailure: { error, attempt in
+            self.lastError = error
+            self.logger.warning("broker not reachable, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+        })
     }
 
     /// The open connection, or the reason there is none (a reconnect is then under way).
