@@ -33,35 +33,51 @@ public struct BehaviorStore: BatchHandler {
             }
         }
         guard let last = events.last?.0 else { return }
-        if await store(events.map(\.1)) {
+        switch await store(events.map(\.1)) {
+        case .stored:
             try? await last.ack(multiple: true)
             return
+        case .interrupted:
+            return // unsettled: the broker redelivers them to the next consumer
+        case .refused:
+            break
         }
         // The batch holds a row the database will not take: find it.
         for (delivery, envelope) in events {
-            if await store([envelope]) {
+            switch await store([envelope]) {
+            case .stored:
                 try? await delivery.ack()
-            } else {
+            case .refused:
                 logger.error("dead-lettering an event the database refused", metadata: ["eventID": "\(envelope.id)"])
                 try? await delivery.nack(requeue: false)
+            case .interrupted:
+                return
             }
         }
     }
 
-    /// True when stored (or already there); false when the database refuses the data itself.
-    /// Connection and server-availability errors are retried until they pass or shutdown.
-    private func store(_ envelopes: [Envelope]) async -> Bool {
+    enum StoreOutcome {
+        /// Stored, or already there.
+        case stored
+        /// The database refuses the data itself (SQLSTATE class 22 or 23).
+        case refused
+        /// Cancelled while waiting for the database: nothing is known to be wrong with the events.
+        case interrupted
+    }
+
+    /// Connection and server-availability errors are retried until they pass or the task is cancelled.
+    private func store(_ envelopes: [Envelope]) async -> StoreOutcome {
         let backoff = Backoff(initialMilliseconds: 200, maximumMilliseconds: 5_000)
         var attempt = 0
         while true {
             do {
                 try await insert(envelopes)
-                return true
+                return .stored
             } catch let error as PostgresError where error.code == .server && Self.isDataError(error.sqlState) {
                 if envelopes.count == 1 { logger.warning("event refused", metadata: ["error": "\(error)"]) }
-                return false
+                return .refused
             } catch {
-                if Task.isCancelled { return false }
+                if Task.isCancelled { return .interrupted }
                 logger.error("database unavailable, holding the batch", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
                 try? await Task.sleep(for: .milliseconds(backoff.delayMilliseconds(attempt: attempt)))
                 attempt += 1
