@@ -18,6 +18,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        // SHA-1/SHA-256/HMAC, AES (GCM; CBC for WeChat), Ed25519 (QQ) and RSA (Alipay, via _CryptoExtras).
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        // Already in the graph through Hummingbird; named for HTTPField.Name and SocketAddress.
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // C libraries, seen through system-library targets. Only the three client modules import them.
@@ -52,9 +57,14 @@ let package = Package(
 
         .target(name: "Gateway",
                 dependencies: ["Contracts", "Runtime", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
+                               .product(name: "Crypto", package: "swift-crypto"),
+                               .product(name: "_CryptoExtras", package: "swift-crypto"),
+                               .product(name: "HTTPTypes", package: "swift-http-types"),
+                               .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+                resources: [.copy("Resources/sdk.js")],
                 swiftSettings: swiftSettings),
         .target(name: "Workers",
                 dependencies: ["Contracts", "Runtime", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
@@ -79,10 +89,16 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: swiftSettings),
 
-        .testTarget(name: "UnitTests", dependencies: ["Contracts", "ClientSupport", "AMQPClient"], swiftSettings: swiftSettings),
+        .testTarget(name: "UnitTests",
+                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "Gateway",
+                                   .product(name: "Crypto", package: "swift-crypto"),
+                                   .product(name: "_CryptoExtras", package: "swift-crypto")],
+                    swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
                     dependencies: ["Contracts", "Runtime", "Workers", "Gateway", "AMQPClient", "RedisClient",
                                    "PostgresClient", "Storage",
+                                   .product(name: "Crypto", package: "swift-crypto"),
+                                   .product(name: "_CryptoExtras", package: "swift-crypto"),
                                    .product(name: "HummingbirdTesting", package: "hummingbird")],
                     swiftSettings: swiftSettings),
     ]

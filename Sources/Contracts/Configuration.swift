@@ -22,6 +22,13 @@ public struct FanFlowConfiguration: Sendable, Equatable {
     /// Encrypts app secrets at rest when set (32 bytes, base64).
     public var secretKey: String?
     public var logLevel: String
+    /// Gateway: webhook timestamps further than this from now are refused (replay protection).
+    public var webhookFreshnessSeconds: Int = 300
+    /// Gateway: how long a published event id is remembered to recognize platform retries.
+    public var dedupeTTLSeconds: Int = 600
+    /// Gateway: beacons accepted per second per site and per client IP (0: unlimited).
+    public var beaconRatePerSite: Int = 2000
+    public var beaconRatePerIP: Int = 100
 
     /// Which process is starting: each needs a different set of variables.
     public enum Role: Sendable { case gateway, worker, scheduler, tool }
@@ -36,6 +43,10 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         ("FANFLOW_TIMEZONE", "IANA zone for natural days and months (default Asia/Shanghai)"),
         ("FANFLOW_SECRET_KEY", "base64 of 32 random bytes; encrypts app secrets at rest (optional)"),
         ("FANFLOW_LOG_LEVEL", "trace|debug|info|notice|warning|error|critical (default info)"),
+        ("FANFLOW_WEBHOOK_FRESHNESS_SECONDS", "gateway: refuse webhook timestamps older or newer than this (default 300)"),
+        ("FANFLOW_DEDUPE_TTL_SECONDS", "gateway: remember published event ids this long to drop retries (default 600)"),
+        ("FANFLOW_BEACON_RATE_PER_SITE", "gateway: beacons per second per site, 0 = unlimited (default 2000)"),
+        ("FANFLOW_BEACON_RATE_PER_IP", "gateway: beacons per second per client IP, 0 = unlimited (default 100)"),
     ]
 
     public init(amqpURL: String, redisURL: String, databaseURL: String, httpHost: String = "127.0.0.1",
@@ -109,10 +120,28 @@ public struct FanFlowConfiguration: Sendable, Equatable {
             problems.append(ConfigurationError(variable: "FANFLOW_LOG_LEVEL", problem: "expected trace, debug, info, notice, warning, error or critical, got \(level)"))
         }
 
+        func integer(_ name: String, default fallback: Int, range: ClosedRange<Int>) -> Int {
+            guard let text = value(name) else { return fallback }
+            guard let number = Int(text), range.contains(number) else {
+                problems.append(ConfigurationError(variable: name, problem: "expected an integer \(range.lowerBound)-\(range.upperBound), got \(text)"))
+                return fallback
+            }
+            return number
+        }
+        let freshness = integer("FANFLOW_WEBHOOK_FRESHNESS_SECONDS", default: 300, range: 10...86_400)
+        let dedupe = integer("FANFLOW_DEDUPE_TTL_SECONDS", default: 600, range: 10...604_800)
+        let perSite = integer("FANFLOW_BEACON_RATE_PER_SITE", default: 2000, range: 0...10_000_000)
+        let perIP = integer("FANFLOW_BEACON_RATE_PER_IP", default: 100, range: 0...10_000_000)
+
         guard problems.isEmpty, let zone else { throw ConfigurationErrors(problems: problems) }
-        return FanFlowConfiguration(amqpURL: amqp, redisURL: redis, databaseURL: database, httpHost: host,
-                                    httpPort: port, adminToken: token, timeZone: zone, secretKey: secret,
-                                    logLevel: level)
+        var configuration = FanFlowConfiguration(amqpURL: amqp, redisURL: redis, databaseURL: database, httpHost: host,
+                                                 httpPort: port, adminToken: token, timeZone: zone, secretKey: secret,
+                                                 logLevel: level)
+        configuration.webhookFreshnessSeconds = freshness
+        configuration.dedupeTTLSeconds = dedupe
+        configuration.beaconRatePerSite = perSite
+        configuration.beaconRatePerIP = perIP
+        return configuration
     }
 
     /// A URL with its password replaced, for messages and logs.

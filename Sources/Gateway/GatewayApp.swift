@@ -3,19 +3,25 @@ import Contracts
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import PostgresClient
 import RedisClient
 import Runtime
 import ServiceLifecycle
 import Synchronization
 
-/// The HTTP front door. This scope: it connects to the broker (publisher confirms on),
-/// declares the topology, and answers `/health` and `/ready`; webhooks and the admin API build on it.
+/// The HTTP front door: platform webhooks, the brand's server events, H5 beacons and the admin API.
+/// Every accepted event is answered only after RabbitMQ confirmed it.
 public struct Gateway: Sendable {
     public let configuration: FanFlowConfiguration
-    public let publisher: ManagedAMQPConnection
-    public let redis: RedisConnection
+    public let broker: ManagedAMQPConnection
+    public let redis: RedisPool
     public let database: PostgresPool
+    public let apps: AppRegistry
+    public let publisher: EventPublisher
+    public let metrics: GatewayMetrics
+    let beaconLimits: BeaconLimits
+    let freshness: FreshnessWindow
     let logger: Logger
 
     public init(configuration: FanFlowConfiguration, logger: Logger) async throws {
@@ -23,48 +29,82 @@ public struct Gateway: Sendable {
         self.logger = logger
         var amqp = try AMQPConfiguration(url: configuration.amqpURL)
         amqp.connectionName = "fanflow-gateway"
-        // Platforms retry after 5 s: a confirm that has not come in 2 s is answered as an error.
+        // Platforms retry after 5 s (QQ wants an answer within 3 s): a confirm that has not come in
+        // 2 s is answered as an error, so the platform retries instead of believing a false success.
         amqp.confirmTimeoutMilliseconds = 2_000
         amqp.sendTimeoutMilliseconds = 2_000
-        self.publisher = ManagedAMQPConnection(configuration: amqp, logger: logger) { connection in
+        broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { connection in
             try await connection.declare(Topology.standard)
             try await connection.enableConfirms()
         }
-        self.redis = try await RedisConnection(url: configuration.redisURL)
-        self.database = PostgresPool(url: configuration.databaseURL, maximumConnections: 8)
-        try await publisher.start()
+        redis = try await RedisPool(url: configuration.redisURL, size: 4)
+        database = PostgresPool(url: configuration.databaseURL, maximumConnections: 8)
+        metrics = GatewayMetrics()
+        apps = AppRegistry(database: database, box: try SecretBox(base64Key: configuration.secretKey), logger: logger)
+        publisher = EventPublisher(broker: broker, redis: redis, dedupeTTL: .seconds(configuration.dedupeTTLSeconds),
+                                   metrics: metrics, logger: logger)
+        beaconLimits = BeaconLimits(perSite: configuration.beaconRatePerSite, perIP: configuration.beaconRatePerIP)
+        freshness = FreshnessWindow(seconds: configuration.webhookFreshnessSeconds)
+        try await broker.start()
     }
 
     /// The HTTP application, a `Service` that stops accepting connections on graceful shutdown.
     public func application() -> some ApplicationProtocol {
-        let router = Router()
-        router.get("/health") { _, _ in HealthStatus(status: "ok") }
+        Application(router: router(),
+                    configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort),
+                                         serverName: "fanflow-gateway"),
+                    logger: logger)
+    }
+
+    func router() -> Router<GatewayRequestContext> {
+        let router = Router(context: GatewayRequestContext.self)
+        router.add(middleware: RequestMetricsMiddleware(metrics: metrics))
+        router.get("/health") { _, _ in Response.json(["status": "ok"]) }
         router.get("/ready") { _, _ in await readiness() }
-        return Application(router: router,
-                           configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort),
-                                                serverName: "fanflow-gateway"),
-                           logger: logger)
+        router.get("/metrics") { _, _ in
+            let outstanding = await (try? broker.current())?.outstandingConfirms ?? 0
+            return Response.text(metrics.render(confirmsOutstanding: outstanding), contentType: "text/plain; version=0.0.4")
+        }
+        addWeChatRoutes(router)
+        addAlipayRoutes(router)
+        addWeiboRoutes(router)
+        addQQRoutes(router)
+        addServerEventRoutes(router)
+        addBeaconRoutes(router)
+        addAdminRoutes(router)
+        return router
     }
 
     /// Closes the gateway's connections after the HTTP server stopped.
     public func shutdown() async {
-        await publisher.close()
+        await broker.close()
         await redis.close()
         await database.close()
     }
 
+    /// Publishes one webhook's event; anything but a confirm (or a recognized retry) is an error
+    /// the platform will retry.
+    func publishWebhookEvent(_ envelope: Envelope) async throws(GatewayError) {
+        let result = await publisher.publish(envelope)
+        metrics.events(result.outcomeName)
+        switch result {
+        case .accepted, .duplicate: return
+        case .inFlight:
+            throw GatewayError.unavailable("in_flight", "the same event is being published by another request; retry")
+        case .failed(let why):
+            throw GatewayError.unavailable("publish_unconfirmed", "the event was not confirmed by the broker: \(why)")
+        }
+    }
+
     /// Each dependency probed with a deadline, so `/ready` answers even when one of them hangs.
     func readiness() async -> Response {
-        async let broker = probe { _ = try await publisher.current() }
-        async let cache = probe { _ = try await redis.command(["PING"]) }
+        async let brokerCheck = probe { _ = try await broker.current() }
+        async let cache = probe { _ = try await redis.connection.command(["PING"]) }
         async let store = probe { _ = try await database.query("SELECT 1") }
-        let checks = await ["broker": broker, "redis": cache, "database": store]
+        let checks = await ["broker": brokerCheck, "redis": cache, "database": store]
         let ready = checks.values.allSatisfy { $0 == "ok" }
-        let body = ReadyStatus(status: ready ? "ready" : "not_ready", checks: checks)
-        var response = Response(status: ready ? .ok : .serviceUnavailable)
-        response.headers[.contentType] = "application/json"
-        response.body = .init(byteBuffer: ByteBuffer(bytes: (try? JSONEncoder().encode(body)) ?? Data()))
-        return response
+        return Response.json(ReadyStatus(status: ready ? "ready" : "not_ready", checks: checks),
+                             status: ready ? .ok : .serviceUnavailable)
     }
 
     /// Resolves with whichever comes first, the check or the deadline. A blocking client call cannot
@@ -85,14 +125,66 @@ public struct Gateway: Sendable {
     }
 }
 
+/// The request context: Hummingbird's core storage plus the client's address (for per-IP limits).
+public struct GatewayRequestContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+
+    /// Bodies are collected with explicit per-route limits; this is the outer bound.
+    public var maxUploadSize: Int { 4 * 1024 * 1024 }
+
+    var clientIP: String {
+        switch remoteAddress {
+        case .v4(let address): address.host
+        case .v6(let address): address.host
+        default: "unknown"
+        }
+    }
+}
+
+/// Counts every request by route and status, and refusals by their error code.
+struct RequestMetricsMiddleware: RouterMiddleware {
+    typealias Context = GatewayRequestContext
+    let metrics: GatewayMetrics
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            let response = try await next(request, context)
+            metrics.request(route: context.endpointPath ?? "unmatched", status: Int(response.status.code))
+            return response
+        } catch let error as GatewayError {
+            metrics.request(route: context.endpointPath ?? "unmatched", status: Int(error.status.code), errorCode: error.code)
+            throw error
+        } catch let error as any HTTPResponseError {
+            metrics.request(route: context.endpointPath ?? "unmatched", status: Int(error.status.code), errorCode: "http")
+            throw error
+        } catch {
+            metrics.request(route: context.endpointPath ?? "unmatched", status: 500, errorCode: "internal")
+            throw error
+        }
+    }
+}
+
+extension PublishResult {
+    var outcomeName: String {
+        switch self {
+        case .accepted: "accepted"
+        case .duplicate: "duplicate"
+        case .inFlight: "in_flight"
+        case .failed: "failed"
+        }
+    }
+}
+
 /// True for the first caller only.
 final class FirstAnswer: Sendable {
     private let taken = Mutex(false)
     func claim() -> Bool { taken.withLock { was in defer { was = true }; return !was } }
-}
-
-struct HealthStatus: ResponseCodable {
-    let status: String
 }
 
 struct ReadyStatus: Codable {

@@ -1,0 +1,99 @@
+import Foundation
+import Hummingbird
+
+/// `/admin/v1/*`: bearer-token protected. This file: apps and their credentials.
+extension Gateway {
+    func addAdminRoutes(_ router: Router<GatewayRequestContext>) {
+        let admin = router.group("/admin/v1").add(middleware: AdminAuthMiddleware(token: configuration.adminToken ?? ""))
+        admin.get("/apps") { request, _ in
+            let platform = try request.uri.queryParameters["platform"].map { text throws(GatewayError) in
+                try appPlatform(String(text))
+            }
+            let apps = try await self.apps.list(platform)
+            return Response.json(["apps": apps.map { AppSummary(platform: $0.platform, appId: $0.appID, updatedAt: $0.updatedAt) }])
+        }
+        admin.put("/apps/:platform/:appId") { request, context in
+            let (platform, appID) = try appPath(context)
+            let body = try await request.collectBody(upTo: 64 * 1024)
+            let credentials: AppCredentials
+            do {
+                credentials = try AppCredentials.decode(platform: platform, json: body)
+            } catch {
+                throw GatewayError.badRequest("invalid_credentials", "\(error)")
+            }
+            let created = try await apps.put(platform, appID, credentials)
+            guard let stored = try await apps.fetch(platform, appID) else {
+                throw GatewayError(.internalServerError, "not_stored", "the app was not found after storing it")
+            }
+            return Response.json(AppView(stored, encrypted: apps.encryptsAtRest), status: created ? .created : .ok)
+        }
+        admin.get("/apps/:platform/:appId") { _, context in
+            let (platform, appID) = try appPath(context)
+            guard let app = try await apps.fetch(platform, appID) else { throw GatewayError.unknownApp(platform.rawValue, appID) }
+            return Response.json(AppView(app, encrypted: apps.encryptsAtRest))
+        }
+        admin.delete("/apps/:platform/:appId") { _, context in
+            let (platform, appID) = try appPath(context)
+            guard try await apps.delete(platform, appID) else { throw GatewayError.unknownApp(platform.rawValue, appID) }
+            return Response(status: .noContent)
+        }
+    }
+
+    private func appPlatform(_ text: String) throws(GatewayError) -> AppPlatform {
+        guard let platform = AppPlatform(rawValue: text) else {
+            throw GatewayError.badRequest("unknown_platform", "platform must be one of wechat, alipay, weibo, qq, server")
+        }
+        return platform
+    }
+
+    private func appPath(_ context: GatewayRequestContext) throws(GatewayError) -> (AppPlatform, String) {
+        let platform = try appPlatform(context.parameters.get("platform") ?? "")
+        let appID = context.parameters.get("appId") ?? ""
+        guard (1...64).contains(appID.utf8.count),
+              appID.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 95 || $0 == 45 || $0 == 46 }) else {
+            throw GatewayError.badRequest("invalid_app_id", "appId must be 1-64 characters of [A-Za-z0-9_.-]")
+        }
+        return (platform, appID)
+    }
+}
+
+struct AppSummary: Encodable {
+    let platform: String
+    let appId: String
+    let updatedAt: String
+}
+
+/// An app as the admin API shows it: secrets masked, never returned in full.
+struct AppView: Encodable {
+    let platform: String
+    let appId: String
+    let credentials: [String: String]
+    let encryptedAtRest: Bool
+    let createdAt: String?
+    let updatedAt: String?
+
+    init(_ app: RegisteredApp, encrypted: Bool) {
+        platform = app.platform.rawValue
+        appId = app.appID
+        credentials = app.credentials.masked()
+        encryptedAtRest = encrypted
+        createdAt = app.createdAt
+        updatedAt = app.updatedAt
+    }
+}
+
+/// `Authorization: Bearer $FANFLOW_ADMIN_TOKEN`, compared in constant time.
+struct AdminAuthMiddleware: RouterMiddleware {
+    typealias Context = GatewayRequestContext
+    let token: String
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+            throw GatewayError.unauthorized("missing_token", "Authorization: Bearer <admin token> is required")
+        }
+        guard !token.isEmpty, Bytes.constantTimeEquals(Array(header.dropFirst(7).utf8), Array(token.utf8)) else {
+            throw GatewayError.forbidden("bad_token", "the admin token is not valid")
+        }
+        return try await next(request, context)
+    }
+}

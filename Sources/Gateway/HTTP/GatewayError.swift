@@ -1,0 +1,67 @@
+import Foundation
+import Hummingbird
+
+/// Every refusal the gateway makes: an HTTP status, a machine-readable code and a message, sent as
+/// `{"error":{"code":…,"message":…}}`. Nothing is published when one is thrown.
+public struct GatewayError: HTTPResponseError, Sendable, CustomStringConvertible {
+    public let status: HTTPResponse.Status
+    public let code: String
+    public let message: String
+
+    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String) {
+        self.status = status
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(status.code) \(code): \(message)" }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        let body: [String: [String: String]] = ["error": ["code": code, "message": message]]
+        let bytes = (try? JSONEncoder().encode(body)) ?? Data()
+        var response = Response(status: status, headers: [.contentType: "application/json"],
+                                body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+        if status == .serviceUnavailable { response.headers[.retryAfter] = "1" }
+        return response
+    }
+
+    static func badRequest(_ code: String, _ message: String) -> GatewayError { GatewayError(.badRequest, code, message) }
+    static func unauthorized(_ code: String, _ message: String) -> GatewayError { GatewayError(.unauthorized, code, message) }
+    static func forbidden(_ code: String, _ message: String) -> GatewayError { GatewayError(.forbidden, code, message) }
+    static func unknownApp(_ platform: String, _ app: String) -> GatewayError {
+        GatewayError(.notFound, "unknown_app", "no \(platform) app \(app) is registered")
+    }
+    static func unavailable(_ code: String, _ message: String) -> GatewayError {
+        GatewayError(.serviceUnavailable, code, message)
+    }
+    static let staleTimestamp = GatewayError(.forbidden, "stale_timestamp", "timestamp is outside the freshness window")
+}
+
+extension Request {
+    /// The body, refused with 413 past `limit` bytes (checked while reading, not after).
+    func collectBody(upTo limit: Int) async throws(GatewayError) -> [UInt8] {
+        if let length = headers[.contentLength].flatMap({ Int($0) }), length > limit {
+            throw GatewayError(.contentTooLarge, "body_too_large", "body is larger than \(limit) bytes")
+        }
+        do {
+            var buffer = try await body.collect(upTo: limit)
+            return buffer.readBytes(length: buffer.readableBytes) ?? []
+        } catch {
+            throw GatewayError(.contentTooLarge, "body_too_large", "body is larger than \(limit) bytes")
+        }
+    }
+}
+
+extension Response {
+    static func text(_ text: String, status: HTTPResponse.Status = .ok, contentType: String = "text/plain; charset=utf-8") -> Response {
+        Response(status: status, headers: [.contentType: contentType], body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    static func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let bytes = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        return Response(status: status, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+}

@@ -1,0 +1,164 @@
+import AMQPClient
+import Contracts
+import Foundation
+import Logging
+import RedisClient
+import Runtime
+
+/// What became of one event the gateway was asked to publish.
+public enum PublishResult: Sendable, Equatable {
+    /// RabbitMQ confirmed the persistent message.
+    case accepted
+    /// Already published and confirmed recently (a platform retry); not published again.
+    case duplicate
+    /// The same event is being published by another request right now; the caller should retry.
+    case inFlight
+    /// Not confirmed: the broker is unreachable, refused it, or did not answer in time.
+    case failed(String)
+}
+
+/// Publishes envelopes to `fanflow.events` and waits for the broker's confirm, recognizing
+/// platform retries by event id in Redis first.
+///
+/// Dedupe protocol, one Redis round trip on each side of the publish: claim the id with a token
+/// (`new`, `pending` or `done`), publish, then mark it `done` for `dedupeTTL`, or release the claim
+/// if the broker did not confirm, so the platform's retry publishes it. A claim left by a crashed
+/// gateway expires after `claimTTL`. If Redis itself is unreachable the event is published anyway:
+/// consumers are idempotent by id, and losing an event would be worse than a duplicate.
+public final class EventPublisher: Sendable {
+    private let broker: ManagedAMQPConnection
+    private let redis: RedisPool
+    private let dedupeTTLMilliseconds: Int
+    private let claimTTLMilliseconds: Int
+    private let metrics: GatewayMetrics
+    private let logger: Logger
+
+    static let claim = RedisScript("""
+        local v = redis.call('GET', KEYS[1])
+        if not v then
+          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+          return 'new'
+        end
+        if v == 'done' then return 'done' end
+        return 'pending'
+        """)
+    static let settle = RedisScript("""
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        if ARGV[2] == 'done' then
+          redis.call('SET', KEYS[1], 'done', 'PX', ARGV[3])
+        else
+          redis.call('DEL', KEYS[1])
+        end
+        return 1
+        """)
+
+    public init(broker: ManagedAMQPConnection, redis: RedisPool, dedupeTTL: Duration, claimTTL: Duration = .seconds(30),
+                metrics: GatewayMetrics, logger: Logger) {
+        self.broker = broker
+        self.redis = redis
+        self.dedupeTTLMilliseconds = Int(dedupeTTL.components.seconds * 1000)
+        self.claimTTLMilliseconds = Int(claimTTL.components.seconds * 1000)
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    static func dedupeKey(_ id: String) -> String { "fanflow:seen:" + id }
+
+    public func publish(_ envelope: Envelope) async -> PublishResult {
+        await publish([envelope])[0]
+    }
+
+    /// Publishes a batch: one pipelined claim, every publish in flight at once, one pipelined settle.
+    public func publish(_ envelopes: [Envelope]) async -> [PublishResult] {
+        guard !envelopes.isEmpty else { return [] }
+        let token = UUID().uuidString
+        let keys = envelopes.map { Self.dedupeKey($0.id) }
+        var claims: [String]
+        do {
+            let replies = try await redis.connection.evalSHAPipelined(keys.map {
+                (script: Self.claim, keys: [$0], arguments: [token, String(claimTTLMilliseconds)])
+            })
+            claims = replies.map { $0.string ?? "new" }
+        } catch {
+            metrics.count(.dedupeUnavailable)
+            logger.warning("dedupe store unreachable, publishing without it", metadata: ["error": "\(error)"])
+            claims = Array(repeating: "unclaimed", count: envelopes.count)
+        }
+
+        var results = [PublishResult](repeating: .duplicate, count: envelopes.count)
+        var toPublish: [Int] = []
+        for (index, claim) in claims.enumerated() {
+            switch claim {
+            case "done": results[index] = .duplicate
+            case "pending": results[index] = .inFlight
+            default: toPublish.append(index)
+            }
+        }
+        if toPublish.isEmpty { return results }
+
+        let outcomes = await send(toPublish.map { envelopes[$0] })
+        var settles: [(script: RedisScript, keys: [String], arguments: [String])] = []
+        for (position, index) in toPublish.enumerated() {
+            results[index] = outcomes[position]
+            guard claims[index] == "new" else { continue }
+            let done = outcomes[position] == .accepted
+            settles.append((Self.settle, [keys[index]], [token, done ? "done" : "release", String(dedupeTTLMilliseconds)]))
+        }
+        if !settles.isEmpty {
+            do {
+                _ = try await redis.connection.evalSHAPipelined(settles)
+            } catch {
+                // The claims expire on their own; a retry inside claimTTL is answered "in flight".
+                logger.warning("could not settle dedupe claims", metadata: ["error": "\(error)"])
+            }
+        }
+        return results
+    }
+
+    private func send(_ envelopes: [Envelope]) async -> [PublishResult] {
+        let connection: AMQPConnection
+        do {
+            connection = try await broker.current()
+        } catch {
+            metrics.count(.brokerUnavailable, by: envelopes.count)
+            return Array(repeating: .failed("broker unavailable: \(error)"), count: envelopes.count)
+        }
+        let started = ContinuousClock.now
+        let results = await withTaskGroup(of: (Int, PublishResult).self) { group in
+            for (index, envelope) in envelopes.enumerated() {
+                group.addTask {
+                    (index, await Self.publish(envelope, on: connection))
+                }
+            }
+            var results = [PublishResult](repeating: .failed("not sent"), count: envelopes.count)
+            for await (index, result) in group { results[index] = result }
+            return results
+        }
+        metrics.observePublish(seconds: (ContinuousClock.now - started).seconds, count: envelopes.count,
+                               failures: results.filter { $0 != .accepted }.count)
+        return results
+    }
+
+    private static func publish(_ envelope: Envelope, on connection: AMQPConnection) async -> PublishResult {
+        let body: [UInt8]
+        do {
+            body = try envelope.encoded()
+        } catch {
+            return .failed("cannot encode the envelope: \(error)")
+        }
+        let properties = AMQPProperties(messageID: envelope.id, contentType: "application/json", type: envelope.kind.rawValue,
+                                        appID: "fanflow-gateway", timestamp: UInt64(max(0, envelope.receivedAt.timeIntervalSince1970)),
+                                        persistent: true)
+        switch await connection.publish(exchange: ExchangeName.events.rawValue, routingKey: envelope.routingKey, body: body,
+                                        properties: properties) {
+        case .acked: return .accepted
+        case .nacked: return .failed("the broker refused the message (nack)")
+        case .timedOut: return .failed("the broker did not confirm in time")
+        case .failed(let error): return .failed("publish failed: \(error)")
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

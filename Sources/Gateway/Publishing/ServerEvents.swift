@@ -1,0 +1,193 @@
+import Contracts
+@preconcurrency import Crypto
+import Foundation
+import Hummingbird
+
+/// `POST /v1/events`: business events from the brand's own systems, HMAC-signed.
+extension Gateway {
+    static let serverEventsLimit = 500
+    static let serverEventsBodyLimit = 4 * 1024 * 1024
+
+    func addServerEventRoutes(_ router: Router<GatewayRequestContext>) {
+        router.post("/v1/events") { request, context in
+            try await serverEvents(request, context)
+        }
+    }
+
+    func serverEvents(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
+        guard let appID = request.headers[.fanflowApp], !appID.isEmpty else {
+            throw GatewayError.unauthorized("missing_app", "X-FanFlow-App is required")
+        }
+        let app = try await apps.app(.server, appID)
+        guard let key = app.hmacKey else { throw GatewayError.unknownApp("server", appID) }
+        guard let timestamp = request.headers[.fanflowTimestamp],
+              let signature = request.headers[.fanflowSignature] else {
+            throw GatewayError.unauthorized("missing_signature", "X-FanFlow-Timestamp and X-FanFlow-Signature are required")
+        }
+        let body = try await request.collectBody(upTo: Self.serverEventsBodyLimit)
+        guard signature.hasPrefix("sha256="), let received = Bytes.fromHex(signature.dropFirst(7)) else {
+            throw GatewayError.unauthorized("bad_signature", "X-FanFlow-Signature must be sha256=<hex>")
+        }
+        let expected = HMAC<SHA256>.authenticationCode(for: Array(timestamp.utf8) + [UInt8(ascii: ".")] + body, using: key)
+        guard Bytes.constantTimeEquals(received, Array(expected)) else {
+            throw GatewayError.forbidden("bad_signature", "HMAC-SHA256 signature does not match")
+        }
+        let receivedAt = Date()
+        try freshness.check(timestamp, now: receivedAt.timeIntervalSince1970)
+
+        guard let root = try? JSONDecoder().decode(JSONValue.self, from: Data(body)), case .object(let object) = root,
+              case .array(let items) = object["events"] else {
+            throw GatewayError.badRequest("malformed_json", #"body must be {"events":[…]}"#)
+        }
+        guard items.count <= Self.serverEventsLimit else {
+            throw GatewayError(.contentTooLarge, "too_many_events", "at most \(Self.serverEventsLimit) events per request, got \(items.count)")
+        }
+
+        var results: [ServerEventResult] = []
+        var envelopes: [Envelope] = []
+        var positions: [Int] = []
+        var seen = Set<String>()
+        for item in items {
+            switch ServerEvents.validate(item, serverApp: appID, receivedAt: receivedAt) {
+            case .failure(let rejection):
+                results.append(ServerEventResult(id: rejection.id, status: "rejected", reason: rejection.reason))
+            case .success(let envelope):
+                let brandID = rejectionID(item) ?? ""
+                if !seen.insert(envelope.id).inserted {
+                    results.append(ServerEventResult(id: brandID, status: "duplicate", reason: "repeated in this request"))
+                    continue
+                }
+                positions.append(results.count)
+                results.append(ServerEventResult(id: brandID, status: "accepted", reason: nil))
+                envelopes.append(envelope)
+            }
+        }
+        metrics.events("rejected", by: results.count - envelopes.count)
+
+        var retryable = false
+        for (position, outcome) in zip(positions, await publisher.publish(envelopes)) {
+            metrics.events(outcome.outcomeName)
+            switch outcome {
+            case .accepted: break
+            case .duplicate: results[position].status = "duplicate"
+            case .inFlight:
+                retryable = true
+                results[position].status = "rejected"
+                results[position].reason = "in_flight: being published by another request; retry"
+            case .failed(let why):
+                retryable = true
+                results[position].status = "rejected"
+                results[position].reason = "unavailable: \(why); retry"
+            }
+        }
+        // 503 tells the sender to retry the request; what was accepted comes back as "duplicate".
+        return .json(ServerEventResults(results: results), status: retryable ? .serviceUnavailable : .ok)
+    }
+
+    private func rejectionID(_ item: JSONValue) -> String? {
+        guard case .object(let object) = item else { return nil }
+        return object["id"]?.string
+    }
+}
+
+struct ServerEventResult: Encodable {
+    var id: String
+    var status: String
+    var reason: String?
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(id, forKey: .id)
+        try container.encode(status, forKey: .status)
+        // `reason` is always present: null when accepted, so clients can read one shape.
+        try container.encode(reason, forKey: .reason)
+    }
+    enum CodingKeys: String, CodingKey { case id, status, reason }
+}
+
+struct ServerEventResults: Encodable { let results: [ServerEventResult] }
+
+enum ServerEvents {
+    struct Rejection: Error { let id: String; let reason: String }
+
+    static let memberPlatforms: Set<String> = ["wechat", "alipay", "weibo", "qq"]
+
+    /// Checks one event and builds its envelope; the reason names the first problem found.
+    static func validate(_ item: JSONValue, serverApp: String, receivedAt: Date) -> Result<Envelope, Rejection> {
+        guard case .object(let event) = item else { return .failure(Rejection(id: "", reason: "event must be an object")) }
+        guard let id = event["id"]?.string, (1...128).contains(id.utf8.count) else {
+            return .failure(Rejection(id: "", reason: "id must be a string of 1-128 bytes"))
+        }
+        func reject(_ reason: String) -> Result<Envelope, Rejection> { .failure(Rejection(id: id, reason: reason)) }
+        guard let kindText = event["kind"]?.string, isKind(kindText) else {
+            return reject("kind must be dotted lower-case words, like community.post")
+        }
+        guard case .object(let member) = event["member"] else { return reject("member is required") }
+        guard let platform = member["platform"]?.string, memberPlatforms.contains(platform),
+              let memberPlatform = Platform(rawValue: platform) else {
+            return reject("member.platform must be one of wechat, alipay, weibo, qq")
+        }
+        guard let memberApp = member["app"]?.string, (1...64).contains(memberApp.utf8.count) else {
+            return reject("member.app must be a string of 1-64 bytes")
+        }
+        guard let openid = member["openid"]?.string, (1...128).contains(openid.utf8.count) else {
+            return reject("member.openid must be a string of 1-128 bytes")
+        }
+        var unionid: String?
+        if let value = member["unionid"], value != .null {
+            guard let text = value.string, (1...128).contains(text.utf8.count) else { return reject("member.unionid must be a string") }
+            unionid = text
+        }
+        guard let timeText = event["occurredAt"]?.string, let occurredAt = RFC3339.parse(timeText) else {
+            return reject("occurredAt must be an RFC 3339 time")
+        }
+        guard occurredAt.timeIntervalSince(receivedAt) <= 300, occurredAt.timeIntervalSince1970 > 946_684_800 else {
+            return reject("occurredAt is in the future or before 2000")
+        }
+        var attributes: [String: JSONValue] = [:]
+        switch event["attributes"] {
+        case .none, .null?: break
+        case .object(let given)?: attributes = given
+        default: return reject("attributes must be an object")
+        }
+        if let problem = attributeProblem(EventKind(kindText), attributes) { return reject(problem) }
+        attributes["sourceApp"] = .string(serverApp)
+        attributes["sourceEventId"] = .string(id)
+        return .success(Envelope(id: EventID.derive(.server, app: serverApp, ["event", id]), platform: memberPlatform,
+                                 app: memberApp, kind: EventKind(kindText),
+                                 subject: Envelope.Subject(openid: openid, unionid: unionid),
+                                 occurredAt: occurredAt, receivedAt: receivedAt, attributes: attributes))
+    }
+
+    static func isKind(_ text: String) -> Bool {
+        guard (1...64).contains(text.utf8.count), text.first != ".", text.last != ".", !text.contains("..") else { return false }
+        return text.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 || $0 == 46 }
+    }
+
+    /// The attributes each business kind must carry, with their types.
+    static func attributeProblem(_ kind: EventKind, _ attributes: [String: JSONValue]) -> String? {
+        func string(_ name: String, required: Bool) -> String? {
+            switch attributes[name] {
+            case .string(let s)? where !s.isEmpty && s.utf8.count <= 256: return nil
+            case nil, .null?: return required ? "attributes.\(name) is required (a string)" : nil
+            default: return "attributes.\(name) must be a non-empty string"
+            }
+        }
+        switch kind {
+        case .orderPaid, .orderDelivered, .orderRefunded:
+            if let problem = string("orderId", required: true) { return problem }
+            guard let amount = attributes["amount"]?.intStrict, amount >= 0 else {
+                return "attributes.amount is required: an integer number of fen, not negative"
+            }
+            return nil
+        case .memberRegistered:
+            return string("referredBy", required: false)
+        case .codeVerified:
+            return string("code", required: true)
+        case .communityPost, .communityComment, .communityShare, .communityLike:
+            return string("postId", required: false)
+        default:
+            return nil
+        }
+    }
+}
