@@ -1,5 +1,7 @@
 /// Any JSON value: event attributes keep platform fields we do not model, instead of dropping them.
-public enum JSONValue: Codable, Sendable, Hashable {
+public enum JSONValue: Codable, Sendable, Hashable, ExpressibleByStringLiteral {
+    public init(stringLiteral value: String) { self = .string(value) }
+
     case string(String)
     case number(Double)
     case integer(Int64)
