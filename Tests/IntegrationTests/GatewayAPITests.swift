@@ -107,8 +107,9 @@ struct GatewayAPITests {
             try await client.execute(uri: "/v1/collect", method: .post, body: ByteBuffer(string: batch.replacingOccurrences(of: site, with: "nosuchsite"))) { response in
                 #expect(response.status == .notFound)
             }
-            // Three beacons were spent above; the IP's bucket holds ten (two seconds at 5/s).
-            let bigger = #"{"site":"\#(site)","clientId":"c-3","events":[\#((0..<8).map { _ in #"{"id":"\#(UUID().uuidString)","type":"click","occurredAt":"\#(time)","url":"u","title":"t","referrer":""}"# }.joined(separator: ","))]}"#
+            // The IP's bucket holds ten (two seconds at 5/s): twelve at once are refused however long
+            // the test took so far.
+            let bigger = #"{"site":"\#(site)","clientId":"c-3","events":[\#((0..<12).map { _ in #"{"id":"\#(UUID().uuidString)","type":"click","occurredAt":"\#(time)","url":"u","title":"t","referrer":""}"# }.joined(separator: ","))]}"#
             try await client.execute(uri: "/v1/collect", method: .post, body: ByteBuffer(string: bigger)) { response in
                 #expect(response.status == .tooManyRequests)
                 #expect(GatewayHarness.errorCode(response) == "rate_limited")
