@@ -85,7 +85,7 @@ let package = Package(
                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                           swiftSettings: swiftSettings),
         .executableTarget(name: "FanFlowBench",
-                          dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient",
+                          dependencies: ["Contracts", "AMQPClient", "Gateway", "RedisClient", "PostgresClient",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: swiftSettings),
 

@@ -8,7 +8,7 @@ import RedisClient
 struct FanFlowBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fanflow-bench", abstract: "Throughput of FanFlow's pieces on this machine.",
-        subcommands: [ClientsBench.self])
+        subcommands: [ClientsBench.self, GatewayRequests.self])
 }
 
 /// Seconds on a monotonic clock.
@@ -31,6 +31,7 @@ struct ClientsBench: AsyncParsableCommand {
     @Option(help: "Rows per INSERT statement / transaction.") var batchRows: Int = 1_000
     @Option(help: "Rows for COPY.") var copyRows: Int = 1_000_000
     @Option(help: "Write one `name value` line per figure here, for scripts/bench.") var output: String?
+    @Option(help: "Measure only this client: amqp, redis or postgres.") var only: String?
 
     func run() async throws {
         let env = ProcessInfo.processInfo.environment
@@ -39,13 +40,19 @@ struct ClientsBench: AsyncParsableCommand {
             throw ValidationError("set FANFLOW_AMQP_URL, FANFLOW_REDIS_URL and FANFLOW_DATABASE_URL (eval \"$(scripts/services env)\")")
         }
         var figures: [(String, Double)] = []
-        let (published, consumed) = try await amqp(url: amqpURL)
-        figures.append(("amqp_confirmed_publish_per_s", published))
-        figures.append(("amqp_consume_ack_per_s", consumed))
-        figures.append(("redis_evalsha_pipelined_per_s", try await redis(url: redisURL)))
-        let (inserted, copied) = try await postgres(url: databaseURL)
-        figures.append(("pg_batched_insert_rows_per_s", inserted))
-        figures.append(("pg_copy_rows_per_s", copied))
+        if only == nil || only == "amqp" {
+            let (published, consumed) = try await amqp(url: amqpURL)
+            figures.append(("amqp_confirmed_publish_per_s", published))
+            figures.append(("amqp_consume_ack_per_s", consumed))
+        }
+        if only == nil || only == "redis" {
+            figures.append(("redis_evalsha_pipelined_per_s", try await redis(url: redisURL)))
+        }
+        if only == nil || only == "postgres" {
+            let (inserted, copied) = try await postgres(url: databaseURL)
+            figures.append(("pg_batched_insert_rows_per_s", inserted))
+            figures.append(("pg_copy_rows_per_s", copied))
+        }
         let lines = figures.map { "\($0.0) \(Int($0.1.rounded()))" }.joined(separator: "\n") + "\n"
         print(lines, terminator: "")
         if let output { try lines.write(toFile: output, atomically: true, encoding: .utf8) }

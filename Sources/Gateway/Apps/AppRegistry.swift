@@ -56,6 +56,7 @@ public final class AppRegistry: Sendable {
     private let freshFor: Duration
     private let unknownFor: Duration
     private let logger: Logger
+    private static let maxEntries = 50_000
 
     public init(database: PostgresPool, box: SecretBox, freshFor: Duration = .seconds(10),
                 unknownFor: Duration = .seconds(2), logger: Logger) {
@@ -83,7 +84,14 @@ public final class AppRegistry: Sendable {
         guard appID.utf8.count <= 64, !appID.isEmpty else { throw .unknownApp(platform.rawValue, appID) }
         do {
             let app = try await load(key)
-            cache.withLock { $0[key] = Entry(app: app, loadedAt: now) }
+            cache.withLock { cache in
+                // Unknown app ids are cached too (so a flood of them does not reach the database);
+                // past a bound, expired entries go, so the flood cannot grow memory either.
+                if cache.count >= Self.maxEntries {
+                    cache = cache.filter { now - $0.value.loadedAt < (($0.value.app == nil) ? unknownFor : freshFor) }
+                }
+                cache[key] = Entry(app: app, loadedAt: now)
+            }
             guard let app else { throw GatewayError.unknownApp(platform.rawValue, appID) }
             return app
         } catch let error as GatewayError {
