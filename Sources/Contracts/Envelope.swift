@@ -51,6 +51,12 @@ public struct Envelope: Codable, Sendable, Hashable {
     /// Encodes with RFC 3339 times (fractional seconds kept) and sorted keys, so the same event
     /// always has the same bytes.
     public func encoded() throws -> [UInt8] {
+        EnvelopeWriter.write(self)
+    }
+
+    /// The same bytes through Foundation's `JSONEncoder`: the reference the hand-written writer is
+    /// tested against.
+    public func encodedWithFoundation() throws -> [UInt8] {
         Array(try Self.encoder.encode(self))
     }
 

@@ -37,7 +37,8 @@ public struct Gateway: Sendable {
             try await connection.declare(Topology.standard)
             try await connection.enableConfirms()
         }
-        redis = try await RedisPool(url: configuration.redisURL, size: 4)
+        // Two connections whose calls are coalesced into pipelines: enough to keep Redis busy.
+        redis = try await RedisPool(url: configuration.redisURL, size: 2)
         database = PostgresPool(url: configuration.databaseURL, maximumConnections: 8)
         metrics = GatewayMetrics()
         apps = AppRegistry(database: database, box: try SecretBox(base64Key: configuration.secretKey), logger: logger)

@@ -4,6 +4,7 @@ import Synchronization
 /// time; a handful lets concurrent requests overlap their round trips.
 public final class RedisPool: Sendable {
     private let connections: [RedisConnection]
+    private let coalescers: [RedisCoalescer]
     private let next = Atomic<Int>(0)
 
     public init(url: String, size: Int) async throws {
@@ -18,6 +19,12 @@ public final class RedisPool: Sendable {
             }
         }
         connections = opened
+        coalescers = opened.map { RedisCoalescer(connection: $0) }
+    }
+
+    /// Script calls coalesced with other callers' into shared pipelines (see ``RedisCoalescer``).
+    public func evalSHA(_ calls: [RedisCoalescer.Call]) async throws -> [RedisReply] {
+        try await coalescers[next.wrappingAdd(1, ordering: .relaxed).oldValue % coalescers.count].evalSHA(calls)
     }
 
     /// The next connection in turn.

@@ -87,7 +87,11 @@ final class EventTap: Sendable {
         let connection = try await AMQPConnection(url: TestEnvironment.amqpURL)
         try await connection.declareExchange(ExchangeName.events.rawValue)
         let queue = TestEnvironment.unique("test.tap")
-        try await connection.declareQueue(queue, options: AMQPQueueOptions(kind: .classic, durable: false))
+        // Not deleted when the test ends: a queue deleted while another test's publish is being
+        // routed to it (every tap binds "#") can make the broker nack that publish. The server
+        // drops the queue a minute after its consumer is gone.
+        try await connection.declareQueue(queue, options: AMQPQueueOptions(
+            kind: .classic, durable: false, extra: ["x-expires": .int(60_000), "x-max-length": .int(100_000)]))
         try await connection.bindQueue(queue, exchange: ExchangeName.events.rawValue, routingKey: "#")
         let (_, deliveries) = try await connection.consume(queue: queue, prefetch: 500)
         let tap = EventTap(queue: queue, connection: connection)
@@ -128,7 +132,6 @@ final class EventTap: Sendable {
     }
 
     func close() async {
-        try? await connection.deleteQueue(queue)
         await connection.close()
     }
 }

@@ -75,7 +75,7 @@ public final class EventPublisher: Sendable {
         let keys = envelopes.map { Self.dedupeKey($0.id) }
         var claims: [String]
         do {
-            let replies = try await redis.connection.evalSHAPipelined(keys.map {
+            let replies = try await redis.evalSHA(keys.map {
                 (script: Self.claim, keys: [$0], arguments: [token, String(claimTTLMilliseconds)])
             })
             claims = replies.map { $0.string ?? "new" }
@@ -106,7 +106,7 @@ public final class EventPublisher: Sendable {
         }
         if !settles.isEmpty {
             do {
-                _ = try await redis.connection.evalSHAPipelined(settles)
+                _ = try await redis.evalSHA(settles)
             } catch {
                 // The claims expire on their own; a retry inside claimTTL is answered "in flight".
                 logger.warning("could not settle dedupe claims", metadata: ["error": "\(error)"])
@@ -124,6 +124,12 @@ public final class EventPublisher: Sendable {
             return Array(repeating: .failed("broker unavailable: \(error)"), count: envelopes.count)
         }
         let started = ContinuousClock.now
+        if envelopes.count == 1 {
+            // The common case (one webhook, one event) without a task group's overhead.
+            let result = await Self.publish(envelopes[0], on: connection)
+            metrics.observePublish(seconds: (ContinuousClock.now - started).seconds, count: 1, failures: result == .accepted ? 0 : 1)
+            return [result]
+        }
         let results = await withTaskGroup(of: (Int, PublishResult).self) { group in
             for (index, envelope) in envelopes.enumerated() {
                 group.addTask {
