@@ -43,7 +43,11 @@ public final class RedisCoalescer: Sendable {
             }
             if batch.isEmpty { return }
             do {
-                let replies = try await connection.evalSHAPipelined(batch.flatMap(\.calls))
+                let calls = batch.flatMap(\.calls)
+                let replies = try await connection.evalSHAPipelined(calls)
+                guard replies.count == calls.count else {
+                    throw RedisError(.protocolError, "\(replies.count) replies to a pipeline of \(calls.count) calls")
+                }
                 var offset = 0
                 for waiting in batch {
                     waiting.continuation.resume(returning: Array(replies[offset..<(offset + waiting.calls.count)]))

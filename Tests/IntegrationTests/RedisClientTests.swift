@@ -14,6 +14,30 @@ struct RedisClientTests {
         return grant
         """)
 
+    @Test("coalesced calls: 200 concurrent callers share pipelines and each gets its own replies, in order")
+    func coalescedCalls() async throws {
+        let pool = try await RedisPool(url: TestEnvironment.redisURL, size: 2)
+        let echo = RedisScript("return {KEYS[1], ARGV[1]}")
+        let prefix = TestEnvironment.unique("test:co")
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for caller in 0..<200 {
+                group.addTask {
+                    let calls = (0..<3).map { n in (script: echo, keys: ["\(prefix):\(caller)"], arguments: ["\(n)"]) }
+                    let replies = try await pool.evalSHA(calls)
+                    #expect(replies.map { $0.array?.compactMap(\.string) ?? [] }
+                            == (0..<3).map { ["\(prefix):\(caller)", "\($0)"] })
+                }
+            }
+            try await group.waitForAll()
+        }
+        // A Lua error is that call's reply, not the batch's failure.
+        let mixed = try await pool.evalSHA([(RedisScript("return redis.error_reply('NOPE')"), [], []), (echo, ["k"], ["v"])])
+        guard case .error(let message)? = mixed.first else { Issue.record("expected an error reply, got \(String(describing: mixed.first))"); return }
+        #expect(message.hasSuffix("NOPE"))
+        #expect(mixed.last?.array?.compactMap(\.string) == ["k", "v"])
+        await pool.close()
+    }
+
     @Test("commands return typed replies; error replies are typed errors with the server's text")
     func typedReplies() async throws {
         let redis = try await RedisConnection(url: TestEnvironment.redisURL)
