@@ -106,6 +106,21 @@ struct GatewayParsingTests {
         #expect(reason(#"{"id":"x","kind":"community.post","member":{"platform":"wechat","app":"wx1","openid":7},"occurredAt":"\#(time)"}"#)?.contains("openid") == true)
     }
 
+    @Test("Alipay forms: raw percent-decoded bytes kept, GBK text converted to UTF-8")
+    func alipayForm() throws {
+        // "中文" in GBK is D6 D0 CE C4; Alipay signs those bytes, we read them as text.
+        let form = try #require(FormBody.parse(Array("charset=GBK&biz_content=%D6%D0%CE%C4+ok&empty=&sign=a%2Bb".utf8)))
+        #expect(form.map(\.name) == ["charset", "biz_content", "empty", "sign"])
+        #expect(form[1].value == [0xD6, 0xD0, 0xCE, 0xC4, 0x20, 0x6F, 0x6B])
+        #expect(form[3].value == Array("a+b".utf8))
+        #expect(Charset.utf8(form[1].value, from: "GBK") == "中文 ok")
+        #expect(Charset.utf8(Array("中文".utf8), from: "UTF-8") == "中文")
+        #expect(Charset.utf8([0xD6], from: "GBK") == nil)
+        #expect(Charset.utf8([0x41], from: "EBCDIC") == nil)
+        #expect(FormBody.parse(Array("a=%G1".utf8)) == nil)
+        #expect(FormBody.parse(Array("a=%4".utf8)) == nil)
+    }
+
     @Test("Weibo created_at parses with its offset")
     func weiboTime() {
         #expect(WeiboEvents.parseTime("Mon Jul 16 18:09:20 +0800 2012") == RFC3339.parse("2012-07-16T10:09:20Z"))
