@@ -32,6 +32,7 @@ struct ClientsBench: AsyncParsableCommand {
     @Option(help: "Rows for COPY.") var copyRows: Int = 1_000_000
     @Option(help: "Write one `name value` line per figure here, for scripts/bench.") var output: String?
     @Option(help: "Measure only this client: amqp, redis or postgres.") var only: String?
+    @Option(help: "Quorum queues each publish is routed to (through a fanout exchange when more than 1).") var queues: Int = 1
 
     func run() async throws {
         let env = ProcessInfo.processInfo.environment
@@ -61,10 +62,24 @@ struct ClientsBench: AsyncParsableCommand {
     /// Confirmed persistent publishes into a quorum queue with `inFlight` outstanding, then the same
     /// messages consumed with prefetch 500 and one `ack(multiple:)` per batch.
     func amqp(url: String) async throws -> (Double, Double) {
-        let queue = "bench.clients.\(UUID().uuidString.prefix(8))"
+        let name = "bench.clients.\(UUID().uuidString.prefix(8))"
+        let queue = name
         let publisher = try await AMQPConnection(url: url)
         try await publisher.enableConfirms()
         try await publisher.declareQueue(queue, options: AMQPQueueOptions(kind: .quorum))
+        // Like the gateway's webhooks, which the topology routes into two queues (behavior, points).
+        let exchange = queues > 1 ? name : ""
+        var extraQueues: [String] = []
+        if queues > 1 {
+            try await publisher.declareExchange(exchange, type: "fanout", durable: false)
+            try await publisher.bindQueue(queue, exchange: exchange, routingKey: "")
+            for index in 1..<queues {
+                let extra = "\(name).\(index)"
+                try await publisher.declareQueue(extra, options: AMQPQueueOptions(kind: .quorum))
+                try await publisher.bindQueue(extra, exchange: exchange, routingKey: "")
+                extraQueues.append(extra)
+            }
+        }
         let body = [UInt8](repeating: UInt8(ascii: "x"), count: bodySize)
         let deadline = now() + seconds
         let started = now()
@@ -73,7 +88,7 @@ struct ClientsBench: AsyncParsableCommand {
                 group.addTask {
                     var ok = 0
                     while now() < deadline {
-                        if await publisher.publish(exchange: "", routingKey: queue, body: body,
+                        if await publisher.publish(exchange: exchange, routingKey: exchange.isEmpty ? queue : "", body: body,
                                                    properties: AMQPProperties(messageID: "bench")) == .acked { ok += 1 }
                     }
                     return ok
@@ -95,6 +110,8 @@ struct ClientsBench: AsyncParsableCommand {
         let consumeRate = Double(received) / (now() - consumeStart)
         await consumer.close()
         try await publisher.deleteQueue(queue)
+        for extra in extraQueues { try await publisher.deleteQueue(extra) }
+        if !exchange.isEmpty { try await publisher.deleteExchange(exchange) }
         await publisher.close()
         return (publishRate, consumeRate)
     }
