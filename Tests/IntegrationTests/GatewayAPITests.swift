@@ -209,6 +209,49 @@ struct GatewayAPITests {
         }
     }
 
+    @Test("Redis unreachable: webhooks are still published (without retry detection) and counted")
+    func redisDown() async throws {
+        let redis = try await ThrowawayRedis.start()
+        try await GatewayHarness.run(["FANFLOW_REDIS_URL": redis.url]) { client, tap, _ in
+            let app = TestEnvironment.unique("wx")
+            try await GatewayHarness.register(client, "wechat", app, ["token": "tok"])
+            await redis.stop()
+            let xml = "<xml><ToUserName>gh</ToUserName><FromUserName>fan</FromUserName><CreateTime>\(Int(Date().timeIntervalSince1970))</CreateTime><MsgType>text</MsgType><Content>hi</Content><MsgId>77</MsgId></xml>"
+            try await client.execute(uri: "/wechat/\(app)?\(GatewayWebhookTests.wechatQuery(token: "tok"))", method: .post,
+                                     body: ByteBuffer(string: xml)) { response in
+                #expect(response.status == .ok)
+                #expect(String(buffer: response.body) == "success")
+            }
+            #expect(try await tap.wait(app: app, count: 1).count == 1)
+            try await client.execute(uri: "/metrics", method: .get) { response in
+                #expect(String(buffer: response.body).contains("fanflow_gateway_dedupe_unavailable_total 1"))
+            }
+        }
+    }
+
+    @Test("a retry while the first attempt is still being published is answered 503 in_flight, not success")
+    func retryWhileInFlight() async throws {
+        try await GatewayHarness.run { client, tap, gateway in
+            let app = TestEnvironment.unique("wx")
+            try await GatewayHarness.register(client, "wechat", app, ["token": "tok"])
+            // What the first attempt's claim looks like while its publish awaits the confirm.
+            let key = "fanflow:seen:" + EventID.derive(.wechat, app: app, ["msg", "88"])
+            _ = try await gateway.redis.connection.command(["SET", key, "another-request-token", "PX", "30000"])
+            let xml = "<xml><ToUserName>gh</ToUserName><FromUserName>fan</FromUserName><CreateTime>\(Int(Date().timeIntervalSince1970))</CreateTime><MsgType>text</MsgType><Content>hi</Content><MsgId>88</MsgId></xml>"
+            let uri = "/wechat/\(app)?\(GatewayWebhookTests.wechatQuery(token: "tok"))"
+            try await client.execute(uri: uri, method: .post, body: ByteBuffer(string: xml)) { response in
+                #expect(response.status == .serviceUnavailable)
+                #expect(GatewayHarness.errorCode(response) == "in_flight")
+            }
+            // The first attempt failed and released its claim: the platform's next retry goes through.
+            _ = try await gateway.redis.connection.command(["DEL", key])
+            try await client.execute(uri: uri, method: .post, body: ByteBuffer(string: xml)) { response in
+                #expect(response.status == .ok)
+            }
+            #expect(try await tap.wait(app: app, count: 1).count == 1)
+        }
+    }
+
     @Test("/metrics counts requests, errors by code, events by outcome and publish latency")
     func metrics() async throws {
         try await GatewayHarness.run { client, _, _ in
