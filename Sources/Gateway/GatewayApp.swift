@@ -46,6 +46,7 @@ public struct Gateway: Sendable {
                                    metrics: metrics, logger: logger)
         beaconLimits = BeaconLimits(perSite: configuration.beaconRatePerSite, perIP: configuration.beaconRatePerIP)
         freshness = FreshnessWindow(seconds: configuration.webhookFreshnessSeconds)
+        _ = Self.sdk  // read the bundled sdk.js now, not on the first request's thread
         try await broker.start()
     }
 
@@ -81,6 +82,11 @@ public struct Gateway: Sendable {
         await broker.close()
         await redis.close()
         await database.close()
+    }
+
+    /// The registered app a webhook's path names (`/{platform}/{appId}`), or 404.
+    func pathApp(_ platform: AppPlatform, _ context: GatewayRequestContext) async throws(GatewayError) -> RegisteredApp {
+        try await apps.app(platform, context.parameters.get("appId") ?? "")
     }
 
     /// Publishes one webhook's event; anything but a confirm (or a recognized retry) is an error

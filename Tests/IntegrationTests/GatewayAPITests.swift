@@ -162,6 +162,20 @@ struct GatewayAPITests {
                 #expect(response.status == .badRequest)
                 #expect(GatewayHarness.errorCode(response) == "invalid_credentials")
             }
+            let badKeys = #"{"alipayPublicKey":"not a key","appPrivateKey":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"}"#
+            try await client.execute(uri: "/admin/v1/apps/alipay/\(app)", method: .put, headers: GatewayHarness.adminHeaders,
+                                     body: ByteBuffer(string: badKeys)) { response in
+                #expect(response.status == .badRequest)
+                #expect(GatewayHarness.errorCode(response) == "invalid_credentials")
+                #expect(String(buffer: response.body).contains("alipayPublicKey"))
+            }
+            try await client.execute(uri: "/admin/v1/apps?platform=wechat", method: .get, headers: GatewayHarness.adminHeaders) { response in
+                let listed = (GatewayHarness.json(response)["apps"] as? [[String: Any]] ?? []).compactMap { $0["appId"] as? String }
+                #expect(listed.contains(app))
+            }
+            try await client.execute(uri: "/admin/v1/apps/alipay/\(app)", method: .get, headers: GatewayHarness.adminHeaders) { response in
+                #expect(response.status == .notFound)
+            }
             try await client.execute(uri: "/admin/v1/apps/myspace/\(app)", method: .put, headers: GatewayHarness.adminHeaders,
                                      body: ByteBuffer(string: credentials)) { response in
                 #expect(response.status == .badRequest)
@@ -264,10 +278,4 @@ struct GatewayAPITests {
             }
         }
     }
-}
-
-extension HTTPField.Name {
-    static let fanflowApp = HTTPField.Name("X-FanFlow-App")!
-    static let fanflowTimestamp = HTTPField.Name("X-FanFlow-Timestamp")!
-    static let fanflowSignature = HTTPField.Name("X-FanFlow-Signature")!
 }

@@ -261,8 +261,3 @@ struct GatewayWebhookTests {
         }
     }
 }
-
-extension HTTPField.Name {
-    static let qqSignature = HTTPField.Name("X-Signature-Ed25519")!
-    static let qqTimestamp = HTTPField.Name("X-Signature-Timestamp")!
-}

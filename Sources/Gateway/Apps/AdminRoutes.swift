@@ -18,6 +18,7 @@ extension Gateway {
             let credentials: AppCredentials
             do {
                 credentials = try AppCredentials.decode(platform: platform, json: body)
+                _ = try RegisteredApp(platform: platform, appID: appID, credentials: credentials)
             } catch {
                 throw GatewayError.badRequest("invalid_credentials", "\(error)")
             }

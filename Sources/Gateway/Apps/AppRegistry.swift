@@ -17,7 +17,8 @@ public struct RegisteredApp: Sendable {
     let qq: QQCrypto?
     let hmacKey: SymmetricKey?
 
-    init(platform: AppPlatform, appID: String, credentials: AppCredentials, createdAt: String?, updatedAt: String?) throws {
+    /// Builds the verifiers; a key that does not parse is an `AppCredentialsProblem` naming it.
+    init(platform: AppPlatform, appID: String, credentials: AppCredentials, createdAt: String? = nil, updatedAt: String? = nil) throws {
         self.platform = platform
         self.appID = appID
         self.credentials = credentials
@@ -28,7 +29,14 @@ public struct RegisteredApp: Sendable {
         case .wechat(let c):
             if let key = c.encodingAESKey { wechat = try WeChatCrypto(encodingAESKey: key, appID: appID) }
         case .alipay(let c):
-            alipay = try AlipayCrypto(alipayPublicKey: c.alipayPublicKey, appPrivateKey: c.appPrivateKey)
+            do {
+                alipay = try AlipayCrypto(alipayPublicKey: c.alipayPublicKey, appPrivateKey: c.appPrivateKey)
+            } catch {
+                switch error {
+                case .badPublicKey(let why), .badPrivateKey(let why), .unsupportedSignType(let why):
+                    throw AppCredentialsProblem(why)
+                }
+            }
         case .qq(let c):
             qq = try QQCrypto(botSecret: c.botSecret)
         case .server(let c):
@@ -116,7 +124,7 @@ public final class AppRegistry: Sendable {
                                  createdAt: row.string("created_at"), updatedAt: row.string("updated_at"))
     }
 
-    /// Inserts or replaces; true when the app is new.
+    /// Inserts or replaces; true when the app is new. Build `RegisteredApp` first: that checks the keys.
     public func put(_ platform: AppPlatform, _ appID: String, _ credentials: AppCredentials) async throws -> Bool {
         let sealed = try box.seal(try credentials.encoded())
         let rows = try await database.query("""

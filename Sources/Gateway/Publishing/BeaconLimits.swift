@@ -46,8 +46,7 @@ final class BeaconLimits: Sendable {
         let capacity = rate * 2
         guard var bucket else { return Bucket(tokens: capacity, updated: now) }
         let elapsed = now - bucket.updated
-        bucket.tokens = min(capacity, bucket.tokens + rate * Double(elapsed.components.seconds)
-                            + rate * Double(elapsed.components.attoseconds) / 1e18)
+        bucket.tokens = min(capacity, bucket.tokens + rate * elapsed.seconds)
         bucket.updated = now
         return bucket
     }

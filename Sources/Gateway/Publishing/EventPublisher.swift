@@ -78,7 +78,8 @@ public final class EventPublisher: Sendable {
             let replies = try await redis.evalSHA(keys.map {
                 (script: Self.claim, keys: [$0], arguments: [token, String(claimTTLMilliseconds)])
             })
-            claims = replies.map { $0.string ?? "new" }
+            // An error reply (a script failure) claimed nothing: publish, and settle nothing.
+            claims = replies.map { $0.string ?? "unclaimed" }
         } catch {
             metrics.count(.dedupeUnavailable)
             logger.warning("dedupe store unreachable, publishing without it", metadata: ["error": "\(error)"])

@@ -52,7 +52,7 @@ extension Gateway {
             case .failure(let rejection):
                 results.append(ServerEventResult(id: rejection.id, status: "rejected", reason: rejection.reason))
             case .success(let envelope):
-                let brandID = brandEventID(item) ?? ""
+                let brandID = envelope.attributes["sourceEventId"]?.string ?? ""
                 if !seen.insert(envelope.id).inserted {
                     results.append(ServerEventResult(id: brandID, status: "duplicate", reason: "repeated in this request"))
                     continue
@@ -84,10 +84,6 @@ extension Gateway {
         return .json(ServerEventResults(results: results), status: retryable ? .serviceUnavailable : .ok)
     }
 
-    private func brandEventID(_ item: JSONValue) -> String? {
-        guard case .object(let object) = item else { return nil }
-        return object["id"]?.string
-    }
 }
 
 struct ServerEventResult: Encodable {

@@ -29,23 +29,22 @@ public struct AlipayCrypto: Sendable {
         appPublicKeyBase64 = self.appPrivateKey.publicKey.derRepresentation.base64EncodedString()
     }
 
-    /// Alipay's console hands keys out as bare base64; PEM is accepted too.
     static func publicKey(_ text: String) throws -> _RSA.Signing.PublicKey {
-        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        if trimmed.hasPrefix("-----") { return try _RSA.Signing.PublicKey(unsafePEMRepresentation: trimmed) }
-        guard let der = Data(base64Encoded: trimmed, options: .ignoreUnknownCharacters) else {
-            throw Failure.badPublicKey("not base64")
-        }
-        return try _RSA.Signing.PublicKey(unsafeDERRepresentation: der)
+        try parse(text, pem: _RSA.Signing.PublicKey.init(unsafePEMRepresentation:), der: _RSA.Signing.PublicKey.init(unsafeDERRepresentation:))
     }
 
     static func privateKey(_ text: String) throws -> _RSA.Signing.PrivateKey {
+        try parse(text, pem: _RSA.Signing.PrivateKey.init(unsafePEMRepresentation:), der: _RSA.Signing.PrivateKey.init(unsafeDERRepresentation:))
+    }
+
+    /// Alipay's console hands keys out as bare base64 DER; PEM is accepted too.
+    private static func parse<Key>(_ text: String, pem: (String) throws -> Key, der: (Data) throws -> Key) throws -> Key {
         let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        if trimmed.hasPrefix("-----") { return try _RSA.Signing.PrivateKey(unsafePEMRepresentation: trimmed) }
-        guard let der = Data(base64Encoded: trimmed, options: .ignoreUnknownCharacters) else {
-            throw Failure.badPrivateKey("not base64")
+        if trimmed.hasPrefix("-----") { return try pem(trimmed) }
+        guard let bytes = Data(base64Encoded: trimmed, options: .ignoreUnknownCharacters) else {
+            throw CryptoKitError.incorrectParameterSize
         }
-        return try _RSA.Signing.PrivateKey(unsafeDERRepresentation: der)
+        return try der(bytes)
     }
 
     /// The signed content of a notification: every parameter but `sign`, sorted by name, as

@@ -11,8 +11,8 @@ extension Gateway {
     }
 
     func alipayCallback(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
-        let appID = context.parameters.get("appId") ?? ""
-        let app = try await apps.app(.alipay, appID)
+        let app = try await pathApp(.alipay, context)
+        let appID = app.appID
         guard let crypto = app.alipay else { throw GatewayError.unknownApp("alipay", appID) }
         let body = try await request.collectBody(upTo: Self.webhookBodyLimit)
         let receivedAt = Date()

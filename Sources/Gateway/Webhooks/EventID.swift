@@ -51,3 +51,14 @@ extension XMLElement {
         return out
     }
 }
+
+extension JSONValue {
+    /// An integer that is a JSON number, not a string that looks like one.
+    var intStrict: Int64? {
+        switch self {
+        case .integer(let v): v
+        case .number(let v): v == v.rounded() && abs(v) < 9.0e15 ? Int64(v) : nil
+        default: nil
+        }
+    }
+}

@@ -11,8 +11,8 @@ extension Gateway {
     }
 
     func qqCallback(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
-        let appID = context.parameters.get("appId") ?? ""
-        let app = try await apps.app(.qq, appID)
+        let app = try await pathApp(.qq, context)
+        let appID = app.appID
         guard let crypto = app.qq else { throw GatewayError.unknownApp("qq", appID) }
         if let botAppID = request.headers[.qqBotAppID], botAppID != appID {
             throw GatewayError.forbidden("wrong_appid", "X-Bot-Appid \(botAppID) is not this app")
@@ -93,16 +93,5 @@ enum QQEvents {
         return Envelope(id: EventID.derive(.qq, app: app, ["event", eventID]), platform: .qq, app: app, kind: kind,
                         subject: Envelope.Subject(openid: openid, unionid: author["union_openid"]?.string),
                         occurredAt: occurred, receivedAt: receivedAt, attributes: attributes)
-    }
-}
-
-extension JSONValue {
-    /// An integer that is a JSON number, not a string that looks like one.
-    var intStrict: Int64? {
-        switch self {
-        case .integer(let v): v
-        case .number(let v): v == v.rounded() && abs(v) < 9.0e15 ? Int64(v) : nil
-        default: nil
-        }
     }
 }

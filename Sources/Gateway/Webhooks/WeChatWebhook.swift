@@ -16,9 +16,8 @@ extension Gateway {
     }
 
     private func wechatApp(_ context: GatewayRequestContext) async throws(GatewayError) -> (RegisteredApp, AppCredentials.WeChat) {
-        let appID = context.parameters.get("appId") ?? ""
-        let app = try await apps.app(.wechat, appID)
-        guard case .wechat(let credentials) = app.credentials else { throw GatewayError.unknownApp("wechat", appID) }
+        let app = try await pathApp(.wechat, context)
+        guard case .wechat(let credentials) = app.credentials else { throw GatewayError.unknownApp("wechat", app.appID) }
         return (app, credentials)
     }
 

@@ -25,9 +25,8 @@ extension Gateway {
 
     private func weiboVerified(_ request: Request, _ context: GatewayRequestContext) async throws(GatewayError)
         -> (app: RegisteredApp, query: [String: String]) {
-        let appID = context.parameters.get("appId") ?? ""
-        let app = try await apps.app(.weibo, appID)
-        guard case .weibo(let credentials) = app.credentials else { throw GatewayError.unknownApp("weibo", appID) }
+        let app = try await pathApp(.weibo, context)
+        guard case .weibo(let credentials) = app.credentials else { throw GatewayError.unknownApp("weibo", app.appID) }
         let query = request.uri.queryParameters.flattened
         guard let signature = query["signature"], let timestamp = query["timestamp"], let nonce = query["nonce"] else {
             throw GatewayError.unauthorized("missing_signature", "signature, timestamp and nonce are required")
