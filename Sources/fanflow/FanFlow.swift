@@ -4,7 +4,9 @@ import Contracts
 import Foundation
 import Gateway
 import Logging
+import Loyalty
 import PostgresClient
+import RedisClient
 import Runtime
 import Scheduler
 import ServiceLifecycle
@@ -79,13 +81,34 @@ struct WorkerCommand: AsyncParsableCommand {
         var amqp = try AMQPConfiguration(url: configuration.amqpURL)
         amqp.connectionName = "fanflow-worker"
         let database = PostgresPool(url: configuration.databaseURL,
-                                    maximumConnections: max(2, specs.reduce(0) { $0 + $1.consumers }))
+                                    maximumConnections: max(2, specs.reduce(0) { $0 + $1.consumers } + 1))
         var services: [any Service] = []
+        var closers: [@Sendable () async -> Void] = [{ await database.close() }]
+        var points: PointsPool?
         for spec in specs {
             let handler: any BatchHandler
             switch spec.name {
-            case .behavior: handler = BehaviorStore(database: database, logger: logger)
-            case .points, .orders, .push: throw ValidationError("pool \(spec.name.rawValue) is not part of this build yet")
+            case .behavior:
+                handler = EnvelopeBatchHandler(BehaviorStore(database: database), logger: logger)
+            case .points:
+                let pool: PointsPool
+                if let existing = points {
+                    pool = existing
+                } else {
+                    let redis = try await RedisPool(url: configuration.redisURL, size: 2)
+                    pool = PointsPool(database: database, redis: redis, timeZone: configuration.timeZone)
+                    points = pool
+                    // Level changes leave through the outbox; one relay per process.
+                    let broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { connection in
+                        try await connection.declare(Topology.standard)
+                        try await connection.enableConfirms()
+                    }
+                    try await broker.start()
+                    services.append(OutboxRelay(outbox: Outbox(database: database), broker: broker, logger: logger))
+                    closers += [{ await broker.close() }, { await redis.close() }]
+                }
+                handler = EnvelopeBatchHandler(pool, logger: logger)
+            case .orders, .push: throw ValidationError("pool \(spec.name.rawValue) is not part of this build yet")
             }
             for _ in 0..<spec.consumers {
                 services.append(ConsumerService(amqp: amqp, queue: spec.name.queue, prefetch: prefetch,
@@ -94,7 +117,7 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         logger.notice("worker starting", metadata: ["pools": "\(pools.joined(separator: " "))"])
         try await runServices(services, logger: logger)
-        await database.close()
+        for close in closers { await close() }
         logger.notice("worker stopped")
     }
 }

@@ -42,7 +42,7 @@ struct BehaviorPoolTests {
         var amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
         amqp.connectionName = "test-behavior"
         let consumer = ConsumerService(amqp: amqp, queue: queue, prefetch: 64,
-                                       handler: BehaviorStore(database: database, logger: Logger(label: "test")),
+                                       handler: EnvelopeBatchHandler(BehaviorStore(database: database), logger: Logger(label: "test")),
                                        logger: Logger(label: "test"))
         let running = Task { try await consumer.run() }
 

@@ -1,0 +1,248 @@
+import Contracts
+import Foundation
+import PostgresClient
+
+/// A ledger entry a worker writes for one rule's decision on one event.
+public struct LedgerGrant: Sendable {
+    public enum Kind: String, Sendable {
+        /// Added to the balance now.
+        case grant
+        /// Earned, granted at `dueAt` unless reversed first.
+        case pending
+    }
+
+    public let member: Int64
+    public let kind: Kind
+    public let rule: String
+    public let points: Int64
+    public let growth: Int64
+    public let reason: String
+    public let eventID: String
+    public let ref: String?
+    public let occurredAt: Date
+    public let dueAt: Date?
+    /// Whom the causing event was about: a level change is published under this identity.
+    public let subject: Identity
+
+    public init(member: Int64, kind: Kind, rule: String, points: Int64, growth: Int64, reason: String, eventID: String,
+                ref: String?, occurredAt: Date, dueAt: Date?, subject: Identity) {
+        self.member = member
+        self.kind = kind
+        self.rule = rule
+        self.points = points
+        self.growth = growth
+        self.reason = reason
+        self.eventID = eventID
+        self.ref = ref
+        self.occurredAt = occurredAt
+        self.dueAt = dueAt
+        self.subject = subject
+    }
+}
+
+/// A refund of what `rule` granted `member` for the business object `ref` (an order).
+public struct LedgerReversal: Sendable {
+    public let member: Int64
+    public let rule: String
+    public let ref: String
+    public let reason: String
+    public let eventID: String
+    public let occurredAt: Date
+    public let subject: Identity
+
+    public init(member: Int64, rule: String, ref: String, reason: String, eventID: String, occurredAt: Date, subject: Identity) {
+        self.member = member
+        self.rule = rule
+        self.ref = ref
+        self.reason = reason
+        self.eventID = eventID
+        self.occurredAt = occurredAt
+        self.subject = subject
+    }
+}
+
+/// A member whose level changed, as published (kind `member.level_changed`).
+public struct LevelChange: Sendable, Equatable {
+    public let member: Int64
+    public let from: String
+    public let to: String
+    public let growth: Int64
+}
+
+/// Writes ledger entries and the balances they add up to, in one transaction per batch.
+///
+/// Every entry is inserted with ON CONFLICT DO NOTHING against the unique (event, rule, member,
+/// kind) index, and only entries actually inserted move a balance: a redelivered batch, or a
+/// decision Redis forgot and made again, changes nothing. Members are updated in id order so
+/// concurrent batches touching the same members cannot deadlock.
+public struct Ledger: Sendable {
+    let database: PostgresPool
+
+    public init(database: PostgresPool) { self.database = database }
+
+    struct Delta {
+        var points: Int64 = 0, growth: Int64 = 0, pendingPoints: Int64 = 0, pendingGrowth: Int64 = 0
+        var subject: Identity?
+        var cause = ""
+        var isEmpty: Bool { points == 0 && growth == 0 && pendingPoints == 0 && pendingGrowth == 0 }
+    }
+
+    /// Applies grants and reversals; returns the level changes it caused (already in the outbox).
+    @discardableResult
+    public func apply(grants: [LedgerGrant], reversals: [LedgerReversal], levels: LevelTable) async throws -> [LevelChange] {
+        let grants = grants.filter { $0.points != 0 || $0.growth != 0 }
+        guard !grants.isEmpty || !reversals.isEmpty else { return [] }
+        return try await database.transaction { connection in
+            var deltas: [Int64: Delta] = [:]
+            if !grants.isEmpty {
+                var rows: [String] = []
+                var parameters: [any PostgresEncodable] = []
+                for (index, grant) in grants.enumerated() {
+                    let base = index * 10
+                    rows.append("(" + (1...10).map { "$\(base + $0)" }.joined(separator: ",") + ")")
+                    parameters += [grant.member, grant.kind.rawValue, grant.rule, grant.points, grant.growth, grant.reason,
+                                   grant.eventID, grant.ref, grant.occurredAt, grant.dueAt] as [any PostgresEncodable]
+                }
+                let inserted = try connection.query("""
+                    INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at, due_at)
+                    VALUES \(rows.joined(separator: ",")) ON CONFLICT DO NOTHING
+                    RETURNING member_id, kind, points, growth, event_id
+                    """, parameters)
+                let subjects = Dictionary(grants.map { ($0.member, ($0.subject, $0.eventID)) }, uniquingKeysWith: { $1 })
+                for row in inserted {
+                    guard let member = row.int("member_id").map(Int64.init) else { continue }
+                    let points = Int64(row.int("points") ?? 0), growth = Int64(row.int("growth") ?? 0)
+                    var delta = deltas[member] ?? Delta()
+                    if row.string("kind") == LedgerGrant.Kind.pending.rawValue {
+                        delta.pendingPoints += points
+                        delta.pendingGrowth += growth
+                    } else {
+                        delta.points += points
+                        delta.growth += growth
+                    }
+                    delta.subject = subjects[member]?.0
+                    delta.cause = row.string("event_id") ?? ""
+                    deltas[member] = delta
+                }
+            }
+            for reversal in reversals {
+                let delta = try Self.reverse(reversal, on: connection)
+                guard !delta.isEmpty else { continue }
+                var total = deltas[reversal.member] ?? Delta()
+                total.points += delta.points
+                total.growth += delta.growth
+                total.pendingPoints += delta.pendingPoints
+                total.pendingGrowth += delta.pendingGrowth
+                total.subject = reversal.subject
+                total.cause = reversal.eventID
+                deltas[reversal.member] = total
+            }
+            return try Self.updateBalances(deltas, levels: levels, on: connection)
+        }
+    }
+
+    /// Grants pending entries that are due (purchase points after the maturation period): each
+    /// becomes a `matured` entry and moves from the pending to the spendable balance. Safe to run
+    /// from several processes at once (SKIP LOCKED) and again after a crash (the unique index).
+    public func matureDue(asOf now: Date, limit: Int = 1000, levels: LevelTable) async throws -> Int {
+        try await database.transaction { connection in
+            let matured = try connection.query("""
+                WITH due AS (
+                    SELECT id FROM ledger WHERE kind = 'pending' AND settled_at IS NULL AND due_at <= $1
+                    ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+                settled AS (
+                    UPDATE ledger SET settled_at = now() FROM due WHERE ledger.id = due.id
+                    RETURNING ledger.member_id, ledger.rule, ledger.points, ledger.growth, ledger.reason, ledger.event_id,
+                              ledger.ref, ledger.occurred_at)
+                INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at)
+                SELECT member_id, 'matured', rule, points, growth, reason, event_id, ref, occurred_at FROM settled
+                ON CONFLICT DO NOTHING
+                RETURNING member_id, points, growth, event_id
+                """, [now, limit])
+            var deltas: [Int64: Delta] = [:]
+            for row in matured {
+                guard let member = row.int("member_id").map(Int64.init) else { continue }
+                let points = Int64(row.int("points") ?? 0), growth = Int64(row.int("growth") ?? 0)
+                var delta = deltas[member] ?? Delta()
+                delta.points += points
+                delta.growth += growth
+                delta.pendingPoints -= points
+                delta.pendingGrowth -= growth
+                delta.cause = row.string("event_id") ?? ""
+                deltas[member] = delta
+            }
+            _ = try Self.updateBalances(deltas, levels: levels, on: connection)
+            return matured.count
+        }
+    }
+
+    /// Cancels what is still pending for the ref, and reverses what was already granted for it.
+    static func reverse(_ reversal: LedgerReversal, on connection: isolated PostgresConnection) throws -> Delta {
+        var delta = Delta()
+        let cancelled = try connection.query("""
+            WITH pending AS (
+                UPDATE ledger SET settled_at = now()
+                WHERE member_id = $1 AND rule = $2 AND ref = $3 AND kind = 'pending' AND settled_at IS NULL
+                RETURNING points, growth)
+            INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at)
+            SELECT $1, 'cancelled', $2, -sum(points), -sum(growth), $4, $5, $3, $6 FROM pending HAVING count(*) > 0
+            ON CONFLICT DO NOTHING
+            RETURNING points, growth
+            """, [reversal.member, reversal.rule, reversal.ref, reversal.reason, reversal.eventID, reversal.occurredAt])
+        for row in cancelled {
+            delta.pendingPoints += Int64(row.int("points") ?? 0)
+            delta.pendingGrowth += Int64(row.int("growth") ?? 0)
+        }
+        // What is granted and not yet taken back (by an earlier refund event) is reversed.
+        let reversed = try connection.query("""
+            WITH net AS (
+                SELECT coalesce(sum(points), 0) AS points, coalesce(sum(growth), 0) AS growth FROM ledger
+                WHERE member_id = $1 AND rule = $2 AND ref = $3 AND kind IN ('grant', 'matured', 'reversal'))
+            INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at)
+            SELECT $1, 'reversal', $2, -points, -growth, $4, $5, $3, $6 FROM net WHERE points > 0 OR growth > 0
+            ON CONFLICT DO NOTHING
+            RETURNING points, growth
+            """, [reversal.member, reversal.rule, reversal.ref, reversal.reason, reversal.eventID, reversal.occurredAt])
+        for row in reversed {
+            delta.points += Int64(row.int("points") ?? 0)
+            delta.growth += Int64(row.int("growth") ?? 0)
+        }
+        return delta
+    }
+
+    static func updateBalances(_ deltas: [Int64: Delta], levels: LevelTable,
+                               on connection: isolated PostgresConnection) throws -> [LevelChange] {
+        var changes: [LevelChange] = []
+        for (member, delta) in deltas.sorted(by: { $0.key < $1.key }) where !delta.isEmpty {
+            let rows = try connection.query("""
+                UPDATE members SET points = points + $2, growth = growth + $3, pending_points = pending_points + $4,
+                       pending_growth = pending_growth + $5, updated_at = now()
+                WHERE id = $1 RETURNING growth, level
+                """, [member, delta.points, delta.growth, delta.pendingPoints, delta.pendingGrowth])
+            guard let row = rows.first else { throw PostgresError(.usage, "member \(member) does not exist") }
+            let growth = Int64(row.int("growth") ?? 0)
+            let old = row.string("level") ?? ""
+            let new = levels.level(forGrowth: growth)
+            if new != old { try connection.query("UPDATE members SET level = $2 WHERE id = $1", [member, new]) }
+            // A member's first entry sets the level they start at; only a move from there is news.
+            let before = old.isEmpty ? levels.level(forGrowth: growth - delta.growth) : old
+            guard new != before else { continue }
+            let change = LevelChange(member: member, from: before, to: new, growth: growth)
+            changes.append(change)
+            try Outbox.insert(levelChangeEnvelope(change, subject: delta.subject, cause: delta.cause), on: connection)
+        }
+        return changes
+    }
+
+    static func levelChangeEnvelope(_ change: LevelChange, subject: Identity?, cause: String) -> Envelope {
+        let now = Date()
+        var attributes: [String: JSONValue] = [
+            "memberId": .integer(change.member), "from": .string(change.from), "to": .string(change.to),
+            "growth": .integer(change.growth), "causeEventId": .string(cause),
+        ]
+        if let subject { attributes["memberPlatform"] = .string(subject.platform.rawValue) }
+        return Envelope(id: "fanflow:level:\(change.member):\(change.to):\(cause)", platform: .fanflow,
+                        app: subject?.app ?? "", kind: .levelChanged, subject: .init(openid: subject?.openid),
+                        occurredAt: now, receivedAt: now, attributes: attributes)
+    }
+}

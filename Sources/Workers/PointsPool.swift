@@ -1,0 +1,132 @@
+import Contracts
+import Foundation
+import Loyalty
+import PostgresClient
+import RedisClient
+
+/// The points pool: every qualifying event becomes the points and growth the brand's rules say,
+/// within the caps, once.
+///
+/// Per batch: members are resolved (created on first sight), each event's matching rules are
+/// decided in one Redis Lua call per member (pipelined across the batch), and one PostgreSQL
+/// transaction writes the ledger, balances, levels and level-change events. The batch is acked
+/// after the commit (``EnvelopeBatchHandler``). A worker that dies between the Redis decision and
+/// the commit loses nothing: the redelivered events get the stored decisions back, and the
+/// ledger's unique index stops a second write.
+public struct PointsPool: EnvelopeProcessor {
+    let rules: RuleBook
+    let members: MemberDirectory
+    let decider: PointsDecider
+    let ledger: Ledger
+
+    public init(rules: RuleBook, members: MemberDirectory, decider: PointsDecider, ledger: Ledger) {
+        self.rules = rules
+        self.members = members
+        self.decider = decider
+        self.ledger = ledger
+    }
+
+    public init(database: PostgresPool, redis: RedisPool, timeZone: TimeZone) {
+        self.init(rules: RuleBook(store: RuleStore(database: database)), members: MemberDirectory(database: database),
+                  decider: PointsDecider(redis: redis, calendar: PeriodCalendar(timeZone: timeZone)),
+                  ledger: Ledger(database: database))
+    }
+
+    /// One rule's grant for one member, waiting for its decision.
+    struct Pending {
+        let index: Int
+        let event: Envelope
+        let member: Int64
+        let subject: Identity
+        let rule: PointsRule
+    }
+
+    public func process(_ events: [Envelope]) async throws {
+        let program = try await rules.current()
+        let subjects = events.map(Self.identity)
+
+        // Everyone the batch grants to: each event's subject, and referrers named by referral rules.
+        var identities: [Identity: String?] = [:]
+        var referrers: [Int: Identity] = [:]
+        for (index, event) in events.enumerated() {
+            guard let subject = subjects[index] else { continue }
+            if identities[subject] == nil || event.subject.unionid != nil {
+                identities.updateValue(event.subject.unionid, forKey: subject)
+            }
+            if program.granting(event).contains(where: { $0.referral == true }),
+               let referrer = event.attributes["referredBy"]?.string, !referrer.isEmpty, referrer != subject.openid {
+                let identity = Identity(platform: subject.platform, app: subject.app, openid: referrer)
+                referrers[index] = identity
+                if identities[identity] == nil { identities.updateValue(nil, forKey: identity) }
+            }
+        }
+        let memberIDs = try await members.resolve(identities)
+
+        var grants: [LedgerGrant] = []
+        var reversals: [LedgerReversal] = []
+        var requests: [DecisionRequest] = []
+        var pending: [[Pending]] = []
+        for (index, event) in events.enumerated() {
+            guard let subject = subjects[index], let member = memberIDs[subject] else { continue }
+            let matched = program.granting(event)
+            requests.append(DecisionRequest(member: member, eventID: event.id, occurredAt: event.occurredAt,
+                                            rules: matched.map { ($0, $0.baseGrant(for: event).points, $0.baseGrant(for: event).growth) }))
+            pending.append(matched.map { Pending(index: index, event: event, member: member, subject: subject, rule: $0) })
+            for rule in program.reversing(event) {
+                guard let key = rule.reversal?.key, let ref = Self.reference(event, key) else { continue }
+                reversals.append(LedgerReversal(member: member, rule: rule.code, ref: ref, reason: "refund: \(rule.reason)",
+                                                eventID: event.id, occurredAt: event.occurredAt, subject: subject))
+            }
+        }
+        let decisions = try await decider.decide(requests)
+
+        // A referral grants the referrer too, once per new member: only where the new member's
+        // own grant was not refused by the rule's once-only frequency.
+        var referralRequests: [DecisionRequest] = []
+        var referralPending: [[Pending]] = []
+        for (decided, waiting) in zip(decisions, pending) {
+            for (decision, item) in zip(decided, waiting) {
+                grants += Self.grant(decision, item)
+                guard item.rule.referral == true, decision.status != .frequency,
+                      let referrer = referrers[item.index], let referrerID = memberIDs[referrer], referrerID != item.member else { continue }
+                var forReferrer = item.rule
+                forReferrer.frequency = .unlimited
+                let base = item.rule.baseGrant(for: item.event)
+                referralRequests.append(DecisionRequest(member: referrerID, eventID: item.event.id,
+                                                        occurredAt: item.event.occurredAt,
+                                                        rules: [(forReferrer, base.points, base.growth)]))
+                referralPending.append([Pending(index: item.index, event: item.event, member: referrerID, subject: referrer, rule: forReferrer)])
+            }
+        }
+        if !referralRequests.isEmpty {
+            for (decided, waiting) in zip(try await decider.decide(referralRequests), referralPending) {
+                for (decision, item) in zip(decided, waiting) { grants += Self.grant(decision, item) }
+            }
+        }
+        try await ledger.apply(grants: grants, reversals: reversals, levels: program.levels)
+    }
+
+    static func identity(_ event: Envelope) -> Identity? {
+        guard let openid = event.subject.openid, !openid.isEmpty,
+              [.wechat, .alipay, .weibo, .qq].contains(event.platform) else { return nil }
+        return Identity(platform: event.platform, app: event.app, openid: openid)
+    }
+
+    static func reference(_ event: Envelope, _ key: String) -> String? {
+        switch event.attributes[key] {
+        case .string(let text)?: return text
+        case .integer(let value)?: return String(value)
+        default: return nil
+        }
+    }
+
+    static func grant(_ decision: Decision, _ item: Pending) -> [LedgerGrant] {
+        guard decision.points > 0 || decision.growth > 0 else { return [] }
+        let days = item.rule.maturesAfterDays ?? 0
+        return [LedgerGrant(member: item.member, kind: days > 0 ? .pending : .grant, rule: item.rule.code,
+                            points: decision.points, growth: decision.growth, reason: item.rule.reason, eventID: item.event.id,
+                            ref: item.rule.reversal.flatMap { reference(item.event, $0.key) }, occurredAt: item.event.occurredAt,
+                            dueAt: days > 0 ? item.event.occurredAt.addingTimeInterval(Double(days) * 86_400) : nil,
+                            subject: item.subject)]
+    }
+}
