@@ -5,6 +5,7 @@ import Hummingbird
 extension Gateway {
     func addAdminRoutes(_ router: Router<GatewayRequestContext>) {
         let admin = router.group("/admin/v1").add(middleware: AdminAuthMiddleware(token: configuration.adminToken ?? ""))
+        addPointsAdminRoutes(admin)
         admin.get("/apps") { request, _ in
             let platform = try request.uri.queryParameters["platform"].map { text throws(GatewayError) in
                 try appPlatform(String(text))
