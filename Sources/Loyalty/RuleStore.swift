@@ -115,20 +115,26 @@ public final class RuleBook: Sendable {
         }
     }
 
-    private let store: RuleStore
+    private let load: @Sendable () async throws -> Program
     private let refreshInterval: Duration
     private let state = Mutex<(program: Program?, loadedAt: ContinuousClock.Instant)>((nil, .now))
 
     public init(store: RuleStore, refreshInterval: Duration = .seconds(2)) {
-        self.store = store
+        self.load = { Program(rules: try await store.list(), levels: try await store.levels()) }
         self.refreshInterval = refreshInterval
+    }
+
+    /// A fixed program, never reloaded (tests, replays of a recorded program).
+    public init(fixed program: Program) {
+        self.load = { program }
+        self.refreshInterval = .seconds(1_000_000_000)
     }
 
     public func current() async throws -> Program {
         let (cached, loadedAt) = state.withLock { ($0.program, $0.loadedAt) }
         if let cached, ContinuousClock.now - loadedAt < refreshInterval { return cached }
         do {
-            let program = Program(rules: try await store.list(), levels: try await store.levels())
+            let program = try await load()
             state.withLock { $0 = (program, .now) }
             return program
         } catch {
