@@ -1,0 +1,179 @@
+import AMQPClient
+import Contracts
+import Foundation
+import Logging
+import Loyalty
+import PostgresClient
+import RedisClient
+import Runtime
+import Testing
+import Workers
+
+@Suite("Points pool: exactly once, within caps, against real servers")
+struct PointsPoolTests {
+    @Test("duplicate deliveries of one event, spread over three workers, give one grant")
+    func duplicatesGrantOnce() async throws {
+        let h = try await PointsHarness.open()
+        let kind = h.kind("post")
+        let program = RuleBook.Program(rules: [PointsRule(code: "\(h.prefix)-dup", kinds: [kind], points: 5, growth: 1, reason: "dup")],
+                                       levels: .standard)
+        let workers = try await h.startWorkers(3, program: program)
+        var events = Array(repeating: h.event("same", kind, openid: "o1", at: "2026-12-01T10:00:00+08:00"), count: 10)
+        events += (1...20).map { h.event("e\($0)", kind, openid: "o1", at: "2026-12-01T10:00:00+08:00") }
+        events += (1...5).map { h.event("x\($0)", kind, openid: "o2", at: "2026-12-01T10:00:00+08:00") }
+        try await h.publish(events.shuffled())
+        try await h.waitUntil { try await h.ledgerCount() >= 26 }
+        try await h.stop(workers)
+
+        #expect(try await h.ledgerCount() == 26)
+        let first = try #require(try await h.member("o1"))
+        #expect(first.points == 105)
+        #expect(first.growth == 21)
+        #expect(try await h.member("o2")?.points == 25)
+        await h.close()
+    }
+
+    @Test("events racing one daily cap never exceed it, and a natural day in Beijing starts its own cap")
+    func capAcrossNaturalDays() async throws {
+        let h = try await PointsHarness.open()
+        let kind = h.kind("post")
+        let rule = PointsRule(code: "\(h.prefix)-cap", kinds: [kind], points: 3, growth: 2,
+                              caps: .init(daily: .init(points: 15, growth: 7)), reason: "capped post")
+        let workers = try await h.startWorkers(3, program: .init(rules: [rule], levels: .standard))
+        // 23:40-23:59 on 1 December and 00:00-00:19 on 2 December, Beijing time: in UTC all of it is
+        // one day (15:40-16:19), so a worker counting by UTC would grant 15, not 30.
+        let late = (0..<20).map { h.event("a\($0)", kind, openid: "o1", at: "2026-12-01T23:\(40 + $0):00+08:00") }
+        let early = (0..<20).map { h.event("b\($0)", kind, openid: "o1",
+                                           at: "2026-12-02T00:\(String(format: "%02d", $0)):00+08:00") }
+        try await h.publish((late + early).shuffled())
+        try await h.waitUntil {
+            guard let member = try await h.member("o1") else { return false }
+            return member.points >= 30 && member.growth >= 14
+        }
+        try await h.stop(workers)
+        let member = try #require(try await h.member("o1"))
+        #expect(member.points == 30)
+        #expect(member.growth == 14)
+        await h.close()
+    }
+
+    @Test("a worker killed between the Redis decision and the commit: the redelivery grants once, counts the cap once")
+    func killedBetweenDecisionAndCommit() async throws {
+        let h = try await PointsHarness.open()
+        let kind = h.kind("post")
+        let rule = PointsRule(code: "\(h.prefix)-crash", kinds: [kind], points: 4, growth: 4,
+                              caps: .init(daily: .init(points: 6)), reason: "crash test")
+        let pool = h.pool(.init(rules: [rule], levels: .standard))
+        let first = h.event("first", kind, openid: "o1", at: "2026-12-01T10:00:00+08:00")
+        let member = try await MemberDirectory(database: h.database).resolve(Identity(platform: .wechat, app: h.app, openid: "o1"))
+        // What the dead worker did: the decision, and no commit.
+        let decider = PointsDecider(redis: h.redis, calendar: PeriodCalendar(timeZone: h.timeZone))
+        let decided = try await decider.decide([DecisionRequest(member: member, eventID: first.id, occurredAt: first.occurredAt,
+                                                                rules: [(rule, 4, 4)])])
+        #expect(decided == [[Decision(status: .granted, points: 4, growth: 4)]])
+        // The broker redelivers it (twice, to be sure), then a second event meets the cap.
+        try await pool.process([first])
+        try await pool.process([first])
+        try await pool.process([h.event("second", kind, openid: "o1", at: "2026-12-01T11:00:00+08:00")])
+        var view = try #require(try await h.member("o1"))
+        #expect(view.points == 6) // 4, then 2 left under the cap of 6
+        #expect(view.growth == 8)
+        let counter = PointsDecider.counterKey(member: member, rule: rule.code, measure: "p", period: "d20261201")
+        #expect(try await h.redis.connection.command(["GET", counter]).int == 6)
+
+        // Redis forgets the decision (a flushed or failed-over Redis): the ledger's unique index is the last guard.
+        let decisionKey = PointsDecider.decisionKey(member: member, eventID: first.id, rule: rule.code)
+        _ = try await h.redis.connection.command(["DEL", decisionKey, counter])
+        try await pool.process([first])
+        view = try #require(try await h.member("o1"))
+        #expect(view.points == 6)
+        #expect(try await h.ledgerCount() == 2)
+        await h.close()
+    }
+
+    @Test("concurrent first sightings of one openid make one member; a unionid links a second app's openid to it")
+    func oneMemberPerOpenid() async throws {
+        let h = try await PointsHarness.open()
+        let directory = MemberDirectory(database: h.database)
+        let identity = Identity(platform: .wechat, app: h.app, openid: "fresh")
+        let ids = try await withThrowingTaskGroup(of: Int64.self) { group in
+            for _ in 0..<16 { group.addTask { try await directory.resolve(identity, unionid: "u-\(h.app)") } }
+            var ids = Set<Int64>()
+            for try await id in group { ids.insert(id) }
+            return ids
+        }
+        #expect(ids.count == 1)
+        let member = try #require(ids.first)
+        let other = try await directory.resolve(Identity(platform: .wechat, app: h.app + "-mini", openid: "other"), unionid: "u-\(h.app)")
+        #expect(other == member)
+        let view = try #require(try await MemberQueries(database: h.database).member(member))
+        #expect(view.identities.map(\.openid).sorted() == ["fresh", "other"])
+        // The losers of the race left no member behind.
+        let orphans = try await h.database.query("""
+            SELECT count(*) AS c FROM members m WHERE m.id > $1 AND m.id < $1 + 64
+              AND NOT EXISTS (SELECT 1 FROM member_identities i WHERE i.member_id = m.id)
+              AND m.created_at > now() - interval '1 minute'
+            """, [member])
+        #expect(orphans[0].int("c") == 0)
+        await h.close()
+    }
+
+    @Test("a rule changed in PostgreSQL applies within seconds, without a restart")
+    func ruleChangesApply() async throws {
+        let h = try await PointsHarness.open()
+        let store = RuleStore(database: h.database)
+        let kind = h.kind("checkin")
+        var rule = PointsRule(code: "\(h.prefix)-live", kinds: [kind], points: 2, growth: 0, reason: "live")
+        try await store.put(rule)
+        let pool = PointsPool(rules: RuleBook(store: store, refreshInterval: .milliseconds(500)),
+                              members: MemberDirectory(database: h.database),
+                              decider: PointsDecider(redis: h.redis, calendar: PeriodCalendar(timeZone: h.timeZone)),
+                              ledger: Ledger(database: h.database))
+        try await pool.process([h.event("1", kind, openid: "o1", at: "2026-12-01T10:00:00+08:00")])
+        rule.points = 7
+        try await store.put(rule)
+        try await Task.sleep(for: .milliseconds(600))
+        try await pool.process([h.event("2", kind, openid: "o1", at: "2026-12-01T10:01:00+08:00")])
+        _ = try await store.setEnabled(rule.code, false)
+        try await Task.sleep(for: .milliseconds(600))
+        try await pool.process([h.event("3", kind, openid: "o1", at: "2026-12-01T10:02:00+08:00")])
+        #expect(try await h.member("o1")?.points == 9)
+        _ = try await store.delete(rule.code)
+        await h.close()
+    }
+
+    @Test("a level change is written to the outbox with the grant and relayed to fanflow.events")
+    func levelChangeRelayed() async throws {
+        let h = try await PointsHarness.open()
+        let kind = h.kind("verify")
+        let pool = h.pool(.init(rules: [PointsRule(code: "\(h.prefix)-big", kinds: [kind], points: 1, growth: 150, reason: "big")],
+                                levels: .standard))
+        let tap = try await EventTap.open()
+        try await pool.process([h.event("1", kind, openid: "o1", at: "2026-12-01T10:00:00+08:00")])
+        let view = try #require(try await h.member("o1"))
+        #expect(view.level == "bronze")
+
+        let broker = ManagedAMQPConnection(configuration: try AMQPConfiguration(url: TestEnvironment.amqpURL),
+                                           logger: .init(label: "test.outbox")) { connection in try await connection.enableConfirms() }
+        try await broker.start()
+        let relay = OutboxRelay(outbox: Outbox(database: h.database), broker: broker, logger: .init(label: "test.outbox"))
+        var relayed = 0
+        for _ in 0..<20 where relayed == 0 {
+            relayed += try await relay.relayOnce()
+        }
+        let published = try await tap.wait(app: h.app, count: 1)
+        #expect(published.count == 1)
+        let change = try #require(published.first)
+        #expect(change.routingKey == "fanflow.member.level_changed")
+        #expect(change.envelope.kind == .levelChanged)
+        #expect(change.envelope.subject.openid == "o1")
+        #expect(change.envelope.attributes["memberId"] == .integer(view.id))
+        #expect(change.envelope.attributes["from"] == "registered")
+        #expect(change.envelope.attributes["to"] == "bronze")
+        let left = try await h.database.query("SELECT count(*) AS c FROM outbox WHERE message_id LIKE $1", ["fanflow:level:\(view.id):%"])
+        #expect(left[0].int("c") == 0)
+        await broker.close()
+        await tap.close()
+        await h.close()
+    }
+}
