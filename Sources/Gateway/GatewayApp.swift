@@ -21,6 +21,7 @@ public struct Gateway: Sendable {
     public let publisher: EventPublisher
     public let metrics: GatewayMetrics
     let beaconLimits: BeaconLimits
+    let memberTokens: MemberTokens
     let freshness: FreshnessWindow
     let logger: Logger
 
@@ -46,6 +47,7 @@ public struct Gateway: Sendable {
                                    metrics: metrics, logger: logger)
         beaconLimits = BeaconLimits(perSite: configuration.beaconRatePerSite, perIP: configuration.beaconRatePerIP)
         freshness = FreshnessWindow(seconds: configuration.webhookFreshnessSeconds)
+        memberTokens = MemberTokens(secret: configuration.secretKey ?? configuration.adminToken ?? "")
         _ = Self.sdk  // read the bundled sdk.js now, not on the first request's thread
         try await broker.start()
     }
@@ -61,6 +63,10 @@ public struct Gateway: Sendable {
     func router() -> Router<GatewayRequestContext> {
         let router = Router(context: GatewayRequestContext.self)
         router.add(middleware: RequestMetricsMiddleware(metrics: metrics))
+        // H5 pages on the brand's own domains call the member endpoints with a bearer token (no
+        // cookies), so any origin may; requests without an Origin header are untouched.
+        router.add(middleware: CORSMiddleware(allowOrigin: .all, allowHeaders: [.authorization, .contentType],
+                                              allowMethods: [.get, .post, .options], maxAge: .seconds(600)))
         router.get("/health") { _, _ in Response.json(["status": "ok"]) }
         router.get("/ready") { _, _ in await readiness() }
         router.get("/metrics") { _, _ in
@@ -73,6 +79,7 @@ public struct Gateway: Sendable {
         addQQRoutes(router)
         addServerEventRoutes(router)
         addBeaconRoutes(router)
+        addMemberActionRoutes(router)
         addAdminRoutes(router)
         return router
     }
@@ -143,7 +150,7 @@ public struct GatewayRequestContext: RequestContext, RemoteAddressRequestContext
     }
 
     /// Bodies are collected with explicit per-route limits; this is the outer bound.
-    public var maxUploadSize: Int { 4 * 1024 * 1024 }
+    public var maxUploadSize: Int { 16 * 1024 * 1024 }
 
     var clientIP: String {
         switch remoteAddress {

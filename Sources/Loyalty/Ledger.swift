@@ -21,11 +21,12 @@ public struct LedgerGrant: Sendable {
     public let ref: String?
     public let occurredAt: Date
     public let dueAt: Date?
+    public let expiresAt: Date?
     /// Whom the causing event was about: a level change is published under this identity.
     public let subject: Identity
 
     public init(member: Int64, kind: Kind, rule: String, points: Int64, growth: Int64, reason: String, eventID: String,
-                ref: String?, occurredAt: Date, dueAt: Date?, subject: Identity) {
+                ref: String?, occurredAt: Date, dueAt: Date?, expiresAt: Date? = nil, subject: Identity) {
         self.member = member
         self.kind = kind
         self.rule = rule
@@ -36,6 +37,7 @@ public struct LedgerGrant: Sendable {
         self.ref = ref
         self.occurredAt = occurredAt
         self.dueAt = dueAt
+        self.expiresAt = expiresAt
         self.subject = subject
     }
 }
@@ -98,13 +100,13 @@ public struct Ledger: Sendable {
                 var rows: [String] = []
                 var parameters: [any PostgresEncodable] = []
                 for (index, grant) in grants.enumerated() {
-                    let base = index * 10
-                    rows.append("(" + (1...10).map { "$\(base + $0)" }.joined(separator: ",") + ")")
+                    let base = index * 11
+                    rows.append("(" + (1...11).map { "$\(base + $0)" }.joined(separator: ",") + ")")
                     parameters += [grant.member, grant.kind.rawValue, grant.rule, grant.points, grant.growth, grant.reason,
-                                   grant.eventID, grant.ref, grant.occurredAt, grant.dueAt] as [any PostgresEncodable]
+                                   grant.eventID, grant.ref, grant.occurredAt, grant.dueAt, grant.expiresAt] as [any PostgresEncodable]
                 }
                 let inserted = try connection.query("""
-                    INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at, due_at)
+                    INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at, due_at, expires_at)
                     VALUES \(rows.joined(separator: ",")) ON CONFLICT DO NOTHING
                     RETURNING member_id, kind, points, growth, event_id
                     """, parameters)
@@ -153,9 +155,9 @@ public struct Ledger: Sendable {
                 settled AS (
                     UPDATE ledger SET settled_at = now() FROM due WHERE ledger.id = due.id
                     RETURNING ledger.member_id, ledger.rule, ledger.points, ledger.growth, ledger.reason, ledger.event_id,
-                              ledger.ref, ledger.occurred_at)
-                INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at)
-                SELECT member_id, 'matured', rule, points, growth, reason, event_id, ref, occurred_at FROM settled
+                              ledger.ref, ledger.occurred_at, ledger.expires_at)
+                INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at, expires_at)
+                SELECT member_id, 'matured', rule, points, growth, reason, event_id, ref, occurred_at, expires_at FROM settled
                 ON CONFLICT DO NOTHING
                 RETURNING member_id, points, growth, event_id
                 """, [now, limit])
@@ -173,6 +175,47 @@ public struct Ledger: Sendable {
             }
             _ = try Self.updateBalances(deltas, levels: levels, on: connection)
             return matured.count
+        }
+    }
+
+    /// Takes back what is left of granted points whose expiry has come, as `expiry` entries.
+    ///
+    /// Points are spent oldest first, so a member's balance is made of their newest grants: what
+    /// is left of an expiring grant is the balance less every newer unexpired grant, at most the
+    /// grant itself. Safe to run concurrently and again after a crash, like ``matureDue``.
+    public func expireDue(asOf now: Date, limit: Int = 1000, levels: LevelTable) async throws -> Int {
+        try await database.transaction { connection in
+            let due = try connection.query("""
+                SELECT id, member_id, rule, points, event_id, occurred_at FROM ledger
+                WHERE expires_at <= $1 AND settled_at IS NULL AND kind IN ('grant', 'matured') AND points > 0
+                ORDER BY member_id, id LIMIT $2 FOR UPDATE SKIP LOCKED
+                """, [now, limit])
+            var deltas: [Int64: Delta] = [:]
+            for row in due {
+                guard let id = row.int("id"), let member = row.int("member_id").map(Int64.init) else { continue }
+                let granted = Int64(row.int("points") ?? 0)
+                let state = try connection.query("""
+                    SELECT m.points AS balance,
+                           (SELECT coalesce(sum(points), 0) FROM ledger l WHERE l.member_id = m.id AND l.id > $2
+                              AND l.kind IN ('grant', 'matured') AND l.points > 0 AND l.settled_at IS NULL) AS newer
+                    FROM members m WHERE m.id = $1 FOR UPDATE
+                    """, [member, id])
+                let balance = Int64(state.first?.int("balance") ?? 0) + (deltas[member]?.points ?? 0)
+                let newer = Int64(state.first?.int("newer") ?? 0)
+                let left = max(0, min(granted, balance - newer))
+                try connection.query("UPDATE ledger SET settled_at = now() WHERE id = $1", [id])
+                guard left > 0 else { continue }
+                let inserted = try connection.query("""
+                    INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, occurred_at)
+                    VALUES ($1, 'expiry', $2, $3, 0, 'points expired', $4, $5) ON CONFLICT DO NOTHING RETURNING id
+                    """, [member, row.string("rule"), -left, row.string("event_id"), now])
+                guard !inserted.isEmpty else { continue }
+                var delta = deltas[member] ?? Delta()
+                delta.points -= left
+                deltas[member] = delta
+            }
+            _ = try Self.updateBalances(deltas, levels: levels, on: connection)
+            return due.count
         }
     }
 

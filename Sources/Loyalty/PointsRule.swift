@@ -72,6 +72,9 @@ public struct PointsRule: Codable, Sendable, Equatable {
     public var reason: String
     /// Earned now, granted this many days after the event (purchases: 15), unless reversed first.
     public var maturesAfterDays: Int?
+    /// Granted points expire this many days after the event (an `expiry` ledger entry takes back
+    /// what is left of them, oldest points spent first).
+    public var pointsExpireAfterDays: Int?
     /// Also grant the member named by the event's `referredBy` attribute (an openid on the same app).
     public var referral: Bool?
     public var reversal: Reversal?
@@ -79,7 +82,8 @@ public struct PointsRule: Codable, Sendable, Equatable {
     public init(code: String, kinds: [EventKind], platforms: [Platform]? = nil, conditions: [String: JSONValue]? = nil,
                 frequency: Frequency = .unlimited, points: Int64, growth: Int64, perAmount: PerAmount? = nil,
                 caps: Caps? = nil, enabled: Bool = true, validFrom: Date? = nil, validUntil: Date? = nil,
-                reason: String, maturesAfterDays: Int? = nil, referral: Bool? = nil, reversal: Reversal? = nil) {
+                reason: String, maturesAfterDays: Int? = nil, pointsExpireAfterDays: Int? = nil, referral: Bool? = nil,
+                reversal: Reversal? = nil) {
         self.code = code
         self.kinds = kinds
         self.platforms = platforms
@@ -94,13 +98,14 @@ public struct PointsRule: Codable, Sendable, Equatable {
         self.validUntil = validUntil
         self.reason = reason
         self.maturesAfterDays = maturesAfterDays
+        self.pointsExpireAfterDays = pointsExpireAfterDays
         self.referral = referral
         self.reversal = reversal
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case code, kinds, platforms, conditions, frequency, points, growth, perAmount, caps, enabled, validFrom,
-             validUntil, reason, maturesAfterDays, referral, reversal
+             validUntil, reason, maturesAfterDays, pointsExpireAfterDays, referral, reversal
     }
 
     public init(from decoder: any Decoder) throws {
@@ -119,6 +124,7 @@ public struct PointsRule: Codable, Sendable, Equatable {
         validUntil = try Self.decodeTime(c, .validUntil)
         reason = try c.decode(String.self, forKey: .reason)
         maturesAfterDays = try c.decodeIfPresent(Int.self, forKey: .maturesAfterDays)
+        pointsExpireAfterDays = try c.decodeIfPresent(Int.self, forKey: .pointsExpireAfterDays)
         referral = try c.decodeIfPresent(Bool.self, forKey: .referral)
         reversal = try c.decodeIfPresent(Reversal.self, forKey: .reversal)
     }
@@ -139,6 +145,7 @@ public struct PointsRule: Codable, Sendable, Equatable {
         try c.encodeIfPresent(validUntil.map(RFC3339.format), forKey: .validUntil)
         try c.encode(reason, forKey: .reason)
         try c.encodeIfPresent(maturesAfterDays, forKey: .maturesAfterDays)
+        try c.encodeIfPresent(pointsExpireAfterDays, forKey: .pointsExpireAfterDays)
         try c.encodeIfPresent(referral, forKey: .referral)
         try c.encodeIfPresent(reversal, forKey: .reversal)
     }
@@ -218,6 +225,10 @@ extension PointsRule {
         guard (1...200).contains(reason.count) else { throw RuleProblem("reason must be 1-200 characters") }
         if let validFrom, let validUntil, validFrom >= validUntil { throw RuleProblem("validFrom must be before validUntil") }
         if let days = maturesAfterDays, !(0...366).contains(days) { throw RuleProblem("maturesAfterDays must be 0-366") }
+        if let days = pointsExpireAfterDays {
+            guard (1...3660).contains(days) else { throw RuleProblem("pointsExpireAfterDays must be 1-3660") }
+            guard days > maturesAfterDays ?? 0 else { throw RuleProblem("pointsExpireAfterDays must be after maturesAfterDays") }
+        }
         if let reversal {
             guard !reversal.key.isEmpty else { throw RuleProblem("reversal.key is required") }
             guard !kinds.contains(reversal.kind) else { throw RuleProblem("reversal.kind must differ from the kinds the rule grants for") }

@@ -127,6 +127,7 @@ public struct PointsPool: EnvelopeProcessor {
                             points: decision.points, growth: decision.growth, reason: item.rule.reason, eventID: item.event.id,
                             ref: item.rule.reversal.flatMap { reference(item.event, $0.key) }, occurredAt: item.event.occurredAt,
                             dueAt: days > 0 ? item.event.occurredAt.addingTimeInterval(Double(days) * 86_400) : nil,
+                            expiresAt: item.rule.pointsExpireAfterDays.map { item.event.occurredAt.addingTimeInterval(Double($0) * 86_400) },
                             subject: item.subject)]
     }
 }

@@ -82,6 +82,26 @@ extension Gateway {
             guard let member = try await stored({ try await queries.member(id) }) else { throw Self.unknownMember(id) }
             return Response.json(member)
         }
+        admin.post("/members/:id/tokens") { request, context in
+            let id = try memberID(context)
+            let body = try await request.collectBody(upTo: 4 * 1024)
+            var ttl: Int64 = 3600
+            if !body.isEmpty {
+                guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(body)) else {
+                    throw GatewayError.badRequest("malformed_json", #"body must be {"ttlSeconds":…}"#)
+                }
+                if let given = object["ttlSeconds"] {
+                    guard let seconds = given.intStrict, (60...86_400 * 30).contains(seconds) else {
+                        throw GatewayError.badRequest("invalid_ttl", "ttlSeconds must be 60-2592000")
+                    }
+                    ttl = seconds
+                }
+            }
+            guard try await stored({ try await queries.member(id) }) != nil else { throw Self.unknownMember(id) }
+            let expiresAt = Date().addingTimeInterval(Double(ttl))
+            return Response.json(["token": memberTokens.mint(member: id, expiresAt: expiresAt), "expiresAt": RFC3339.format(expiresAt)],
+                                 status: .created)
+        }
         admin.get("/members/:id/ledger") { request, context in
             let id = try memberID(context)
             let filter = try ledgerFilter(request)

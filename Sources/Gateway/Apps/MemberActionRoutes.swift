@@ -1,0 +1,73 @@
+import Contracts
+import Foundation
+import Hummingbird
+import Loyalty
+
+/// What an H5 page does for a signed-in member, with `Authorization: Bearer <member token>`:
+/// verify a product code (`POST /v1/codes/verify`) and redeem points (`POST /v1/mall/redemptions`).
+extension Gateway {
+    func addMemberActionRoutes(_ router: Router<GatewayRequestContext>) {
+        let codes = ProductCodes(database: database)
+        let mall = PointsMall(database: database)
+
+        router.post("/v1/codes/verify") { request, _ in
+            let member = try authenticatedMember(request)
+            let body = try await request.collectBody(upTo: 4 * 1024)
+            guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(body)),
+                  let code = object["code"]?.string else {
+                throw GatewayError.badRequest("malformed_json", #"body must be {"code":"…"}"#)
+            }
+            guard ProductCodes.isValid(code) else { throw GatewayError.badRequest("invalid_code", "a code is 1-128 visible characters") }
+            switch try await stored({ try await codes.verify(code, member: member) }) {
+            case .success(let verified):
+                return Response.json(verified)
+            case .failure(.unknown):
+                throw GatewayError(.notFound, "unknown_code", "this code is not one of the brand's: the product may not be genuine")
+            case .failure(.alreadyVerified(let byThisMember, let at)):
+                throw GatewayError(.conflict, "already_verified",
+                                   byThisMember ? "you verified this code at \(at)" : "this code was verified by someone else at \(at)")
+            }
+        }
+
+        router.post("/v1/mall/redemptions") { request, _ in
+            let member = try authenticatedMember(request)
+            let body = try await request.collectBody(upTo: 4 * 1024)
+            guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(body)) else {
+                throw GatewayError.badRequest("malformed_json", #"body must be {"giftId":…,"quantity":…,"requestId":…}"#)
+            }
+            guard let gift = object["giftId"]?.string, !gift.isEmpty else {
+                throw GatewayError.badRequest("invalid_gift", "giftId is required")
+            }
+            guard let requestID = object["requestId"]?.string, (8...64).contains(requestID.utf8.count) else {
+                throw GatewayError.badRequest("invalid_request_id", "requestId is required: 8-64 characters, a uuid is best")
+            }
+            let quantity = object["quantity"].map { $0.intStrict ?? 0 } ?? 1
+            guard (1...100).contains(quantity) else { throw GatewayError.badRequest("invalid_quantity", "quantity must be 1-100") }
+            switch try await stored({ try await mall.redeem(member: member, giftID: gift, quantity: Int(quantity), requestID: requestID) }) {
+            case .success(let redemption):
+                return Response.json(redemption, status: redemption.balance == nil ? .ok : .created)
+            case .failure(.unknownGift):
+                throw GatewayError(.notFound, "unknown_gift", "no gift \(gift)")
+            case .failure(.outOfStock):
+                throw GatewayError(.conflict, "out_of_stock", "gift \(gift) has fewer than \(quantity) left")
+            case .failure(.insufficientPoints):
+                throw GatewayError(.conflict, "insufficient_points", "the member's balance does not cover this redemption")
+            }
+        }
+    }
+
+    /// The member a bearer token names, or 401.
+    func authenticatedMember(_ request: Request) throws(GatewayError) -> Int64 {
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+            throw GatewayError.unauthorized("missing_token", "Authorization: Bearer <member token> is required")
+        }
+        do {
+            return try memberTokens.verify(String(header.dropFirst(7)))
+        } catch {
+            switch error {
+            case .expired: throw GatewayError.unauthorized("token_expired", "the member token has expired; mint a new one")
+            case .malformed, .badSignature: throw GatewayError.unauthorized("bad_token", "the member token is not valid")
+            }
+        }
+    }
+}

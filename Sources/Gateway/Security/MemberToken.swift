@@ -1,0 +1,44 @@
+@preconcurrency import Crypto
+import Foundation
+
+/// Short-lived bearer tokens that let an H5 page act for one member (`POST /v1/codes/verify`,
+/// `POST /v1/mall/redemptions`). Minted by the brand's server through the admin API after the
+/// platform's OAuth told it who the visitor is; verified by any gateway without a database
+/// round trip. Form: `m1.<member id>.<expiry unix seconds>.<base64url HMAC-SHA256>`.
+///
+/// The key is derived from `FANFLOW_SECRET_KEY` when set, else from the admin token: both are
+/// shared by every gateway of a deployment, and rotating either revokes every token.
+public struct MemberTokens: Sendable {
+    private let key: SymmetricKey
+
+    public init(secret: String) {
+        key = SymmetricKey(data: HMAC<SHA256>.authenticationCode(for: Array("fanflow member tokens v1".utf8),
+                                                                  using: SymmetricKey(data: Array(secret.utf8))))
+    }
+
+    public func mint(member: Int64, expiresAt: Date) -> String {
+        let payload = "m1.\(member).\(Int64(expiresAt.timeIntervalSince1970))"
+        return payload + "." + Self.base64URL(Array(HMAC<SHA256>.authenticationCode(for: Array(payload.utf8), using: key)))
+    }
+
+    public enum Refusal: Error, Equatable {
+        case malformed, badSignature, expired
+    }
+
+    /// The member the token names, if its signature holds and it has not expired.
+    public func verify(_ token: String, now: Date = Date()) throws(Refusal) -> Int64 {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4, parts[0] == "m1", let member = Int64(parts[1]), member > 0,
+              let expiry = Int64(parts[2]) else { throw .malformed }
+        let payload = Array(token.utf8.prefix(parts[0].utf8.count + parts[1].utf8.count + parts[2].utf8.count + 2))
+        let expected = Self.base64URL(Array(HMAC<SHA256>.authenticationCode(for: payload, using: key)))
+        guard Bytes.constantTimeEquals(Array(parts[3].utf8), Array(expected.utf8)) else { throw .badSignature }
+        guard Double(expiry) > now.timeIntervalSince1970 else { throw .expired }
+        return member
+    }
+
+    static func base64URL(_ bytes: [UInt8]) -> String {
+        Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+}
