@@ -1,5 +1,6 @@
 import Contracts
 import Foundation
+@testable import Gateway
 @testable import Loyalty
 import Testing
 
@@ -118,5 +119,29 @@ struct LoyaltyTests {
             for rule in preset.rules { try rule.validate() }
             try preset.levels?.validate()
         }
+    }
+}
+
+@Suite("Member tokens and code imports")
+struct MemberTokenTests {
+    @Test("a token names its member until it expires; a changed byte or another key refuses it")
+    func tokens() throws {
+        let tokens = MemberTokens(secret: "secret-0123456789abcdef")
+        let now = Date()
+        let token = tokens.mint(member: 42, expiresAt: now.addingTimeInterval(60))
+        #expect(try tokens.verify(token, now: now) == 42)
+        #expect(throws: MemberTokens.Refusal.expired) { try tokens.verify(token, now: now.addingTimeInterval(61)) }
+        #expect(throws: MemberTokens.Refusal.badSignature) { try tokens.verify(token.replacingOccurrences(of: "m1.42.", with: "m1.43."), now: now) }
+        #expect(throws: MemberTokens.Refusal.badSignature) {
+            try MemberTokens(secret: "another-secret-0123456789").verify(token, now: now)
+        }
+        #expect(throws: MemberTokens.Refusal.malformed) { try tokens.verify("m1.42", now: now) }
+    }
+
+    @Test("CSV imports: header skipped, CRLF and empty batch accepted, a bad line named")
+    func csv() throws {
+        let codes = try Gateway.codesFromCSV(Array("code,sku,batch\r\nA1,S1,B\r\nA2,S2,\r\n\nA3,S3\n".utf8))
+        #expect(codes == [.init(code: "A1", sku: "S1", batch: "B"), .init(code: "A2", sku: "S2"), .init(code: "A3", sku: "S3")])
+        #expect { try Gateway.codesFromCSV(Array("A1,S1\nA2\n".utf8)) } throws: { "\($0)".contains("line 2") }
     }
 }
