@@ -76,7 +76,7 @@ let package = Package(
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
         .target(name: "Scheduler",
-                dependencies: ["Contracts", "Runtime", "AMQPClient", "PostgresClient", "Storage",
+                dependencies: ["Contracts", "Runtime", "Loyalty", "AMQPClient", "PostgresClient", "Storage",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),

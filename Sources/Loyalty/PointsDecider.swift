@@ -135,10 +135,11 @@ public struct PointsDecider: Sendable {
         "fanflow:{m:\(member)}:cap:\(rule):\(measure):\(period)"
     }
 
-    public static func frequencyKey(member: Int64, rule: PointsRule, periods: NaturalPeriods) -> String {
-        switch rule.frequency {
-        case .daily: return "fanflow:{m:\(member)}:freq:\(rule.code):d\(periods.day)"
-        case .once, .unlimited: return "fanflow:{m:\(member)}:freq:\(rule.code):once"
+    /// Marks that a daily rule granted on `day` (yyyymmdd), or a once-only rule ever.
+    public static func frequencyKey(member: Int64, rule: String, frequency: PointsRule.Frequency, day: String) -> String {
+        switch frequency {
+        case .daily: return "fanflow:{m:\(member)}:freq:\(rule):d\(day)"
+        case .once, .unlimited: return "fanflow:{m:\(member)}:freq:\(rule):once"
         }
     }
 
@@ -154,7 +155,7 @@ public struct PointsDecider: Sendable {
         let member = request.member
         for (rule, points, growth) in request.rules {
             keys.append(Self.decisionKey(member: member, eventID: request.eventID, rule: rule.code))
-            keys.append(Self.frequencyKey(member: member, rule: rule, periods: periods))
+            keys.append(Self.frequencyKey(member: member, rule: rule.code, frequency: rule.frequency, day: periods.day))
             for measure in ["p", "g"] {
                 keys.append(Self.counterKey(member: member, rule: rule.code, measure: measure, period: "d" + periods.day))
                 keys.append(Self.counterKey(member: member, rule: rule.code, measure: measure, period: "w" + periods.week))

@@ -20,7 +20,8 @@ struct FanFlow: AsyncParsableCommand {
         abstract: "FanFlow: social CRM events to points, orders and pushes, exactly once.",
         discussion: "Configuration comes from the environment:\n"
             + FanFlowConfiguration.variables.map { "  \($0.name)\n      \($0.meaning)" }.joined(separator: "\n"),
-        subcommands: [GatewayCommand.self, WorkerCommand.self, SchedulerCommand.self, MigrateCommand.self])
+        subcommands: [GatewayCommand.self, WorkerCommand.self, SchedulerCommand.self, MigrateCommand.self,
+                       RebuildCountersCommand.self])
 }
 
 /// Loads the configuration for a role, or stops the process naming every bad variable.
@@ -125,7 +126,7 @@ struct WorkerCommand: AsyncParsableCommand {
 struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "scheduler",
-        abstract: "Elect one leader among schedulers and keep the topology declared.")
+        abstract: "Elect one leader among schedulers; the leader grants matured purchase points and expires points.")
 
     func run() async throws {
         let configuration = try loadConfiguration(role: .scheduler)
@@ -137,8 +138,12 @@ struct SchedulerCommand: AsyncParsableCommand {
             try await connection.enableConfirms()
         }
         try await broker.start()
+        let database = PostgresPool(url: configuration.databaseURL, maximumConnections: 2)
+        let tasks = LeaderTasks(ledger: Ledger(database: database), rules: RuleStore(database: database), logger: logger)
         logger.notice("scheduler started")
-        try await runServices([LeaderElection(databaseURL: configuration.databaseURL, logger: logger)], logger: logger)
+        try await runServices([LeaderElection(databaseURL: configuration.databaseURL, logger: logger) { tasks.setLeading($0) }, tasks],
+                              logger: logger)
+        await database.close()
         await broker.close()
         logger.notice("scheduler stopped")
     }
@@ -157,5 +162,26 @@ struct MigrateCommand: AsyncParsableCommand {
         logger.notice(applied.isEmpty ? "schema is current" : "migrations applied",
                       metadata: ["applied": "\(applied)"])
         await connection.close()
+    }
+}
+
+struct RebuildCountersCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rebuild-counters",
+        abstract: "Recompute today's, this week's and this month's cap counters in Redis from the ledger.",
+        discussion: "For a Redis that lost its data. Counters are only raised to what the ledger proves, never lowered, "
+            + "so it is safe while workers run.")
+
+    func run() async throws {
+        let configuration = try loadConfiguration(role: .tool)
+        let logger = Logger(label: "fanflow.rebuild-counters")
+        let database = PostgresPool(url: configuration.databaseURL, maximumConnections: 1)
+        let redis = try await RedisPool(url: configuration.redisURL, size: 1)
+        let rules = try await RuleStore(database: database).list()
+        let raised = try await CounterRebuild(database: database, redis: redis, calendar: PeriodCalendar(timeZone: configuration.timeZone))
+            .run(now: Date(), rules: rules)
+        logger.notice("counters rebuilt", metadata: ["raised": "\(raised)", "zone": "\(configuration.timeZone.identifier)"])
+        await redis.close()
+        await database.close()
     }
 }

@@ -176,4 +176,44 @@ struct PointsPoolTests {
         await tap.close()
         await h.close()
     }
+
+    @Test("after Redis lost a member's counters, rebuild-counters restores them from the ledger and the caps hold")
+    func rebuildCounters() async throws {
+        let h = try await PointsHarness.open()
+        let post = h.kind("post"), welcome = h.kind("welcome")
+        let capped = PointsRule(code: "\(h.prefix)-capped", kinds: [post], points: 3, growth: 0,
+                                caps: .init(daily: .init(points: 15)), reason: "post")
+        let once = PointsRule(code: "\(h.prefix)-once", kinds: [welcome], frequency: .once, points: 10, growth: 0, reason: "welcome")
+        let pool = h.pool(.init(rules: [capped, once], levels: .standard))
+        for n in 0..<5 { try await pool.process([h.event("p\(n)", post, openid: "o1", at: "2026-12-01T10:0\(n):00+08:00")]) }
+        try await pool.process([h.event("w1", welcome, openid: "o1", at: "2026-12-01T10:10:00+08:00")])
+        let member = try #require(try await h.member("o1")).id
+        let dayKey = PointsDecider.counterKey(member: member, rule: capped.code, measure: "p", period: "d20261201")
+        #expect(try await h.redis.connection.command(["GET", dayKey]).int == 15)
+
+        // Redis loses everything it knew about the member.
+        var cursor = "0"
+        repeat {
+            let reply = try await h.redis.connection.command(["SCAN", cursor, "MATCH", "fanflow:{m:\(member)}:*", "COUNT", "1000"])
+            cursor = reply.array?.first?.string ?? "0"
+            let keys = reply.array?.last?.array?.compactMap(\.string) ?? []
+            if !keys.isEmpty { _ = try await h.redis.connection.command(["DEL"] + keys) }
+        } while cursor != "0"
+        #expect(try await h.redis.connection.command(["GET", dayKey]).isNull)
+
+        let rebuild = CounterRebuild(database: h.database, redis: h.redis, calendar: PeriodCalendar(timeZone: h.timeZone))
+        let now = try #require(RFC3339.parse("2026-12-01T12:00:00+08:00"))
+        #expect(try await rebuild.run(now: now, rules: [capped, once], members: [member]) > 0)
+        #expect(try await h.redis.connection.command(["GET", dayKey]).int == 15)
+        let monthKey = PointsDecider.counterKey(member: member, rule: capped.code, measure: "p", period: "m202612")
+        #expect(try await h.redis.connection.command(["GET", monthKey]).int == 15)
+        // Run again: nothing to raise, nothing lowered.
+        #expect(try await rebuild.run(now: now, rules: [capped, once], members: [member]) == 0)
+
+        // New events after the rebuild: the day's cap and the once-only rule still hold.
+        try await pool.process([h.event("p9", post, openid: "o1", at: "2026-12-01T13:00:00+08:00")])
+        try await pool.process([h.event("w2", welcome, openid: "o1", at: "2026-12-01T13:01:00+08:00")])
+        #expect(try await h.member("o1")?.points == 25)
+        await h.close()
+    }
 }
