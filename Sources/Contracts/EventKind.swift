@@ -39,6 +39,8 @@ public struct EventKind: RawRepresentable, Codable, Sendable, Hashable, CustomSt
     // Business events from the brand's systems (`/v1/events`).
     public static let memberCheckin: EventKind = "member.checkin"
     public static let memberRegistered: EventKind = "member.registered"
+    /// A phone number the brand verified (SMS) for the member: merges members who share it.
+    public static let memberPhoneBound: EventKind = "member.phone_bound"
     public static let communityPost: EventKind = "community.post"
     public static let communityComment: EventKind = "community.comment"
     public static let communityShare: EventKind = "community.share"

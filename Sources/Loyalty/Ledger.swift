@@ -86,6 +86,7 @@ public struct Ledger: Sendable {
         var points: Int64 = 0, growth: Int64 = 0, pendingPoints: Int64 = 0, pendingGrowth: Int64 = 0
         var subject: Identity?
         var cause = ""
+        init(cause: String = "") { self.cause = cause }
         var isEmpty: Bool { points == 0 && growth == 0 && pendingPoints == 0 && pendingGrowth == 0 }
     }
 
@@ -253,10 +254,12 @@ public struct Ledger: Sendable {
         return delta
     }
 
-    static func updateBalances(_ deltas: [Int64: Delta], levels: LevelTable,
-                               on connection: isolated PostgresConnection) throws -> [LevelChange] {
+    /// Adds the deltas to the members' balances (in id order) and moves levels with growth. With
+    /// `force`, members with an empty delta are looked at too (their balances changed otherwise).
+    static func updateBalances(_ deltas: [Int64: Delta], levels: LevelTable, on connection: isolated PostgresConnection,
+                               force: Bool = false) throws -> [LevelChange] {
         var changes: [LevelChange] = []
-        for (member, delta) in deltas.sorted(by: { $0.key < $1.key }) where !delta.isEmpty {
+        for (member, delta) in deltas.sorted(by: { $0.key < $1.key }) where force || !delta.isEmpty {
             let rows = try connection.query("""
                 UPDATE members SET points = points + $2, growth = growth + $3, pending_points = pending_points + $4,
                        pending_growth = pending_growth + $5, updated_at = now()

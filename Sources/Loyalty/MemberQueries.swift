@@ -19,6 +19,8 @@ public struct MemberView: Codable, Sendable, Equatable {
     public let pendingGrowth: Int64
     public let identities: [IdentityView]
     public let tags: [String]
+    /// Set when this member was merged into another (a shared phone number); the other holds everything now.
+    public let mergedInto: Int64?
     public let createdAt: String
 }
 
@@ -65,7 +67,7 @@ public struct MemberQueries: Sendable {
 
     public func member(_ id: Int64) async throws -> MemberView? {
         let rows = try await database.query("""
-            SELECT m.id, m.points, m.growth, m.level, m.pending_points, m.pending_growth,
+            SELECT m.id, m.points, m.growth, m.level, m.pending_points, m.pending_growth, m.merged_into,
                    to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS created_at,
                    coalesce((SELECT json_agg(json_build_object('platform', platform, 'app', app, 'openid', openid,
                                                                'unionid', unionid) ORDER BY created_at)
@@ -80,6 +82,7 @@ public struct MemberQueries: Sendable {
                           pendingGrowth: Int64(row.int("pending_growth") ?? 0),
                           identities: try decoder.decode([MemberView.IdentityView].self, from: Data((row.string("identities") ?? "[]").utf8)),
                           tags: try decoder.decode([String].self, from: Data((row.string("tags") ?? "[]").utf8)),
+                          mergedInto: row.int("merged_into").map(Int64.init),
                           createdAt: row.string("created_at") ?? "")
     }
 

@@ -44,6 +44,7 @@ public struct PointsPool: EnvelopeProcessor {
     public func process(_ events: [Envelope]) async throws {
         let program = try await rules.current()
         let subjects = events.map(Self.identity)
+        try await bindPhones(events, subjects, levels: program.levels)
 
         // Everyone the batch grants to: each event's subject, and referrers named by referral rules.
         var identities: [Identity: String?] = [:]
@@ -104,6 +105,15 @@ public struct PointsPool: EnvelopeProcessor {
             }
         }
         try await ledger.apply(grants: grants, reversals: reversals, levels: program.levels)
+    }
+
+    /// Phone bindings go first: a merge they cause decides which member the batch's grants go to.
+    func bindPhones(_ events: [Envelope], _ subjects: [Identity?], levels: LevelTable) async throws {
+        for (event, subject) in zip(events, subjects) where event.kind == .memberPhoneBound {
+            guard let subject, let phone = event.attributes["phone"]?.string, !phone.isEmpty else { continue }
+            let member = try await members.resolve(subject, unionid: event.subject.unionid)
+            _ = try await members.bindPhone(phone, member: member, eventID: event.id, levels: levels)
+        }
     }
 
     static func identity(_ event: Envelope) -> Identity? {

@@ -216,4 +216,39 @@ struct PointsPoolTests {
         #expect(try await h.member("o1")?.points == 25)
         await h.close()
     }
+
+    @Test("binding one phone number to two members merges them into the older: identities, ledger, tags and balances follow, once")
+    func phoneMerge() async throws {
+        let h = try await PointsHarness.open()
+        let earn = h.kind("earn")
+        let pool = h.pool(.init(rules: [PointsRule(code: "\(h.prefix)-earn", kinds: [earn], points: 10, growth: 50, reason: "earn")],
+                                levels: .standard))
+        let phone = "+86139" + String(UInt32.random(in: 10_000_000...99_999_999))
+        try await pool.process([h.event("x1", earn, openid: "x", at: "2026-12-01T10:00:00+08:00")])
+        try await pool.process([h.event("y1", earn, openid: "y", at: "2026-12-01T10:01:00+08:00"),
+                                h.event("y2", earn, openid: "y", at: "2026-12-01T10:02:00+08:00")])
+        let x = try #require(try await h.member("x")), y = try #require(try await h.member("y"))
+        #expect(y.level == "bronze")
+        try await h.database.query("INSERT INTO member_tags (member_id, tag) VALUES ($1, 'lottery-lover')", [y.id])
+
+        try await pool.process([h.event("bind-x", .memberPhoneBound, openid: "x", at: "2026-12-01T11:00:00+08:00", attributes: ["phone": .string(phone)])])
+        let bindY = h.event("bind-y", .memberPhoneBound, openid: "y", at: "2026-12-01T11:05:00+08:00", attributes: ["phone": .string(phone)])
+        try await pool.process([bindY])
+        try await pool.process([bindY]) // redelivered: the merge is not done twice
+
+        let merged = try #require(try await h.member("y"))
+        #expect(merged.id == x.id)
+        #expect((merged.points, merged.growth, merged.level) == (30, 150, "bronze"))
+        #expect(merged.identities.map(\.openid).sorted() == ["x", "y"])
+        #expect(merged.tags == ["lottery-lover"])
+        let gone = try #require(try await MemberQueries(database: h.database).member(y.id))
+        #expect((gone.points, gone.growth, gone.mergedInto) == (0, 0, x.id))
+        #expect(try await MemberQueries(database: h.database).ledger(member: x.id, LedgerFilter()).count == 3)
+        // What y earns from now on is the survivor's.
+        try await pool.process([h.event("y3", earn, openid: "y", at: "2026-12-01T12:00:00+08:00")])
+        #expect(try await h.member("x")?.points == 40)
+        let merges = try await h.database.query("SELECT count(*) AS c FROM member_merges WHERE phone = $1", [phone])
+        #expect(merges[0].int("c") == 1)
+        await h.close()
+    }
 }

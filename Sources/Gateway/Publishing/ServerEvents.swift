@@ -178,6 +178,12 @@ enum ServerEvents {
             return nil
         case .memberRegistered:
             return string("referredBy", required: false)
+        case .memberPhoneBound:
+            guard let phone = attributes["phone"]?.string, (5...20).contains(phone.utf8.count),
+                  phone.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || $0 == 43 }) else {
+                return "attributes.phone is required: 5-20 digits, optionally with a leading +"
+            }
+            return nil
         case .codeVerified:
             return string("code", required: true)
         case .communityPost, .communityComment, .communityShare, .communityLike:
