@@ -98,7 +98,7 @@ struct PointsAdminTests {
                                         PointsRule(code: "\(h.prefix)-b", kinds: [kind], points: 1, growth: 0, reason: "bonus")],
                                 levels: .standard))
         for n in 0..<3 {
-            try await pool.process([h.event("\(n)", kind, openid: "o1", at: "2026-12-0\(n + 1)T10:00:00+08:00", unionid: "u1")])
+            try await pool.process([h.event("\(n)", kind, openid: "o1", at: "2026-12-0\(n + 1)T10:00:00+08:00", unionid: "u-\(h.app)")])
         }
         try await GatewayHarness.run { client, _, _ in
             var (status, json) = try await Self.call(client, .get, "/admin/v1/members/lookup?platform=wechat&app=\(h.app)&openid=o1")
@@ -107,7 +107,7 @@ struct PointsAdminTests {
             #expect(json["points"] as? Int == 9)
             #expect(json["growth"] as? Int == 3)
             #expect(json["level"] as? String == "registered")
-            #expect((json["identities"] as? [[String: Any]])?.first?["unionid"] as? String == "u1")
+            #expect((json["identities"] as? [[String: Any]])?.first?["unionid"] as? String == "u-\(h.app)")
             #expect(json["tags"] as? [String] == [])
 
             (status, json) = try await Self.call(client, .get, "/admin/v1/members/\(id)")
