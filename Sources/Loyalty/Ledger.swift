@@ -258,14 +258,28 @@ public struct Ledger: Sendable {
     /// `force`, members with an empty delta are looked at too (their balances changed otherwise).
     static func updateBalances(_ deltas: [Int64: Delta], levels: LevelTable, on connection: isolated PostgresConnection,
                                force: Bool = false) throws -> [LevelChange] {
+        let touched = deltas.filter { force || !$0.value.isEmpty }.sorted { $0.key < $1.key }
+        guard !touched.isEmpty else { return [] }
+        // Row locks in id order first, then one UPDATE for all: concurrent batches cannot deadlock.
+        let ids = "{" + touched.map { String($0.key) }.joined(separator: ",") + "}"
+        try connection.query("SELECT id FROM members WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", [ids])
+        var rows: [String] = []
+        var parameters: [any PostgresEncodable] = []
+        for (index, (member, delta)) in touched.enumerated() {
+            let b = index * 5
+            rows.append("($\(b + 1)::bigint,$\(b + 2)::bigint,$\(b + 3)::bigint,$\(b + 4)::bigint,$\(b + 5)::bigint)")
+            parameters += [member, delta.points, delta.growth, delta.pendingPoints, delta.pendingGrowth] as [any PostgresEncodable]
+        }
+        let updated = try connection.query("""
+            UPDATE members m SET points = m.points + d.p, growth = m.growth + d.g, pending_points = m.pending_points + d.pp,
+                   pending_growth = m.pending_growth + d.pg, updated_at = now()
+            FROM (VALUES \(rows.joined(separator: ","))) AS d(id, p, g, pp, pg)
+            WHERE m.id = d.id RETURNING m.id, m.growth, m.level
+            """, parameters)
+        guard updated.count == touched.count else { throw PostgresError(.usage, "a member of the batch does not exist") }
         var changes: [LevelChange] = []
-        for (member, delta) in deltas.sorted(by: { $0.key < $1.key }) where force || !delta.isEmpty {
-            let rows = try connection.query("""
-                UPDATE members SET points = points + $2, growth = growth + $3, pending_points = pending_points + $4,
-                       pending_growth = pending_growth + $5, updated_at = now()
-                WHERE id = $1 RETURNING growth, level
-                """, [member, delta.points, delta.growth, delta.pendingPoints, delta.pendingGrowth])
-            guard let row = rows.first else { throw PostgresError(.usage, "member \(member) does not exist") }
+        for row in updated {
+            guard let member = row.int("id").map(Int64.init), let delta = deltas[member] else { continue }
             let growth = Int64(row.int("growth") ?? 0)
             let old = row.string("level") ?? ""
             let new = levels.level(forGrowth: growth)

@@ -52,10 +52,58 @@ public struct MemberDirectory: Sendable {
                 UPDATE member_identities SET unionid = $4 WHERE platform = $1 AND app = $2 AND openid = $3 AND unionid IS NULL
                 """, [identity.platform.rawValue, identity.app, identity.openid, identities[identity] ?? nil])
         }
-        for identity in list where found[identity] == nil {
+        let missing = list.filter { found[$0] == nil }
+        // An openid with a unionid may belong to a member already known on the platform: one by one.
+        for identity in missing where identities[identity] ?? nil != nil {
             found[identity] = try await create(identity, unionid: identities[identity] ?? nil)
         }
+        let plain = missing.filter { identities[$0] ?? nil == nil }
+        if !plain.isEmpty {
+            found.merge(try await createAll(plain)) { $1 }
+        }
         return found
+    }
+
+    /// First sightings without a unionid, in one transaction: as many members as identities, the
+    /// identities inserted in key order (so two batches racing on the same openids cannot
+    /// deadlock), and the members of identities another worker inserted first deleted again.
+    private func createAll(_ identities: [Identity]) async throws -> [Identity: Int64] {
+        let sorted = identities.sorted { ($0.platform.rawValue, $0.app, $0.openid) < ($1.platform.rawValue, $1.app, $1.openid) }
+        return try await database.transaction { connection in
+            let ids = try connection.query("INSERT INTO members (level) SELECT '' FROM generate_series(1, $1) RETURNING id",
+                                           [sorted.count]).compactMap { $0.int("id").map(Int64.init) }
+            guard ids.count == sorted.count else { throw PostgresError(.usage, "expected \(sorted.count) new members, got \(ids.count)") }
+            var rows: [String] = []
+            var parameters: [any PostgresEncodable] = []
+            for (index, (identity, id)) in zip(sorted, ids).enumerated() {
+                rows.append("($\(index * 4 + 1),$\(index * 4 + 2),$\(index * 4 + 3),$\(index * 4 + 4))")
+                parameters += [identity.platform.rawValue, identity.app, identity.openid, id] as [any PostgresEncodable]
+            }
+            let inserted = try connection.query("""
+                INSERT INTO member_identities (platform, app, openid, member_id) VALUES \(rows.joined(separator: ","))
+                ON CONFLICT (platform, app, openid) DO NOTHING RETURNING member_id
+                """, parameters)
+            let used = Set(inserted.compactMap { $0.int("member_id").map(Int64.init) })
+            var result: [Identity: Int64] = [:]
+            var lost: [Identity] = []
+            for (identity, id) in zip(sorted, ids) {
+                if used.contains(id) { result[identity] = id } else { lost.append(identity) }
+            }
+            let unused = ids.filter { !used.contains($0) }
+            if !unused.isEmpty {
+                try connection.query("DELETE FROM members WHERE id = ANY($1::bigint[])", ["{" + unused.map(String.init).joined(separator: ",") + "}"])
+            }
+            // Taken by another worker's batch that committed first: its member is the member.
+            for identity in lost {
+                guard let winner = try connection.query("""
+                    SELECT member_id FROM member_identities WHERE platform = $1 AND app = $2 AND openid = $3
+                    """, [identity.platform.rawValue, identity.app, identity.openid]).first?.int("member_id") else {
+                    throw PostgresError(.usage, "identity vanished while resolving it")
+                }
+                result[identity] = Int64(winner)
+            }
+            return result
+        }
     }
 
     public func resolve(_ identity: Identity, unionid: String? = nil) async throws -> Int64 {
