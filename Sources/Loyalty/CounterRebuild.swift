@@ -42,7 +42,7 @@ public struct CounterRebuild: Sendable {
         var scope = ""
         var parameters: [any PostgresEncodable] = [calendar.timeZone.identifier, since]
         if let members {
-            parameters.append("{" + members.map(String.init).joined(separator: ",") + "}")
+            parameters.append(PostgresArray(members))
             scope = "AND member_id = ANY($3::bigint[])"
         }
         let rows = try await database.query("""
@@ -82,10 +82,10 @@ public struct CounterRebuild: Sendable {
         // Once-only rules are marked for every member the ledger shows they ever granted.
         let once = rules.filter { $0.frequency == .once }.map(\.code)
         if !once.isEmpty {
-            var onceParameters: [any PostgresEncodable] = ["{" + once.joined(separator: ",") + "}"]
+            var onceParameters: [any PostgresEncodable] = [PostgresArray(once)]
             var onceScope = ""
             if let members {
-                onceParameters.append("{" + members.map(String.init).joined(separator: ",") + "}")
+                onceParameters.append(PostgresArray(members))
                 onceScope = "AND member_id = ANY($2::bigint[])"
             }
             for row in try await database.query("""

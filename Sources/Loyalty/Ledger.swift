@@ -261,7 +261,7 @@ public struct Ledger: Sendable {
         let touched = deltas.filter { force || !$0.value.isEmpty }.sorted { $0.key < $1.key }
         guard !touched.isEmpty else { return [] }
         // Row locks in id order first, then one UPDATE for all: concurrent batches cannot deadlock.
-        let ids = "{" + touched.map { String($0.key) }.joined(separator: ",") + "}"
+        let ids = PostgresArray(touched.map(\.key))
         try connection.query("SELECT id FROM members WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", [ids])
         var rows: [String] = []
         var parameters: [any PostgresEncodable] = []

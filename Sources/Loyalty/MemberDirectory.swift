@@ -29,16 +29,13 @@ public struct MemberDirectory: Sendable {
     public func resolve(_ identities: [Identity: String?]) async throws -> [Identity: Int64] {
         guard !identities.isEmpty else { return [:] }
         let list = Array(identities.keys)
-        var parameters: [any PostgresEncodable] = []
-        var tuples: [String] = []
-        for (index, identity) in list.enumerated() {
-            tuples.append("($\(index * 3 + 1),$\(index * 3 + 2),$\(index * 3 + 3))")
-            parameters += [identity.platform.rawValue, identity.app, identity.openid] as [any PostgresEncodable]
-        }
+        // Arrays joined through unnest: the primary key is probed once per identity, where a long
+        // row-constructor IN list would make the planner scan.
         let rows = try await database.query("""
-            SELECT platform, app, openid, member_id, unionid FROM member_identities
-            WHERE (platform, app, openid) IN (\(tuples.joined(separator: ",")))
-            """, parameters)
+            SELECT i.platform, i.app, i.openid, i.member_id, i.unionid
+            FROM unnest($1::text[], $2::text[], $3::text[]) AS k(platform, app, openid)
+            JOIN member_identities i ON i.platform = k.platform AND i.app = k.app AND i.openid = k.openid
+            """, [PostgresArray(list.map(\.platform.rawValue)), PostgresArray(list.map(\.app)), PostgresArray(list.map(\.openid))])
         var found: [Identity: Int64] = [:]
         var missingUnionid: [Identity] = []
         for row in rows {
@@ -91,7 +88,7 @@ public struct MemberDirectory: Sendable {
             }
             let unused = ids.filter { !used.contains($0) }
             if !unused.isEmpty {
-                try connection.query("DELETE FROM members WHERE id = ANY($1::bigint[])", ["{" + unused.map(String.init).joined(separator: ",") + "}"])
+                try connection.query("DELETE FROM members WHERE id = ANY($1::bigint[])", [PostgresArray(unused)])
             }
             // Taken by another worker's batch that committed first: its member is the member.
             for identity in lost {

@@ -41,7 +41,7 @@ public struct Outbox: Sendable {
 
     public func delete(_ ids: [Int64]) async throws {
         guard !ids.isEmpty else { return }
-        try await database.query("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ["{" + ids.map(String.init).joined(separator: ",") + "}"])
+        try await database.query("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [PostgresArray(ids)])
     }
 
     static func bytes(hex: String) -> [UInt8]? {

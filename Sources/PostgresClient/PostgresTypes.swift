@@ -149,3 +149,26 @@ public struct PostgresRow: Sendable {
         return format == .text ? first == UInt8(ascii: "t") : first != 0
     }
 }
+
+/// A one-dimensional array parameter (`$1::text[]`, `$1::bigint[]`), written as PostgreSQL's array
+/// literal with every element quoted and escaped, so any text round-trips.
+public struct PostgresArray: PostgresEncodable {
+    public let literal: String
+
+    public init(_ texts: [String]) {
+        literal = "{" + texts.map { text in
+            var quoted = "\""
+            for character in text.unicodeScalars {
+                if character == "\"" || character == "\\" { quoted.unicodeScalars.append("\\") }
+                quoted.unicodeScalars.append(character)
+            }
+            return quoted + "\""
+        }.joined(separator: ",") + "}"
+    }
+
+    public init(_ integers: [Int64]) {
+        literal = "{" + integers.map(String.init).joined(separator: ",") + "}"
+    }
+
+    public var postgresValue: PostgresValue { .text(literal) }
+}

@@ -43,6 +43,18 @@ struct PostgresClientTests {
         }
     }
 
+    @Test("array parameters round-trip any text, and integers")
+    func arrays() async throws {
+        let connection = try await PostgresConnection(url: TestEnvironment.databaseURL)
+        let texts = ["plain", "with,comma", "with \"quotes\"", "back\\slash", "{braces}", "", "NULL", "空格 and space"]
+        let rows = try await connection.query("SELECT t FROM unnest($1::text[]) WITH ORDINALITY AS a(t, n) ORDER BY n",
+                                              [PostgresArray(texts)])
+        #expect(rows.map { $0.string("t") } == texts)
+        let sum = try await connection.query("SELECT sum(x) AS s FROM unnest($1::bigint[]) AS a(x)", [PostgresArray([1, -2, 9_007_199_254_740_993])])
+        #expect(sum[0].string("s") == "9007199254740992")
+        await connection.close()
+    }
+
     @Test("a unique violation surfaces as a typed error with its SQLSTATE and constraint")
     func uniqueViolation() async throws {
         try await withSchema { db in
