@@ -50,9 +50,16 @@ public struct ConsumerService: Service {
             try await connection.declare(Topology.standard)
             let (tag, deliveries) = try await connection.consume(queue: queue.rawValue, prefetch: prefetch)
             logger.info("consuming", metadata: ["queue": "\(queue)", "prefetch": "\(prefetch)"])
+            let buffer = DeliveryBuffer()
+            let filling = Task { await buffer.fill(from: deliveries) }
+            defer { filling.cancel() }
             try await withGracefulShutdownHandler {
-                for try await batch in deliveries {
-                    await handler.handle(batch)
+                try await withTaskCancellationHandler {
+                    while let batch = try await buffer.next() {
+                        await handler.handle(batch)
+                    }
+                } onCancel: {
+                    filling.cancel()
                 }
             } onGracefulShutdown: {
                 Task { try? await connection.cancel(consumerTag: tag) }
