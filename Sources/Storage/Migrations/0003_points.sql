@@ -83,7 +83,8 @@ CREATE TABLE outbox (
     id            bigserial   PRIMARY KEY,
     message_id    text        NOT NULL UNIQUE,
     routing_key   text        NOT NULL,
-    body          bytea       NOT NULL,
+    -- The envelope's JSON, byte for byte as it is published.
+    body          text        NOT NULL,
     claimed_until timestamptz NOT NULL DEFAULT '-infinity',
     created_at    timestamptz NOT NULL DEFAULT now()
 );
