@@ -45,6 +45,7 @@ public struct PointsPool: EnvelopeProcessor {
         let program = try await rules.current()
         let subjects = events.map(Self.identity)
         try await bindPhones(events, subjects, levels: program.levels)
+        let matches = events.map(program.granting)
 
         // Everyone the batch grants to: each event's subject, and referrers named by referral rules.
         var identities: [Identity: String?] = [:]
@@ -54,7 +55,7 @@ public struct PointsPool: EnvelopeProcessor {
             if identities[subject] == nil || event.subject.unionid != nil {
                 identities.updateValue(event.subject.unionid, forKey: subject)
             }
-            if program.granting(event).contains(where: { $0.referral == true }),
+            if matches[index].contains(where: { $0.referral == true }),
                let referrer = event.attributes["referredBy"]?.string, !referrer.isEmpty, referrer != subject.openid {
                 let identity = Identity(platform: subject.platform, app: subject.app, openid: referrer)
                 referrers[index] = identity
@@ -69,9 +70,12 @@ public struct PointsPool: EnvelopeProcessor {
         var pending: [[Pending]] = []
         for (index, event) in events.enumerated() {
             guard let subject = subjects[index], let member = memberIDs[subject] else { continue }
-            let matched = program.granting(event)
+            let matched = matches[index]
             requests.append(DecisionRequest(member: member, eventID: event.id, occurredAt: event.occurredAt,
-                                            rules: matched.map { ($0, $0.baseGrant(for: event).points, $0.baseGrant(for: event).growth) }))
+                                            rules: matched.map { rule in
+                                                let base = rule.baseGrant(for: event)
+                                                return (rule, base.points, base.growth)
+                                            }))
             pending.append(matched.map { Pending(index: index, event: event, member: member, subject: subject, rule: $0) })
             for rule in program.reversing(event) {
                 guard let key = rule.reversal?.key, let ref = Self.reference(event, key) else { continue }

@@ -79,8 +79,12 @@ struct PointsAdminTests {
             (status, json) = try await Self.call(client, .put, "/admin/v1/levels", #"{"levels":[{"name":"a","minGrowth":10}]}"#)
             #expect(status == .badRequest)
             #expect((json["error"] as? [String: Any])?["code"] as? String == "invalid_levels")
+            // A valid table is stored and read back (the standard one, so other tests' levels stay as they are).
+            let standard = String(decoding: try JSONEncoder().encode(LevelTable.standard), as: UTF8.self)
+            (status, json) = try await Self.call(client, .put, "/admin/v1/levels", standard)
+            #expect(status == .ok)
             (status, json) = try await Self.call(client, .get, "/admin/v1/levels")
-            #expect((json["levels"] as? [[String: Any]])?.first?["name"] as? String == "registered")
+            #expect((json["levels"] as? [[String: Any]])?.map { $0["minGrowth"] as? Int } == [0, 100, 4000, 10000])
 
             // The presets' rules would otherwise grant for other tests' standard kinds: take them back.
             for rule in ProgramPreset.membership.rules + ProgramPreset.community.rules {
