@@ -103,12 +103,13 @@ public struct PointsDecider: Sendable {
                   if growth > left then growth = left; status = 'capped' end
                 end
               end
+              -- Only capped periods are counted: an uncapped counter would be work nobody reads.
               for j = 0, 2 do
-                if points > 0 then
+                if points > 0 and tonumber(ARGV[a + 4 + j]) >= 0 then
                   redis.call('INCRBY', KEYS[k + 3 + j], points)
                   redis.call('EXPIRE', KEYS[k + 3 + j], ttl[j + 1])
                 end
-                if growth > 0 then
+                if growth > 0 and tonumber(ARGV[a + 7 + j]) >= 0 then
                   redis.call('INCRBY', KEYS[k + 6 + j], growth)
                   redis.call('EXPIRE', KEYS[k + 6 + j], ttl[j + 1])
                 end
