@@ -29,7 +29,7 @@ public actor AMQPConnection {
     private var channelGeneration = 0
     private var closedReason: AMQPError?
     private var confirmMode = false
-    private var confirms = ConfirmTracker<CheckedContinuation<PublishOutcome, Never>>()
+    private var confirms = ConfirmTracker<ConfirmWaiter>()
     private var consumers: [String: AsyncThrowingStream<[AMQPDelivery], any Error>.Continuation] = [:]
     /// Deliveries completed during the current pump, handed to their consumers together at its end.
     /// Nearly always one consumer per connection: a short list beats hashing the tag per message.
@@ -169,8 +169,37 @@ public actor AMQPConnection {
         guard confirmMode else { return .acked }
         let deadline = Self.nowNanoseconds() + UInt64(configuration.confirmTimeoutMilliseconds) * 1_000_000
         return await withCheckedContinuation { continuation in
-            confirms.register(continuation, deadline: deadline)
+            confirms.register(.single(continuation), deadline: deadline)
         }
+    }
+
+    /// Publishes a batch in one turn on the connection's thread and, in confirm mode, waits once
+    /// for all of the broker's answers; outcomes come back in the batch's order.
+    public func publish(_ messages: [OutgoingMessage], mandatory: Bool = false) async -> [PublishOutcome] {
+        var outcomes = [PublishOutcome?](repeating: nil, count: messages.count)
+        var sent: [Int] = []
+        sent.reserveCapacity(messages.count)
+        for (index, message) in messages.enumerated() {
+            if let error = send(exchange: message.exchange, routingKey: message.routingKey, body: message.body,
+                                properties: message.properties, mandatory: mandatory) {
+                outcomes[index] = .failed(error)
+            } else {
+                sent.append(index)
+            }
+        }
+        if let closedReason, !sent.isEmpty {
+            // Lost part-way: the tracker was reset, so nobody would answer these; they are unknown.
+            for index in sent { outcomes[index] = .failed(closedReason) }
+        } else if confirmMode, !sent.isEmpty {
+            let deadline = Self.nowNanoseconds() + UInt64(configuration.confirmTimeoutMilliseconds) * 1_000_000
+            // Registered in the order sent, in the same turn: the broker numbers them the same way.
+            let confirmed = await withCheckedContinuation { continuation in
+                let batch = BatchConfirms(count: sent.count, continuation: continuation)
+                for slot in sent.indices { confirms.register(.batch(batch, slot), deadline: deadline) }
+            }
+            for (slot, index) in sent.enumerated() { outcomes[index] = confirmed[slot] }
+        }
+        return outcomes.map { $0 ?? .acked }
     }
 
     private func send(exchange: String, routingKey: String, body: [UInt8], properties: AMQPProperties,

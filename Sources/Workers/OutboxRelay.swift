@@ -42,20 +42,12 @@ public struct OutboxRelay: Service {
         let messages = try await outbox.claim()
         guard !messages.isEmpty else { return 0 }
         let connection = try await broker.current()
-        let outcomes = await withTaskGroup(of: (Int64, PublishOutcome).self) { group in
-            for message in messages {
-                group.addTask {
-                    let properties = AMQPProperties(messageID: message.messageID, contentType: "application/json",
-                                                    appID: "fanflow-worker", persistent: true)
-                    return (message.id, await connection.publish(exchange: ExchangeName.events.rawValue, routingKey: message.routingKey,
-                                                                 body: message.body, properties: properties))
-                }
-            }
-            var outcomes: [(Int64, PublishOutcome)] = []
-            for await outcome in group { outcomes.append(outcome) }
-            return outcomes
-        }
-        let confirmed = outcomes.filter { $0.1 == .acked }.map(\.0)
+        let outcomes = await connection.publish(messages.map { message in
+            OutgoingMessage(exchange: ExchangeName.events.rawValue, routingKey: message.routingKey, body: message.body,
+                            properties: AMQPProperties(messageID: message.messageID, contentType: "application/json",
+                                                       appID: "fanflow-worker", persistent: true))
+        })
+        let confirmed = zip(messages, outcomes).filter { $0.1 == .acked }.map(\.0.id)
         try await outbox.delete(confirmed)
         if confirmed.count < messages.count {
             logger.warning("outbox messages not confirmed; they are retried when their lease ends",

@@ -66,6 +66,32 @@ struct AMQPClientTests {
         await cleanUp(publisher, exchange: exchange, queue: queue)
     }
 
+    @Test("a batch publish answers each message in order, beside single publishes in flight; a bad exchange fails its batch")
+    func batchPublish() async throws {
+        let (publisher, exchange, queue) = try await makeTopology()
+        let batch = (0..<500).map { OutgoingMessage(exchange: exchange, routingKey: "b", body: Array("m\($0)".utf8),
+                                                     properties: AMQPProperties(messageID: "batch-\($0)")) }
+        async let single = publisher.publish(exchange: exchange, routingKey: "s", body: Array("single".utf8))
+        async let first = publisher.publish(batch)
+        async let second = publisher.publish(Array(batch.prefix(10)))
+        let (one, many, few) = await (single, first, second)
+        #expect(one == .acked)
+        #expect(many.count == 500 && many.allSatisfy { $0 == .acked })
+        #expect(few.count == 10 && few.allSatisfy { $0 == .acked })
+        #expect(await publisher.outstandingConfirms == 0)
+        #expect(try await publisher.messageCount(queue: queue) == 511)
+
+        let missing = await publisher.publish([OutgoingMessage(exchange: TestEnvironment.unique("missing"), routingKey: "k", body: [1])])
+        guard case .failed(let error)? = missing.first else {
+            Issue.record("expected a failure, got \(missing)")
+            return
+        }
+        #expect(error.replyCode == 404)
+        #expect(await publisher.publish([]) == [])
+        #expect(await publisher.publish([OutgoingMessage(exchange: exchange, routingKey: "k", body: [2])]) == [.acked])
+        await cleanUp(publisher, exchange: exchange, queue: queue)
+    }
+
     @Test("many publishes in flight are each confirmed, then consumed and acked in batches")
     func manyInFlight() async throws {
         let (publisher, exchange, queue) = try await makeTopology()

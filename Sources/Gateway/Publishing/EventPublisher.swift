@@ -125,39 +125,41 @@ public final class EventPublisher: Sendable {
             return Array(repeating: .failed("broker unavailable: \(error)"), count: envelopes.count)
         }
         let started = ContinuousClock.now
-        if envelopes.count == 1 {
-            // The common case (one webhook, one event) without a task group's overhead.
-            let result = await Self.publish(envelopes[0], on: connection)
-            metrics.observePublish(seconds: (ContinuousClock.now - started).seconds, count: 1, failures: result == .accepted ? 0 : 1)
-            return [result]
-        }
-        let results = await withTaskGroup(of: (Int, PublishResult).self) { group in
-            for (index, envelope) in envelopes.enumerated() {
-                group.addTask {
-                    (index, await Self.publish(envelope, on: connection))
-                }
+        var messages: [OutgoingMessage] = []
+        var results = [PublishResult](repeating: .failed("not sent"), count: envelopes.count)
+        var positions: [Int] = []
+        for (index, envelope) in envelopes.enumerated() {
+            do {
+                messages.append(try Self.message(envelope))
+                positions.append(index)
+            } catch {
+                results[index] = .failed("cannot encode the envelope: \(error)")
             }
-            var results = [PublishResult](repeating: .failed("not sent"), count: envelopes.count)
-            for await (index, result) in group { results[index] = result }
-            return results
         }
+        // One publish call for the whole batch: one hop to the connection's thread, one wait.
+        let outcomes: [PublishOutcome]
+        if messages.count == 1 {
+            outcomes = [await connection.publish(exchange: messages[0].exchange, routingKey: messages[0].routingKey,
+                                                 body: messages[0].body, properties: messages[0].properties)]
+        } else {
+            outcomes = await connection.publish(messages)
+        }
+        for (position, outcome) in zip(positions, outcomes) { results[position] = Self.result(outcome) }
         metrics.observePublish(seconds: (ContinuousClock.now - started).seconds, count: envelopes.count,
                                failures: results.filter { $0 != .accepted }.count)
         return results
     }
 
-    private static func publish(_ envelope: Envelope, on connection: AMQPConnection) async -> PublishResult {
-        let body: [UInt8]
-        do {
-            body = try envelope.encoded()
-        } catch {
-            return .failed("cannot encode the envelope: \(error)")
-        }
+    private static func message(_ envelope: Envelope) throws -> OutgoingMessage {
         let properties = AMQPProperties(messageID: envelope.id, contentType: "application/json", type: envelope.kind.rawValue,
                                         appID: "fanflow-gateway", timestamp: UInt64(max(0, envelope.receivedAt.timeIntervalSince1970)),
                                         persistent: true)
-        switch await connection.publish(exchange: ExchangeName.events.rawValue, routingKey: envelope.routingKey, body: body,
-                                        properties: properties) {
+        return OutgoingMessage(exchange: ExchangeName.events.rawValue, routingKey: envelope.routingKey,
+                               body: try envelope.encoded(), properties: properties)
+    }
+
+    private static func result(_ outcome: PublishOutcome) -> PublishResult {
+        switch outcome {
         case .acked: return .accepted
         case .nacked: return .failed("the broker refused the message (nack)")
         case .timedOut: return .failed("the broker did not confirm in time")
