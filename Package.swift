@@ -99,7 +99,7 @@ let package = Package(
                                    .product(name: "_CryptoExtras", package: "swift-crypto")],
                     swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
-                    dependencies: ["Contracts", "Runtime", "Workers", "Gateway", "Loyalty", "AMQPClient", "RedisClient",
+                    dependencies: ["Contracts", "Runtime", "Workers", "Gateway", "Loyalty", "Scheduler", "AMQPClient", "RedisClient",
                                    "PostgresClient", "Storage",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto"),
