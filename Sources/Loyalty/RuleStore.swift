@@ -138,7 +138,11 @@ public final class RuleBook: Sendable {
             state.withLock { $0 = (program, .now) }
             return program
         } catch {
-            if let cached { return cached }
+            // Keep the last program for another interval rather than asking a down database per batch.
+            if let cached {
+                state.withLock { $0.loadedAt = .now }
+                return cached
+            }
             throw error
         }
     }
