@@ -46,7 +46,7 @@ let package = Package(
         .target(name: "Contracts", swiftSettings: swiftSettings),
         // The loyalty program's domain: rules, members, Redis decisions, the ledger.
         .target(name: "Loyalty",
-                dependencies: ["Contracts", "PostgresClient", "RedisClient"],
+                dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler"],
                 swiftSettings: swiftSettings),
         .target(name: "Storage",
                 dependencies: ["PostgresClient", .product(name: "Logging", package: "swift-log")],
@@ -60,7 +60,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .target(name: "Gateway",
-                dependencies: ["Contracts", "Runtime", "Loyalty", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
+                dependencies: ["Contracts", "Runtime", "Loyalty", "Scheduler", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "_CryptoExtras", package: "swift-crypto"),
                                .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -71,13 +71,16 @@ let package = Package(
                 resources: [.copy("Resources/sdk.js")],
                 swiftSettings: swiftSettings),
         .target(name: "Workers",
-                dependencies: ["Contracts", "Runtime", "Loyalty", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
+                dependencies: ["Contracts", "Runtime", "Loyalty", "Scheduler", "AMQPClient", "RedisClient", "PostgresClient", "Storage",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
+        // Durable delayed and periodic jobs, the business calendar and leader election: a library
+        // the gateway and workers enqueue through, and the scheduler process's dispatch loop.
         .target(name: "Scheduler",
-                dependencies: ["Contracts", "Runtime", "Loyalty", "AMQPClient", "PostgresClient", "Storage",
+                dependencies: ["Contracts", "Runtime", "AMQPClient", "PostgresClient", "ClientSupport",
                                .product(name: "Logging", package: "swift-log"),
+                               .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
 
@@ -94,7 +97,7 @@ let package = Package(
                           swiftSettings: swiftSettings),
 
         .testTarget(name: "UnitTests",
-                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "Gateway", "Loyalty",
+                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "Gateway", "Loyalty", "Scheduler",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto")],
                     swiftSettings: swiftSettings),

@@ -29,6 +29,8 @@ public struct FanFlowConfiguration: Sendable, Equatable {
     /// Gateway: beacons accepted per second per site and per client IP (0: unlimited).
     public var beaconRatePerSite: Int = 2000
     public var beaconRatePerIP: Int = 100
+    /// Scheduler: port of its `/metrics` and `/health` (0: none), on ``httpHost``.
+    public var schedulerPort: Int = 8090
 
     /// Which process is starting: each needs a different set of variables.
     public enum Role: Sendable { case gateway, worker, scheduler, tool }
@@ -47,6 +49,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         ("FANFLOW_DEDUPE_TTL_SECONDS", "gateway: remember published event ids this long to drop retries (default 600)"),
         ("FANFLOW_BEACON_RATE_PER_SITE", "gateway: beacons per second per site, 0 = unlimited (default 2000)"),
         ("FANFLOW_BEACON_RATE_PER_IP", "gateway: beacons per second per client IP, 0 = unlimited (default 100)"),
+        ("FANFLOW_SCHEDULER_PORT", "scheduler: port of /metrics and /health on FANFLOW_HTTP_HOST, 0 = none (default 8090)"),
     ]
 
     public init(amqpURL: String, redisURL: String, databaseURL: String, httpHost: String = "127.0.0.1",
@@ -132,6 +135,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         let dedupe = integer("FANFLOW_DEDUPE_TTL_SECONDS", default: 600, range: 10...604_800)
         let perSite = integer("FANFLOW_BEACON_RATE_PER_SITE", default: 2000, range: 0...10_000_000)
         let perIP = integer("FANFLOW_BEACON_RATE_PER_IP", default: 100, range: 0...10_000_000)
+        let schedulerPort = integer("FANFLOW_SCHEDULER_PORT", default: 8090, range: 0...65535)
 
         guard problems.isEmpty, let zone else { throw ConfigurationErrors(problems: problems) }
         var configuration = FanFlowConfiguration(amqpURL: amqp, redisURL: redis, databaseURL: database, httpHost: host,
@@ -141,6 +145,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         configuration.dedupeTTLSeconds = dedupe
         configuration.beaconRatePerSite = perSite
         configuration.beaconRatePerIP = perIP
+        configuration.schedulerPort = schedulerPort
         return configuration
     }
 

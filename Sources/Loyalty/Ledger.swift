@@ -1,6 +1,7 @@
 import Contracts
 import Foundation
 import PostgresClient
+import Scheduler
 
 /// A ledger entry a worker writes for one rule's decision on one event.
 public struct LedgerGrant: Sendable {
@@ -109,8 +110,14 @@ public struct Ledger: Sendable {
                 let inserted = try connection.query("""
                     INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at, due_at, expires_at)
                     VALUES \(rows.joined(separator: ",")) ON CONFLICT DO NOTHING
-                    RETURNING member_id, kind, points, growth, event_id
+                    RETURNING id, member_id, kind, points, growth, event_id, extract(epoch FROM due_at)::float8 AS due_at
                     """, parameters)
+                // Each pending entry matures through a job committed with it: neither exists without the other.
+                try JobStore.enqueue(inserted.compactMap { row in
+                    guard row.string("kind") == LedgerGrant.Kind.pending.rawValue, let id = row.int("id"),
+                          let due = row.string("due_at").flatMap(Double.init) else { return nil }
+                    return LoyaltyJobs.matureJob(ledgerID: Int64(id), dueAt: Date(timeIntervalSince1970: due))
+                }, on: connection)
                 let subjects = Dictionary(grants.map { ($0.member, ($0.subject, $0.eventID)) }, uniquingKeysWith: { $1 })
                 for row in inserted {
                     guard let member = row.int("member_id").map(Int64.init) else { continue }
@@ -144,15 +151,18 @@ public struct Ledger: Sendable {
         }
     }
 
-    /// Grants pending entries that are due (purchase points after the maturation period): each
-    /// becomes a `matured` entry and moves from the pending to the spendable balance. Safe to run
-    /// from several processes at once (SKIP LOCKED) and again after a crash (the unique index).
-    public func matureDue(asOf now: Date, limit: Int = 1000, levels: LevelTable) async throws -> Int {
-        try await database.transaction { connection in
+    /// Grants the pending entries `ids` (purchase points after the maturation period, a post after
+    /// its review): each becomes a `matured` entry and moves from the pending to the spendable
+    /// balance. Entries already settled (matured, or cancelled by a refund) are left alone, so it
+    /// is safe to run twice, and from several processes at once (SKIP LOCKED and the unique index).
+    /// Returns how many matured.
+    public func mature(ids: [Int64], levels: LevelTable) async throws -> Int {
+        guard !ids.isEmpty else { return 0 }
+        return try await database.transaction { connection in
             let matured = try connection.query("""
                 WITH due AS (
-                    SELECT id FROM ledger WHERE kind = 'pending' AND settled_at IS NULL AND due_at <= $1
-                    ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+                    SELECT id FROM ledger WHERE id = ANY($1::bigint[]) AND kind = 'pending' AND settled_at IS NULL
+                    ORDER BY id FOR UPDATE SKIP LOCKED),
                 settled AS (
                     UPDATE ledger SET settled_at = now() FROM due WHERE ledger.id = due.id
                     RETURNING ledger.member_id, ledger.rule, ledger.points, ledger.growth, ledger.reason, ledger.event_id,
@@ -161,7 +171,7 @@ public struct Ledger: Sendable {
                 SELECT member_id, 'matured', rule, points, growth, reason, event_id, ref, occurred_at, expires_at FROM settled
                 ON CONFLICT DO NOTHING
                 RETURNING member_id, points, growth, event_id
-                """, [now, limit])
+                """, [PostgresArray(ids)])
             var deltas: [Int64: Delta] = [:]
             for row in matured {
                 guard let member = row.int("member_id").map(Int64.init) else { continue }
@@ -183,7 +193,7 @@ public struct Ledger: Sendable {
     ///
     /// Points are spent oldest first, so a member's balance is made of their newest grants: what
     /// is left of an expiring grant is the balance less every newer unexpired grant, at most the
-    /// grant itself. Safe to run concurrently and again after a crash, like ``matureDue``.
+    /// grant itself. Safe to run concurrently and again after a crash, like ``mature(ids:levels:)``.
     public func expireDue(asOf now: Date, limit: Int = 1000, levels: LevelTable) async throws -> Int {
         try await database.transaction { connection in
             let due = try connection.query("""

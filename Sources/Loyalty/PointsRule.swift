@@ -1,5 +1,6 @@
 import Contracts
 import Foundation
+import Scheduler
 
 /// A brand's points rule, as the admin API takes it (`PUT /admin/v1/points-rules/{code}`) and
 /// PostgreSQL stores it. JSON field names are the public contract.
@@ -72,6 +73,9 @@ public struct PointsRule: Codable, Sendable, Equatable {
     public var reason: String
     /// Earned now, granted this many days after the event (purchases: 15), unless reversed first.
     public var maturesAfterDays: Int?
+    /// Earned now, granted on the same wall-clock time this many working days after the event (a
+    /// review period for community posts: 5), per the business calendar, unless reversed first.
+    public var maturesAfterWorkingDays: Int?
     /// Granted points expire this many days after the event (an `expiry` ledger entry takes back
     /// what is left of them, oldest points spent first).
     public var pointsExpireAfterDays: Int?
@@ -82,8 +86,8 @@ public struct PointsRule: Codable, Sendable, Equatable {
     public init(code: String, kinds: [EventKind], platforms: [Platform]? = nil, conditions: [String: JSONValue]? = nil,
                 frequency: Frequency = .unlimited, points: Int64, growth: Int64, perAmount: PerAmount? = nil,
                 caps: Caps? = nil, enabled: Bool = true, validFrom: Date? = nil, validUntil: Date? = nil,
-                reason: String, maturesAfterDays: Int? = nil, pointsExpireAfterDays: Int? = nil, referral: Bool? = nil,
-                reversal: Reversal? = nil) {
+                reason: String, maturesAfterDays: Int? = nil, maturesAfterWorkingDays: Int? = nil, pointsExpireAfterDays: Int? = nil,
+                referral: Bool? = nil, reversal: Reversal? = nil) {
         self.code = code
         self.kinds = kinds
         self.platforms = platforms
@@ -98,6 +102,7 @@ public struct PointsRule: Codable, Sendable, Equatable {
         self.validUntil = validUntil
         self.reason = reason
         self.maturesAfterDays = maturesAfterDays
+        self.maturesAfterWorkingDays = maturesAfterWorkingDays
         self.pointsExpireAfterDays = pointsExpireAfterDays
         self.referral = referral
         self.reversal = reversal
@@ -105,7 +110,7 @@ public struct PointsRule: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case code, kinds, platforms, conditions, frequency, points, growth, perAmount, caps, enabled, validFrom,
-             validUntil, reason, maturesAfterDays, pointsExpireAfterDays, referral, reversal
+             validUntil, reason, maturesAfterDays, maturesAfterWorkingDays, pointsExpireAfterDays, referral, reversal
     }
 
     public init(from decoder: any Decoder) throws {
@@ -124,6 +129,7 @@ public struct PointsRule: Codable, Sendable, Equatable {
         validUntil = try Self.decodeTime(c, .validUntil)
         reason = try c.decode(String.self, forKey: .reason)
         maturesAfterDays = try c.decodeIfPresent(Int.self, forKey: .maturesAfterDays)
+        maturesAfterWorkingDays = try c.decodeIfPresent(Int.self, forKey: .maturesAfterWorkingDays)
         pointsExpireAfterDays = try c.decodeIfPresent(Int.self, forKey: .pointsExpireAfterDays)
         referral = try c.decodeIfPresent(Bool.self, forKey: .referral)
         reversal = try c.decodeIfPresent(Reversal.self, forKey: .reversal)
@@ -145,6 +151,7 @@ public struct PointsRule: Codable, Sendable, Equatable {
         try c.encodeIfPresent(validUntil.map(RFC3339.format), forKey: .validUntil)
         try c.encode(reason, forKey: .reason)
         try c.encodeIfPresent(maturesAfterDays, forKey: .maturesAfterDays)
+        try c.encodeIfPresent(maturesAfterWorkingDays, forKey: .maturesAfterWorkingDays)
         try c.encodeIfPresent(pointsExpireAfterDays, forKey: .pointsExpireAfterDays)
         try c.encodeIfPresent(referral, forKey: .referral)
         try c.encodeIfPresent(reversal, forKey: .reversal)
@@ -225,9 +232,15 @@ extension PointsRule {
         guard (1...200).contains(reason.count) else { throw RuleProblem("reason must be 1-200 characters") }
         if let validFrom, let validUntil, validFrom >= validUntil { throw RuleProblem("validFrom must be before validUntil") }
         if let days = maturesAfterDays, !(0...366).contains(days) { throw RuleProblem("maturesAfterDays must be 0-366") }
+        if let days = maturesAfterWorkingDays {
+            guard (0...250).contains(days) else { throw RuleProblem("maturesAfterWorkingDays must be 0-250") }
+            guard (maturesAfterDays ?? 0) == 0 else { throw RuleProblem("give maturesAfterDays or maturesAfterWorkingDays, not both") }
+        }
         if let days = pointsExpireAfterDays {
             guard (1...3660).contains(days) else { throw RuleProblem("pointsExpireAfterDays must be 1-3660") }
-            guard days > maturesAfterDays ?? 0 else { throw RuleProblem("pointsExpireAfterDays must be after maturesAfterDays") }
+            guard days > maturesAfterDays ?? 0, days > 2 * (maturesAfterWorkingDays ?? 0) else {
+                throw RuleProblem("pointsExpireAfterDays must be after the grant matures")
+            }
         }
         if let reversal {
             guard !reversal.key.isEmpty else { throw RuleProblem("reversal.key is required") }
@@ -248,6 +261,13 @@ extension PointsRule {
             for (name, value) in conditions where event.attributes[name] != value { return false }
         }
         return true
+    }
+
+    /// When a grant for an event at `occurredAt` becomes spendable; nil for at once.
+    public func maturity(of occurredAt: Date, calendar: BusinessCalendar) -> Date? {
+        if let days = maturesAfterWorkingDays, days > 0 { return calendar.adding(workingDays: days, to: occurredAt) }
+        if let days = maturesAfterDays, days > 0 { return occurredAt.addingTimeInterval(Double(days) * 86_400) }
+        return nil
     }
 
     /// What one occurrence grants before caps: per occurrence, or per whole unit of the amount.

@@ -1,6 +1,7 @@
 import Contracts
 import Foundation
 import PostgresClient
+import Scheduler
 import Synchronization
 
 /// Rules and the level table in PostgreSQL, for the admin API and for workers.
@@ -101,9 +102,12 @@ public final class RuleBook: Sendable {
     public struct Program: Sendable {
         public let rules: [PointsRule]
         public let levels: LevelTable
-        public init(rules: [PointsRule], levels: LevelTable) {
+        /// Working days, for grants that mature after a review of so many working days.
+        public let calendar: BusinessCalendar
+        public init(rules: [PointsRule], levels: LevelTable, calendar: BusinessCalendar) {
             self.rules = rules
             self.levels = levels
+            self.calendar = calendar
         }
 
         /// Rules that grant for the event.
@@ -119,8 +123,10 @@ public final class RuleBook: Sendable {
     private let refreshInterval: Duration
     private let state = Mutex<(program: Program?, loadedAt: ContinuousClock.Instant)>((nil, .now))
 
-    public init(store: RuleStore, refreshInterval: Duration = .seconds(2)) {
-        self.load = { Program(rules: try await store.list(), levels: try await store.levels()) }
+    public init(store: RuleStore, calendar: BusinessCalendarStore, timeZone: TimeZone, refreshInterval: Duration = .seconds(2)) {
+        self.load = {
+            Program(rules: try await store.list(), levels: try await store.levels(), calendar: try await calendar.load(timeZone: timeZone))
+        }
         self.refreshInterval = refreshInterval
     }
 

@@ -3,6 +3,7 @@ import Foundation
 import Loyalty
 import PostgresClient
 import RedisClient
+import Scheduler
 
 /// The points pool: every qualifying event becomes the points and growth the brand's rules say,
 /// within the caps, once.
@@ -27,7 +28,8 @@ public struct PointsPool: EnvelopeProcessor {
     }
 
     public init(database: PostgresPool, redis: RedisPool, timeZone: TimeZone) {
-        self.init(rules: RuleBook(store: RuleStore(database: database)), members: MemberDirectory(database: database),
+        self.init(rules: RuleBook(store: RuleStore(database: database), calendar: BusinessCalendarStore(database: database),
+                                  timeZone: timeZone), members: MemberDirectory(database: database),
                   decider: PointsDecider(redis: redis, calendar: PeriodCalendar(timeZone: timeZone)),
                   ledger: Ledger(database: database))
     }
@@ -91,7 +93,7 @@ public struct PointsPool: EnvelopeProcessor {
         var referralPending: [[Pending]] = []
         for (decided, waiting) in zip(decisions, pending) {
             for (decision, item) in zip(decided, waiting) {
-                grants += Self.grant(decision, item)
+                grants += Self.grant(decision, item, calendar: program.calendar)
                 guard item.rule.referral == true, decision.status != .frequency,
                       let referrer = referrers[item.index], let referrerID = memberIDs[referrer], referrerID != item.member else { continue }
                 var forReferrer = item.rule
@@ -105,7 +107,7 @@ public struct PointsPool: EnvelopeProcessor {
         }
         if !referralRequests.isEmpty {
             for (decided, waiting) in zip(try await decider.decide(referralRequests), referralPending) {
-                for (decision, item) in zip(decided, waiting) { grants += Self.grant(decision, item) }
+                for (decision, item) in zip(decided, waiting) { grants += Self.grant(decision, item, calendar: program.calendar) }
             }
         }
         try await ledger.apply(grants: grants, reversals: reversals, levels: program.levels)
@@ -134,13 +136,13 @@ public struct PointsPool: EnvelopeProcessor {
         }
     }
 
-    static func grant(_ decision: Decision, _ item: Pending) -> [LedgerGrant] {
+    static func grant(_ decision: Decision, _ item: Pending, calendar: BusinessCalendar) -> [LedgerGrant] {
         guard decision.points > 0 || decision.growth > 0 else { return [] }
-        let days = item.rule.maturesAfterDays ?? 0
-        return [LedgerGrant(member: item.member, kind: days > 0 ? .pending : .grant, rule: item.rule.code,
+        let due = item.rule.maturity(of: item.event.occurredAt, calendar: calendar)
+        return [LedgerGrant(member: item.member, kind: due != nil ? .pending : .grant, rule: item.rule.code,
                             points: decision.points, growth: decision.growth, reason: item.rule.reason, eventID: item.event.id,
                             ref: item.rule.reversal.flatMap { reference(item.event, $0.key) }, occurredAt: item.event.occurredAt,
-                            dueAt: days > 0 ? item.event.occurredAt.addingTimeInterval(Double(days) * 86_400) : nil,
+                            dueAt: due,
                             expiresAt: item.rule.pointsExpireAfterDays.map { item.event.occurredAt.addingTimeInterval(Double($0) * 86_400) },
                             subject: item.subject)]
     }

@@ -20,7 +20,7 @@ struct FanFlow: AsyncParsableCommand {
         abstract: "FanFlow: social CRM events to points, orders and pushes, exactly once.",
         discussion: "Configuration comes from the environment:\n"
             + FanFlowConfiguration.variables.map { "  \($0.name)\n      \($0.meaning)" }.joined(separator: "\n"),
-        subcommands: [GatewayCommand.self, WorkerCommand.self, SchedulerCommand.self, MigrateCommand.self,
+        subcommands: [GatewayCommand.self, WorkerCommand.self, SchedulerCommand.self, JobsCommand.self, MigrateCommand.self,
                        RebuildCountersCommand.self])
 }
 
@@ -126,26 +126,152 @@ struct WorkerCommand: AsyncParsableCommand {
 struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "scheduler",
-        abstract: "Elect one leader among schedulers; the leader grants matured purchase points and expires points.")
+        abstract: "Run due jobs (delayed and periodic) from PostgreSQL; one leader enqueues the periodic ones.",
+        discussion: "Any number may run at once: due jobs are claimed with SKIP LOCKED under a lease, so none runs twice "
+            + "at a time, and a scheduler that dies leaves its jobs to be claimed again when the lease ends.")
+
+    @Option(help: "Due jobs claimed per batch.")
+    var batchSize: Int = 500
+
+    @Option(help: "Seconds a claimed batch is leased; a dead scheduler's jobs wait this long to run again.")
+    var leaseSeconds: Int = 60
+
+    @Option(help: "Milliseconds an idle scheduler waits before looking for due jobs again.")
+    var pollMilliseconds: Int = 200
+
+    func validate() throws {
+        guard (1...10_000).contains(batchSize) else { throw ValidationError("--batch-size must be 1-10000") }
+        guard (5...86_400).contains(leaseSeconds) else { throw ValidationError("--lease-seconds must be 5-86400") }
+        guard (10...60_000).contains(pollMilliseconds) else { throw ValidationError("--poll-milliseconds must be 10-60000") }
+    }
 
     func run() async throws {
         let configuration = try loadConfiguration(role: .scheduler)
         let logger = Logger(label: "fanflow.scheduler")
-        var amqp = try AMQPConfiguration(url: configuration.amqpURL)
-        amqp.connectionName = "fanflow-scheduler"
-        let broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { connection in
-            try await connection.declare(Topology.standard)
-            try await connection.enableConfirms()
+        let database = PostgresPool(url: configuration.databaseURL, maximumConnections: 4)
+        let store = JobStore(database: database)
+        let metrics = SchedulerMetrics()
+        let ledger = Ledger(database: database), rules = RuleStore(database: database)
+        let zone = configuration.timeZone
+        let periodic = PeriodicEnqueuer(database: database,
+                                        jobs: try LoyaltyJobs.periodic(timeZone: zone) + MaintenanceJobs.periodic(timeZone: zone),
+                                        metrics: metrics, logger: logger)
+        var runnerConfiguration = JobRunner.Configuration()
+        runnerConfiguration.batchSize = batchSize
+        runnerConfiguration.lease = .seconds(leaseSeconds)
+        runnerConfiguration.pollInterval = .milliseconds(pollMilliseconds)
+        let handlers = LoyaltyJobs.handlers(ledger: ledger, rules: rules)
+            .merging(MaintenanceJobs.handlers(store: store)) { first, _ in first }
+        let runner = JobRunner(store: store, handlers: handlers, configuration: runnerConfiguration, metrics: metrics, logger: logger)
+        var services: [any Service] = [
+            LeaderElection(databaseURL: configuration.databaseURL, logger: logger) { periodic.setLeading($0) }, periodic, runner,
+        ]
+        if configuration.schedulerPort > 0 {
+            services.append(SchedulerHTTP.application(host: configuration.httpHost, port: configuration.schedulerPort, store: store,
+                                                      metrics: metrics, periodic: periodic, logger: logger))
         }
-        try await broker.start()
-        let database = PostgresPool(url: configuration.databaseURL, maximumConnections: 2)
-        let tasks = LeaderTasks(ledger: Ledger(database: database), rules: RuleStore(database: database), logger: logger)
-        logger.notice("scheduler started")
-        try await runServices([LeaderElection(databaseURL: configuration.databaseURL, logger: logger) { tasks.setLeading($0) }, tasks],
-                              logger: logger)
+        logger.notice("scheduler started", metadata: ["owner": "\(runnerConfiguration.owner)",
+                                                      "kinds": "\(handlers.keys.map(\.rawValue).sorted().joined(separator: ","))"])
+        try await runServices(services, logger: logger)
         await database.close()
-        await broker.close()
         logger.notice("scheduler stopped")
+    }
+}
+
+struct JobsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "jobs",
+        abstract: "Look at and act on scheduled jobs.",
+        subcommands: [List.self, Show.self, Retry.self, Cancel.self])
+
+    static func withStore<T>(_ body: (JobStore) async throws -> T) async throws -> T {
+        let configuration = try loadConfiguration(role: .tool)
+        let database = PostgresPool(url: configuration.databaseURL, maximumConnections: 1)
+        do {
+            let result = try await body(JobStore(database: database))
+            await database.close()
+            return result
+        } catch {
+            await database.close()
+            throw error
+        }
+    }
+
+    static func line(_ job: Job) -> String {
+        let error = job.lastError.map { "  \($0.prefix(80))" } ?? ""
+        return "\(job.id)\t\(job.status.rawValue)\t\(job.kind)\tdue \(RFC3339.format(job.dueAt))\tattempts \(job.attempts)/\(job.maxAttempts)\(error)"
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Jobs, newest first: id, status, kind, due time, attempts, last error.")
+        @Option(help: "scheduled, running, done, failed or cancelled.") var status: String?
+        @Option(help: "Only this kind.") var kind: String?
+        @Option(help: "At most this many.") var limit: Int = 50
+
+        func run() async throws {
+            let wanted: JobStatus?
+            if let status {
+                guard let parsed = JobStatus(rawValue: status) else {
+                    throw ValidationError("--status must be one of \(JobStatus.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                wanted = parsed
+            } else {
+                wanted = nil
+            }
+            let jobs = try await JobsCommand.withStore { try await $0.list(status: wanted, kind: kind, limit: limit) }
+            for job in jobs { print(JobsCommand.line(job)) }
+            if jobs.isEmpty { print("no jobs") }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One job as JSON, with its payload and last error.")
+        @Argument(help: "The job's id.") var id: Int64
+
+        func run() async throws {
+            guard let job = try await JobsCommand.withStore({ try await $0.job(id: id) }) else {
+                FileHandle.standardError.write(Data("fanflow: no job \(id)\n".utf8))
+                throw ExitCode(1)
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(job.json), as: UTF8.self))
+        }
+    }
+
+    struct Retry: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run a failed or cancelled job again now, with fresh attempts.")
+        @Argument(help: "The job's id.") var id: Int64
+
+        func run() async throws {
+            guard try await JobsCommand.withStore({ try await $0.retry(id: id) }) else {
+                FileHandle.standardError.write(Data("fanflow: job \(id) does not exist or is not failed or cancelled\n".utf8))
+                throw ExitCode(1)
+            }
+            print("job \(id) scheduled to run now")
+        }
+    }
+
+    struct Cancel: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cancel a job that has not started, by id or by unique key.")
+        @Argument(help: "The job's id.") var id: Int64?
+        @Option(help: "The job's unique key instead of its id.") var key: String?
+
+        func validate() throws {
+            guard (id == nil) != (key == nil) else { throw ValidationError("give a job id or --key, not both") }
+        }
+
+        func run() async throws {
+            let cancelled = try await JobsCommand.withStore { store in
+                if let id { return try await store.cancel(id: id) }
+                return try await store.cancel(uniqueKey: key ?? "")
+            }
+            guard cancelled else {
+                FileHandle.standardError.write(Data("fanflow: no scheduled or failed job \(id.map(String.init) ?? key ?? "")\n".utf8))
+                throw ExitCode(1)
+            }
+            print("cancelled")
+        }
     }
 }
 

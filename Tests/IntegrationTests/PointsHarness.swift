@@ -3,6 +3,7 @@ import Contracts
 import Foundation
 import Logging
 import Loyalty
+import Scheduler
 import PostgresClient
 import RedisClient
 import Storage
@@ -119,5 +120,12 @@ struct PointsHarness {
         await publisher.close()
         await redis.close()
         await database.close()
+    }
+}
+
+extension RuleBook.Program {
+    /// A program with the plain Monday-Friday calendar in the harness's zone (no declared holidays).
+    init(rules: [PointsRule], levels: LevelTable) {
+        self.init(rules: rules, levels: levels, calendar: BusinessCalendar(timeZone: TimeZone(identifier: "Asia/Shanghai") ?? .current))
     }
 }

@@ -6,6 +6,7 @@ import Loyalty
 import PostgresClient
 import RedisClient
 import Runtime
+import Scheduler
 import Testing
 import Workers
 
@@ -16,7 +17,7 @@ struct PointsPoolTests {
         let h = try await PointsHarness.open()
         let kind = h.kind("post")
         let program = RuleBook.Program(rules: [PointsRule(code: "\(h.prefix)-dup", kinds: [kind], points: 5, growth: 1, reason: "dup")],
-                                       levels: .standard)
+                                       levels: .standard, calendar: BusinessCalendar(timeZone: h.timeZone))
         let workers = try await h.startWorkers(3, program: program)
         var events = Array(repeating: h.event("same", kind, openid: "o1", at: "2026-12-01T10:00:00+08:00"), count: 10)
         events += (1...20).map { h.event("e\($0)", kind, openid: "o1", at: "2026-12-01T10:00:00+08:00") }
@@ -140,7 +141,8 @@ struct PointsPoolTests {
         let kind = h.kind("checkin")
         var rule = PointsRule(code: "\(h.prefix)-live", kinds: [kind], points: 2, growth: 0, reason: "live")
         try await store.put(rule)
-        let pool = PointsPool(rules: RuleBook(store: store, refreshInterval: .milliseconds(500)),
+        let pool = PointsPool(rules: RuleBook(store: store, calendar: BusinessCalendarStore(database: h.database), timeZone: h.timeZone,
+                                                     refreshInterval: .milliseconds(500)),
                               members: MemberDirectory(database: h.database),
                               decider: PointsDecider(redis: h.redis, calendar: PeriodCalendar(timeZone: h.timeZone)),
                               ledger: Ledger(database: h.database))

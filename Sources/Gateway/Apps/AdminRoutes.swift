@@ -7,6 +7,7 @@ extension Gateway {
         let admin = router.group("/admin/v1").add(middleware: AdminAuthMiddleware(token: configuration.adminToken ?? ""))
         addPointsAdminRoutes(admin)
         addCatalogAdminRoutes(admin)
+        addSchedulerAdminRoutes(admin)
         admin.get("/apps") { request, _ in
             let platform = try request.uri.queryParameters["platform"].map { text throws(GatewayError) in
                 try appPlatform(String(text))
