@@ -106,7 +106,7 @@ public struct JobBackoff: Sendable {
 
     public func delay(afterAttempt attempt: Int, random: Double = Double.random(in: 0...1)) -> Duration {
         let exponent = min(max(attempt - 1, 0), 30)
-        let ceiling = min(Double(base.components.seconds) * pow(2, Double(exponent)), Double(maximum.components.seconds))
+        let ceiling = min(JobStore.seconds(base) * pow(2, Double(exponent)), JobStore.seconds(maximum))
         return .milliseconds(Int64((ceiling * (0.5 + 0.5 * random)) * 1000))
     }
 }

@@ -100,11 +100,15 @@ public struct JobRunner: Service {
             logger.warning("outcomes not recorded: the lease had passed to another scheduler", metadata: ["count": "\(settled.lostLease)"])
         }
         for (job, outcome) in results {
-            if case .fail(let error) = outcome {
-                logger.error("job failed", metadata: ["id": "\(job.id)", "kind": "\(job.kind)", "error": "\(error)"])
-            } else if case .retry(let error, _) = outcome {
+            switch outcome {
+            case .done:
+                continue
+            case .retry(let error, _) where job.attempts < job.maxAttempts:
                 logger.warning("job will be retried", metadata: ["id": "\(job.id)", "kind": "\(job.kind)",
                                                                  "attempt": "\(job.attempts)", "error": "\(error)"])
+            case .retry(let error, _), .fail(let error):
+                logger.error("job failed; kept for an operator to retry", metadata: ["id": "\(job.id)", "kind": "\(job.kind)",
+                                                                                    "attempt": "\(job.attempts)", "error": "\(error)"])
             }
         }
         return jobs.count

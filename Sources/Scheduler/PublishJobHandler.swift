@@ -6,7 +6,8 @@ import Runtime
 /// Hands jobs to a worker pool instead of running them here: each job is published, confirmed, to
 /// `fanflow.events` as an envelope of platform `fanflow` whose kind is the job's kind (so
 /// `flashsale.expire` routes as `fanflow.flashsale.expire` to the orders queue). The envelope id
-/// is `fanflow:job:<id>`, the same on every attempt, so the consuming pool drops a republished job.
+/// is `fanflow:job:<id>`, the same on every attempt, so the consuming pool drops a republished job;
+/// the payload becomes its attributes, and a payload `app` its app.
 /// A job counts as done once the broker confirmed it; an unconfirmed one is retried with backoff.
 public struct PublishJobHandler: JobHandler {
     let broker: ManagedAMQPConnection
@@ -17,7 +18,7 @@ public struct PublishJobHandler: JobHandler {
         var attributes = job.payload
         attributes["jobId"] = .integer(job.id)
         attributes["attempt"] = .integer(Int64(job.attempts))
-        return Envelope(id: "fanflow:job:\(job.id)", platform: .fanflow, app: "", kind: EventKind(job.kind.rawValue),
+        return Envelope(id: "fanflow:job:\(job.id)", platform: .fanflow, app: job.payload["app"]?.string ?? "", kind: EventKind(job.kind.rawValue),
                         subject: .init(), occurredAt: job.dueAt, receivedAt: now, attributes: attributes)
     }
 

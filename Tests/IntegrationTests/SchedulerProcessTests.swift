@@ -1,0 +1,115 @@
+import Contracts
+import Foundation
+import Loyalty
+import PostgresClient
+import Scheduler
+import Testing
+
+/// Real `fanflow scheduler` processes (the binary `swift build` made beside the tests) sharing one
+/// jobs table: no job is claimed twice, and a process killed while it holds a batch loses nothing.
+@Suite("Scheduler processes")
+struct SchedulerProcessTests {
+    static var binary: URL {
+        if let path = ProcessInfo.processInfo.environment["FANFLOW_BINARY"], !path.isEmpty { return URL(fileURLWithPath: path) }
+        // Tests/IntegrationTests/<this file> → the package root → .build/debug/fanflow.
+        return URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent(".build/debug/fanflow")
+    }
+
+    static func startScheduler(databaseURL: String, log: URL) throws -> Process {
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = ["scheduler", "--batch-size", "200", "--lease-seconds", "5", "--poll-milliseconds", "50"]
+        var environment = ProcessInfo.processInfo.environment
+        environment["FANFLOW_DATABASE_URL"] = databaseURL
+        environment["FANFLOW_SCHEDULER_PORT"] = "0"
+        environment["FANFLOW_LOG_LEVEL"] = "notice"
+        process.environment = environment
+        FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        return process
+    }
+
+    @Test("two schedulers and 10,000 due maturation jobs: each claimed once; one killed holding a batch loses none and doubles none")
+    func twoSchedulersOneKilled() async throws {
+        guard FileManager.default.isExecutableFile(atPath: Self.binary.path) else {
+            Issue.record("no fanflow binary at \(Self.binary.path): run through scripts/test, which builds it")
+            return
+        }
+        try await ScratchDatabase.with { database, url in
+            // 10,000 pending purchase grants over 100 members, all already due: 10,000 jobs.
+            let directory = MemberDirectory(database: database)
+            var members: [Int64] = []
+            for n in 0..<100 { members.append(try await directory.resolve(Identity(platform: .wechat, app: "wx", openid: "o\(n)"))) }
+            let past = Date().addingTimeInterval(-20 * 86_400)
+            let ledger = Ledger(database: database)
+            for chunk in 0..<20 {
+                let grants = (0..<500).map { i -> LedgerGrant in
+                    let n = chunk * 500 + i
+                    return LedgerGrant(member: members[n % 100], kind: .pending, rule: "mall.purchase", points: 3, growth: 1,
+                                       reason: "purchase", eventID: "order-\(n)", ref: "\(n)", occurredAt: past,
+                                       dueAt: past.addingTimeInterval(15 * 86_400),
+                                       subject: Identity(platform: .wechat, app: "wx", openid: "o\(n % 100)"))
+                }
+                try await ledger.apply(grants: grants, reversals: [], levels: .standard)
+            }
+            #expect(try await database.query("SELECT count(*) AS n FROM jobs WHERE kind = 'loyalty.mature'")[0].int("n") == 10_000)
+
+            let logs = FileManager.default.temporaryDirectory.appendingPathComponent("fanflow-scheduler-test-\(UUID().uuidString.prefix(8))")
+            try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
+            let victim = try Self.startScheduler(databaseURL: url, log: logs.appendingPathComponent("victim.log"))
+            let survivor = try Self.startScheduler(databaseURL: url, log: logs.appendingPathComponent("survivor.log"))
+            defer {
+                for process in [victim, survivor] where process.isRunning { process.terminate() }
+            }
+
+            // Freeze the victim while it holds claimed jobs, check it still does, then kill it.
+            let pid = victim.processIdentifier
+            var held = 0
+            let deadline = ContinuousClock.now + .seconds(30)
+            while held == 0, ContinuousClock.now < deadline {
+                let holding = try await database.query("""
+                    SELECT count(*) AS n FROM jobs WHERE status = 'running' AND locked_by LIKE '%:' || $1 || ':%'
+                    """, [Int(pid)])[0].int("n") ?? 0
+                guard holding > 0 else { try await Task.sleep(for: .milliseconds(2)); continue }
+                kill(pid, SIGSTOP)
+                held = try await database.query("""
+                    SELECT count(*) AS n FROM jobs WHERE status = 'running' AND locked_by LIKE '%:' || $1 || ':%'
+                    """, [Int(pid)])[0].int("n") ?? 0
+                if held == 0 { kill(pid, SIGCONT) }
+            }
+            #expect(held > 0, "the victim never held a batch")
+            kill(pid, SIGKILL)
+            victim.waitUntilExit()
+
+            // The survivor finishes everything, the victim's batch after its lease ran out.
+            let finish = ContinuousClock.now + .seconds(60)
+            var done = 0
+            while done < 10_000, ContinuousClock.now < finish {
+                try await Task.sleep(for: .milliseconds(200))
+                done = try await database.query("SELECT count(*) AS n FROM jobs WHERE kind = 'loyalty.mature' AND status = 'done'")[0]
+                    .int("n") ?? 0
+            }
+            #expect(done == 10_000)
+            let attempts = try await database.query("""
+                SELECT attempts, count(*) AS n FROM jobs WHERE kind = 'loyalty.mature' GROUP BY attempts ORDER BY attempts
+                """).map { ($0.int("attempts") ?? 0, $0.int("n") ?? 0) }
+            // Every job was claimed once, except the batch the victim held: claimed once more after its lease.
+            #expect(attempts.map(\.0) == [1, 2])
+            #expect(attempts.last?.1 == held)
+            // Exactly one maturation per entry, and balances that add up: 100 grants of 3p 1g per member.
+            #expect(try await database.query("SELECT count(*) AS n FROM ledger WHERE kind = 'matured'")[0].int("n") == 10_000)
+            let balances = try await database.query("""
+                SELECT count(*) AS n FROM members WHERE points = 300 AND growth = 100 AND pending_points = 0 AND pending_growth = 0
+                """)[0].int("n")
+            #expect(balances == 100)
+            survivor.terminate()
+            survivor.waitUntilExit()
+            #expect(survivor.terminationStatus == 0, "the survivor stops cleanly on SIGTERM")
+            try? FileManager.default.removeItem(at: logs)
+        }
+    }
+}
