@@ -112,4 +112,61 @@ struct SchedulerProcessTests {
             try? FileManager.default.removeItem(at: logs)
         }
     }
+
+    /// Runs `fanflow jobs …` against `databaseURL`; returns the exit status and what it printed.
+    static func jobsCommand(_ arguments: [String], databaseURL: String) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = ["jobs"] + arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["FANFLOW_DATABASE_URL"] = databaseURL
+        process.environment = environment
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+    }
+
+    @Test("fanflow jobs list, show, retry and cancel, as an operator types them")
+    func operatorCommands() async throws {
+        guard FileManager.default.isExecutableFile(atPath: Self.binary.path) else {
+            Issue.record("no fanflow binary at \(Self.binary.path): run through scripts/test, which builds it")
+            return
+        }
+        try await ScratchDatabase.with { database, url in
+            let store = JobStore(database: database)
+            let kind = JobKind("test.cli")
+            let waiting = try #require(try await store.enqueue(NewJob(kind: kind, dueAt: Date().addingTimeInterval(3600), uniqueKey: "cli-1")))
+            let broken = try #require(try await store.enqueue(NewJob(kind: kind, payload: ["order": .string("A1")], dueAt: Date(), maxAttempts: 1)))
+            let claimed = try await store.claim(owner: "test", kinds: [kind], limit: 10, lease: .seconds(30))
+            try await store.record(claimed.map { ($0, JobOutcome.fail(error: "token expired: 40001")) }, owner: "test")
+
+            var (status, output) = try Self.jobsCommand(["list", "--status", "failed"], databaseURL: url)
+            #expect(status == 0)
+            #expect(output.contains("\(broken)\tfailed\ttest.cli"))
+            #expect(output.contains("token expired: 40001"))
+            #expect(!output.contains("\(waiting)\t"))
+            (status, output) = try Self.jobsCommand(["show", "\(broken)"], databaseURL: url)
+            #expect(status == 0)
+            #expect(output.contains(#""order" : "A1""#))
+            #expect(output.contains(#""lastError" : "token expired: 40001""#))
+            (status, _) = try Self.jobsCommand(["retry", "\(broken)"], databaseURL: url)
+            #expect(status == 0)
+            #expect(try await store.job(id: broken).map { ($0.status, $0.attempts) } ?? (.failed, 9) == (.scheduled, 0))
+            (status, output) = try Self.jobsCommand(["retry", "\(waiting)"], databaseURL: url)
+            #expect(status == 1)
+            #expect(output.contains("is not failed or cancelled"))
+            (status, _) = try Self.jobsCommand(["cancel", "--key", "cli-1"], databaseURL: url)
+            #expect(status == 0)
+            #expect(try await store.job(id: waiting)?.status == .cancelled)
+            (status, output) = try Self.jobsCommand(["list", "--status", "sleeping"], databaseURL: url)
+            #expect(status != 0)
+            #expect(output.contains("--status must be one of"))
+            (status, _) = try Self.jobsCommand(["show", "999999"], databaseURL: url)
+            #expect(status == 1)
+        }
+    }
 }

@@ -32,23 +32,20 @@ extension Gateway {
             guard let job = try await stored({ try await jobs.job(id: id) }) else { throw Self.unknownJob(id) }
             return Response.json(job.json)
         }
-        admin.post("/jobs/:id/retry") { _, context in
-            let id = try Self.jobID(context)
-            guard try await stored({ try await jobs.retry(id: id) }) else {
-                guard try await stored({ try await jobs.job(id: id) }) != nil else { throw Self.unknownJob(id) }
-                throw GatewayError(.conflict, "not_retryable", "only a failed or cancelled job can be retried")
+        let actions: [(name: String, act: @Sendable (Int64) async throws -> Bool, refusal: GatewayError)] = [
+            ("retry", { try await jobs.retry(id: $0) },
+             GatewayError(.conflict, "not_retryable", "only a failed or cancelled job can be retried")),
+            ("cancel", { try await jobs.cancel(id: $0) },
+             GatewayError(.conflict, "not_cancellable", "only a scheduled or failed job can be cancelled")),
+        ]
+        for action in actions {
+            admin.post("/jobs/:id/\(action.name)") { _, context in
+                let id = try Self.jobID(context)
+                let acted = try await stored { try await action.act(id) }
+                guard let job = try await stored({ try await jobs.job(id: id) }) else { throw Self.unknownJob(id) }
+                guard acted else { throw action.refusal }
+                return Response.json(job.json)
             }
-            guard let job = try await stored({ try await jobs.job(id: id) }) else { throw Self.unknownJob(id) }
-            return Response.json(job.json)
-        }
-        admin.post("/jobs/:id/cancel") { _, context in
-            let id = try Self.jobID(context)
-            guard try await stored({ try await jobs.cancel(id: id) }) else {
-                guard try await stored({ try await jobs.job(id: id) }) != nil else { throw Self.unknownJob(id) }
-                throw GatewayError(.conflict, "not_cancellable", "only a scheduled or failed job can be cancelled")
-            }
-            guard let job = try await stored({ try await jobs.job(id: id) }) else { throw Self.unknownJob(id) }
-            return Response.json(job.json)
         }
 
         admin.get("/calendar") { request, _ in
