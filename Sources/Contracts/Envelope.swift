@@ -46,6 +46,8 @@ public struct Envelope: Codable, Sendable, Hashable {
 
     public enum DecodingProblem: Error, Equatable {
         case unsupportedSchema(String)
+        /// Not an envelope: the reason names the field.
+        case invalid(String)
     }
 
     /// Encodes with RFC 3339 times (fractional seconds kept) and sorted keys, so the same event
@@ -61,7 +63,37 @@ public struct Envelope: Codable, Sendable, Hashable {
     }
 
     /// Decodes and checks the schema, so a message of a future major version is refused, not misread.
+    /// Every message a worker takes passes here, so it reads through ``JSONValue/parse(_:)`` rather
+    /// than `JSONDecoder` (the same result, tested against ``decodedWithFoundation(_:)``).
     public static func decode(_ bytes: [UInt8]) throws -> Envelope {
+        guard case .object(let root) = try JSONValue.parse(bytes) else { throw DecodingProblem.invalid("not a JSON object") }
+        func text(_ key: String) throws -> String {
+            guard case .string(let value)? = root[key] else { throw DecodingProblem.invalid("\(key) must be a string") }
+            return value
+        }
+        func time(_ key: String) throws -> Date {
+            guard let date = RFC3339.parse(try text(key)) else { throw DecodingProblem.invalid("\(key) is not an RFC 3339 time") }
+            return date
+        }
+        let schema = try text("schema")
+        guard schema == schemaName else { throw DecodingProblem.unsupportedSchema(schema) }
+        guard let platform = Platform(rawValue: try text("platform")) else { throw DecodingProblem.invalid("unknown platform") }
+        guard case .object(let subject)? = root["subject"] else { throw DecodingProblem.invalid("subject must be an object") }
+        func optional(_ key: String) throws -> String? {
+            switch subject[key] {
+            case nil, .null?: return nil
+            case .string(let value)?: return value
+            default: throw DecodingProblem.invalid("subject.\(key) must be a string")
+            }
+        }
+        guard case .object(let attributes)? = root["attributes"] else { throw DecodingProblem.invalid("attributes must be an object") }
+        return Envelope(id: try text("id"), platform: platform, app: try text("app"), kind: EventKind(try text("kind")),
+                        subject: Subject(openid: try optional("openid"), unionid: try optional("unionid")),
+                        occurredAt: try time("occurredAt"), receivedAt: try time("receivedAt"), attributes: attributes)
+    }
+
+    /// The same through Foundation's `JSONDecoder`: the reference ``decode(_:)`` is tested against.
+    public static func decodedWithFoundation(_ bytes: [UInt8]) throws -> Envelope {
         let envelope = try decoder.decode(Envelope.self, from: Data(bytes))
         guard envelope.schema == schemaName else { throw DecodingProblem.unsupportedSchema(envelope.schema) }
         return envelope

@@ -271,36 +271,42 @@ public struct Ledger: Sendable {
         let touched = deltas.filter { force || !$0.value.isEmpty }.sorted { $0.key < $1.key }
         guard !touched.isEmpty else { return [] }
         // Row locks in id order first, then one UPDATE for all: concurrent batches cannot deadlock.
+        // The locked rows give each member's growth and level, so new levels are decided here and
+        // written by the same UPDATE instead of one more statement per member.
         let ids = PostgresArray(touched.map(\.key))
-        try connection.query("SELECT id FROM members WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", [ids])
+        let locked = try connection.query("SELECT id, growth, level FROM members WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+                                          [ids])
+        guard locked.count == touched.count else { throw PostgresError(.usage, "a member of the batch does not exist") }
+        var current: [Int64: (growth: Int64, level: String)] = [:]
+        for row in locked {
+            guard let id = row.int("id") else { continue }
+            current[Int64(id)] = (Int64(row.int("growth") ?? 0), row.string("level") ?? "")
+        }
         var rows: [String] = []
         var parameters: [any PostgresEncodable] = []
-        for (index, (member, delta)) in touched.enumerated() {
-            let b = index * 5
-            rows.append("($\(b + 1)::bigint,$\(b + 2)::bigint,$\(b + 3)::bigint,$\(b + 4)::bigint,$\(b + 5)::bigint)")
-            parameters += [member, delta.points, delta.growth, delta.pendingPoints, delta.pendingGrowth] as [any PostgresEncodable]
-        }
-        let updated = try connection.query("""
-            UPDATE members m SET points = m.points + d.p, growth = m.growth + d.g, pending_points = m.pending_points + d.pp,
-                   pending_growth = m.pending_growth + d.pg, updated_at = now()
-            FROM (VALUES \(rows.joined(separator: ","))) AS d(id, p, g, pp, pg)
-            WHERE m.id = d.id RETURNING m.id, m.growth, m.level
-            """, parameters)
-        guard updated.count == touched.count else { throw PostgresError(.usage, "a member of the batch does not exist") }
         var changes: [LevelChange] = []
-        for row in updated {
-            guard let member = row.int("id").map(Int64.init), let delta = deltas[member] else { continue }
-            let growth = Int64(row.int("growth") ?? 0)
-            let old = row.string("level") ?? ""
+        var envelopes: [Envelope] = []
+        for (index, (member, delta)) in touched.enumerated() {
+            let (growthBefore, old) = current[member] ?? (0, "")
+            let growth = growthBefore + delta.growth
             let new = levels.level(forGrowth: growth)
-            if new != old { try connection.query("UPDATE members SET level = $2 WHERE id = $1", [member, new]) }
+            let b = index * 6
+            rows.append("($\(b + 1)::bigint,$\(b + 2)::bigint,$\(b + 3)::bigint,$\(b + 4)::bigint,$\(b + 5)::bigint,$\(b + 6)::text)")
+            parameters += [member, delta.points, delta.growth, delta.pendingPoints, delta.pendingGrowth, new] as [any PostgresEncodable]
             // A member's first entry sets the level they start at; only a move from there is news.
-            let before = old.isEmpty ? levels.level(forGrowth: growth - delta.growth) : old
+            let before = old.isEmpty ? levels.level(forGrowth: growthBefore) : old
             guard new != before else { continue }
             let change = LevelChange(member: member, from: before, to: new, growth: growth)
             changes.append(change)
-            try Outbox.insert(levelChangeEnvelope(change, subject: delta.subject, cause: delta.cause), on: connection)
+            envelopes.append(levelChangeEnvelope(change, subject: delta.subject, cause: delta.cause))
         }
+        try connection.query("""
+            UPDATE members m SET points = m.points + d.p, growth = m.growth + d.g, pending_points = m.pending_points + d.pp,
+                   pending_growth = m.pending_growth + d.pg, level = d.lvl, updated_at = now()
+            FROM (VALUES \(rows.joined(separator: ","))) AS d(id, p, g, pp, pg, lvl)
+            WHERE m.id = d.id
+            """, parameters)
+        try Outbox.insert(envelopes, on: connection)
         return changes
     }
 

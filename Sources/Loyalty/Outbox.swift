@@ -20,9 +20,21 @@ public struct Outbox: Sendable {
     public init(database: PostgresPool) { self.database = database }
 
     static func insert(_ envelope: Envelope, on connection: isolated PostgresConnection) throws {
+        try insert([envelope], on: connection)
+    }
+
+    /// One statement for all of them.
+    static func insert(_ envelopes: [Envelope], on connection: isolated PostgresConnection) throws {
+        guard !envelopes.isEmpty else { return }
+        var rows: [String] = []
+        var parameters: [any PostgresEncodable] = []
+        for (index, envelope) in envelopes.enumerated() {
+            rows.append("($\(index * 3 + 1),$\(index * 3 + 2),$\(index * 3 + 3))")
+            parameters += [envelope.id, envelope.routingKey, String(decoding: try envelope.encoded(), as: UTF8.self)] as [any PostgresEncodable]
+        }
         try connection.query("""
-            INSERT INTO outbox (message_id, routing_key, body) VALUES ($1, $2, $3) ON CONFLICT (message_id) DO NOTHING
-            """, [envelope.id, envelope.routingKey, String(decoding: try envelope.encoded(), as: UTF8.self)])
+            INSERT INTO outbox (message_id, routing_key, body) VALUES \(rows.joined(separator: ",")) ON CONFLICT (message_id) DO NOTHING
+            """, parameters)
     }
 
     /// Claims up to `limit` messages for `lease`.

@@ -178,7 +178,7 @@ extension PointsRule {
     /// Parses an admin request body for the rule `code`. Unknown fields are refused, so a misspelt
     /// cap is an error instead of a cap that silently does nothing.
     public static func parse(code: String, json: [UInt8]) throws(RuleProblem) -> PointsRule {
-        guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(json)) else {
+        guard case .object(let object)? = try? JSONValue.parse(json) else {
             throw RuleProblem("body must be a JSON object")
         }
         let known = Set(CodingKeys.allCases.map(\.rawValue))

@@ -232,7 +232,8 @@ public struct JobStore: Sendable {
         }
         guard let id = row.int("id"), let kind = row.string("kind"), let status = row.string("status").flatMap(JobStatus.init),
               let due = time("due_at"), let created = time("created_at") else { return nil }
-        let payload = row.bytes("payload").flatMap { try? JSONDecoder().decode([String: JSONValue].self, from: Data($0)) } ?? [:]
+        var payload: [String: JSONValue] = [:]
+        if let bytes = row.bytes("payload"), case .object(let object)? = try? JSONValue.parse(bytes) { payload = object }
         return Job(id: Int64(id), kind: JobKind(kind), payload: payload, status: status, dueAt: due,
                    uniqueKey: row.string("unique_key"), attempts: row.int("attempts") ?? 0, maxAttempts: row.int("max_attempts") ?? 1,
                    lastError: row.string("last_error"), lockedBy: row.string("locked_by"), createdAt: created,

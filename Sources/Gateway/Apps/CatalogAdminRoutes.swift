@@ -65,7 +65,7 @@ extension Gateway {
 
     /// `{"codes":[{"code","sku","batch"?}]}`.
     static func codesFromJSON(_ body: [UInt8]) throws(GatewayError) -> [ProductCodes.Code] {
-        guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(body)),
+        guard case .object(let object)? = try? JSONValue.parse(body),
               case .array(let items)? = object["codes"] else {
             throw GatewayError.badRequest("malformed_json", #"body must be {"codes":[{"code":…,"sku":…}]} or text/csv"#)
         }

@@ -13,7 +13,7 @@ extension Gateway {
         router.post("/v1/codes/verify") { request, _ in
             let member = try authenticatedMember(request)
             let body = try await request.collectBody(upTo: 4 * 1024)
-            guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(body)),
+            guard case .object(let object)? = try? JSONValue.parse(body),
                   let code = object["code"]?.string else {
                 throw GatewayError.badRequest("malformed_json", #"body must be {"code":"…"}"#)
             }
@@ -32,7 +32,7 @@ extension Gateway {
         router.post("/v1/mall/redemptions") { request, _ in
             let member = try authenticatedMember(request)
             let body = try await request.collectBody(upTo: 4 * 1024)
-            guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(body)) else {
+            guard case .object(let object)? = try? JSONValue.parse(body) else {
                 throw GatewayError.badRequest("malformed_json", #"body must be {"giftId":…,"quantity":…,"requestId":…}"#)
             }
             guard let gift = object["giftId"]?.string, !gift.isEmpty else {

@@ -87,7 +87,7 @@ extension Gateway {
             let body = try await request.collectBody(upTo: 4 * 1024)
             var ttl: Int64 = 3600
             if !body.isEmpty {
-                guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(body)) else {
+                guard case .object(let object)? = try? JSONValue.parse(body) else {
                     throw GatewayError.badRequest("malformed_json", #"body must be {"ttlSeconds":…}"#)
                 }
                 if let given = object["ttlSeconds"] {

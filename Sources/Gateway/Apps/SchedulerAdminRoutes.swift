@@ -58,7 +58,7 @@ extension Gateway {
         admin.put("/calendar/:day") { request, context in
             let day = try Self.day(context)
             let body = try await request.collectBody(upTo: 4096)
-            guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(body)) else {
+            guard case .object(let object)? = try? JSONValue.parse(body) else {
                 throw GatewayError.badRequest("invalid_day", "body must be a JSON object {\"kind\":\"holiday\"|\"workday\",\"name\":…}")
             }
             if let unknown = object.keys.sorted().first(where: { !["kind", "name"].contains($0) }) {

@@ -45,7 +45,7 @@ extension Gateway {
     ]
 
     func collect(_ body: [UInt8], siteParameter: String?, _ context: GatewayRequestContext) async throws -> Response {
-        guard let root = try? JSONDecoder().decode(JSONValue.self, from: Data(body)), case .object(let batch) = root else {
+        guard let root = try? JSONValue.parse(body), case .object(let batch) = root else {
             throw GatewayError.badRequest("malformed_json", "body must be a JSON object")
         }
         guard let site = batch["site"]?.string ?? siteParameter, !site.isEmpty else {

@@ -35,7 +35,7 @@ extension Gateway {
         let receivedAt = Date()
         try freshness.check(timestamp, now: receivedAt.timeIntervalSince1970)
 
-        guard let root = try? JSONDecoder().decode(JSONValue.self, from: Data(body)), case .object(let object) = root,
+        guard let root = try? JSONValue.parse(body), case .object(let object) = root,
               case .array(let items) = object["events"] else {
             throw GatewayError.badRequest("malformed_json", #"body must be {"events":[…]}"#)
         }

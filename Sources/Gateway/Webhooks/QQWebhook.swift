@@ -18,7 +18,7 @@ extension Gateway {
             throw GatewayError.forbidden("wrong_appid", "X-Bot-Appid \(botAppID) is not this app")
         }
         let body = try await request.collectBody(upTo: Self.webhookBodyLimit)
-        guard let value = try? JSONDecoder().decode(JSONValue.self, from: Data(body)), case .object(let payload) = value,
+        guard let value = try? JSONValue.parse(body), case .object(let payload) = value,
               let op = payload["op"]?.intStrict else {
             throw GatewayError.badRequest("malformed_json", "body is not a QQ webhook payload (a JSON object with op)")
         }

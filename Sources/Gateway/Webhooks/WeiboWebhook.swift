@@ -58,7 +58,7 @@ enum WeiboEvents {
     }
 
     static func envelope(_ body: [UInt8], app: String, receivedAt: Date) throws(GatewayError) -> Envelope {
-        guard let value = try? JSONDecoder().decode(JSONValue.self, from: Data(body)), case .object(let message) = value else {
+        guard let value = try? JSONValue.parse(body), case .object(let message) = value else {
             throw GatewayError.badRequest("malformed_json", "body is not a JSON object")
         }
         func field(_ name: String) -> String? {
