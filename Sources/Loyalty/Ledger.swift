@@ -154,15 +154,16 @@ public struct Ledger: Sendable {
     /// Grants the pending entries `ids` (purchase points after the maturation period, a post after
     /// its review): each becomes a `matured` entry and moves from the pending to the spendable
     /// balance. Entries already settled (matured, or cancelled by a refund) are left alone, so it
-    /// is safe to run twice, and from several processes at once (SKIP LOCKED and the unique index).
-    /// Returns how many matured.
+    /// is safe to run twice. It waits for a refund that holds an entry rather than skipping it: the
+    /// job runs once, and an entry skipped while a refund that then rolled back held it would
+    /// never mature. Returns how many matured.
     public func mature(ids: [Int64], levels: LevelTable) async throws -> Int {
         guard !ids.isEmpty else { return 0 }
         return try await database.transaction { connection in
             let matured = try connection.query("""
                 WITH due AS (
                     SELECT id FROM ledger WHERE id = ANY($1::bigint[]) AND kind = 'pending' AND settled_at IS NULL
-                    ORDER BY id FOR UPDATE SKIP LOCKED),
+                    ORDER BY id FOR UPDATE),
                 settled AS (
                     UPDATE ledger SET settled_at = now() FROM due WHERE ledger.id = due.id
                     RETURNING ledger.member_id, ledger.rule, ledger.points, ledger.growth, ledger.reason, ledger.event_id,

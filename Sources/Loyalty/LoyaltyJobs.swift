@@ -8,7 +8,7 @@ import Scheduler
 ///   transaction that wrote the pending entry, due at its due date, keyed by the entry.
 /// - `loyalty.expire` (periodic, every minute): expired points are taken back.
 ///
-/// Both are idempotent: a pending entry is settled once (SKIP LOCKED and `settled_at`), and the
+/// Both are idempotent: a pending entry is settled once (row lock and `settled_at`), and the
 /// ledger's unique index refuses a second `matured` or `expiry` entry.
 public enum LoyaltyJobs {
     public static let mature = JobKind("loyalty.mature")

@@ -40,6 +40,12 @@ public struct JobStore: Sendable {
     @discardableResult
     public static func enqueue(_ jobs: [NewJob], on connection: isolated PostgresConnection) throws -> Int {
         guard !jobs.isEmpty else { return 0 }
+        // PostgreSQL takes at most 65,535 parameters a statement: 5 a job.
+        guard jobs.count <= 10_000 else {
+            return try stride(from: 0, to: jobs.count, by: 10_000).reduce(0) { added, start in
+                added + (try enqueue(Array(jobs[start..<min(start + 10_000, jobs.count)]), on: connection))
+            }
+        }
         var rows: [String] = []
         var parameters: [any PostgresEncodable] = []
         for (index, job) in jobs.enumerated() {
