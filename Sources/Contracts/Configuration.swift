@@ -29,6 +29,10 @@ public struct FanFlowConfiguration: Sendable, Equatable {
     /// Gateway: beacons accepted per second per site and per client IP (0: unlimited).
     public var beaconRatePerSite: Int = 2000
     public var beaconRatePerIP: Int = 100
+    /// Gateway: flash-sale reservation attempts per second per member (0: unlimited) and per client
+    /// IP (0, the default: none, since H5 traffic often arrives through a few carrier proxies).
+    public var flashSaleRatePerMember: Int = 5
+    public var flashSaleRatePerIP: Int = 0
     /// Scheduler: port of its `/metrics` and `/health` (0: none), on ``httpHost``.
     public var schedulerPort: Int = 8090
 
@@ -49,6 +53,8 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         ("FANFLOW_DEDUPE_TTL_SECONDS", "gateway: remember published event ids this long to drop retries (default 600)"),
         ("FANFLOW_BEACON_RATE_PER_SITE", "gateway: beacons per second per site, 0 = unlimited (default 2000)"),
         ("FANFLOW_BEACON_RATE_PER_IP", "gateway: beacons per second per client IP, 0 = unlimited (default 100)"),
+        ("FANFLOW_FLASHSALE_RATE_PER_MEMBER", "gateway: flash-sale reservation attempts per second per member, 0 = unlimited (default 5)"),
+        ("FANFLOW_FLASHSALE_RATE_PER_IP", "gateway: flash-sale reservation attempts per second per client IP, 0 = none (default 0)"),
         ("FANFLOW_SCHEDULER_PORT", "scheduler: port of /metrics and /health on FANFLOW_HTTP_HOST, 0 = none (default 8090)"),
     ]
 
@@ -136,6 +142,8 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         let perSite = integer("FANFLOW_BEACON_RATE_PER_SITE", default: 2000, range: 0...10_000_000)
         let perIP = integer("FANFLOW_BEACON_RATE_PER_IP", default: 100, range: 0...10_000_000)
         let schedulerPort = integer("FANFLOW_SCHEDULER_PORT", default: 8090, range: 0...65535)
+        let flashPerMember = integer("FANFLOW_FLASHSALE_RATE_PER_MEMBER", default: 5, range: 0...1_000_000)
+        let flashPerIP = integer("FANFLOW_FLASHSALE_RATE_PER_IP", default: 0, range: 0...10_000_000)
 
         guard problems.isEmpty, let zone else { throw ConfigurationErrors(problems: problems) }
         var configuration = FanFlowConfiguration(amqpURL: amqp, redisURL: redis, databaseURL: database, httpHost: host,
@@ -146,6 +154,8 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         configuration.beaconRatePerSite = perSite
         configuration.beaconRatePerIP = perIP
         configuration.schedulerPort = schedulerPort
+        configuration.flashSaleRatePerMember = flashPerMember
+        configuration.flashSaleRatePerIP = flashPerIP
         return configuration
     }
 

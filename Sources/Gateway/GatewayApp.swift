@@ -21,6 +21,7 @@ public struct Gateway: Sendable {
     public let publisher: EventPublisher
     public let metrics: GatewayMetrics
     let beaconLimits: BeaconLimits
+    let flashSaleIPLimits: BeaconLimits
     let memberTokens: MemberTokens
     let freshness: FreshnessWindow
     let logger: Logger
@@ -46,6 +47,7 @@ public struct Gateway: Sendable {
         publisher = EventPublisher(broker: broker, redis: redis, dedupeTTL: .seconds(configuration.dedupeTTLSeconds),
                                    metrics: metrics, logger: logger)
         beaconLimits = BeaconLimits(perSite: configuration.beaconRatePerSite, perIP: configuration.beaconRatePerIP)
+        flashSaleIPLimits = BeaconLimits(perSite: 0, perIP: configuration.flashSaleRatePerIP)
         freshness = FreshnessWindow(seconds: configuration.webhookFreshnessSeconds)
         memberTokens = MemberTokens(secret: configuration.secretKey ?? configuration.adminToken ?? "")
         _ = Self.sdk  // read the bundled sdk.js now, not on the first request's thread
@@ -80,6 +82,7 @@ public struct Gateway: Sendable {
         addServerEventRoutes(router)
         addBeaconRoutes(router)
         addMemberActionRoutes(router)
+        addFlashSaleRoutes(router)
         addAdminRoutes(router)
         return router
     }

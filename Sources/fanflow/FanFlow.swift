@@ -1,6 +1,7 @@
 import AMQPClient
 import ArgumentParser
 import Contracts
+import FlashSales
 import Foundation
 import Gateway
 import Logging
@@ -109,7 +110,12 @@ struct WorkerCommand: AsyncParsableCommand {
                     closers += [{ await broker.close() }, { await redis.close() }]
                 }
                 handler = EnvelopeBatchHandler(pool, logger: logger)
-            case .orders, .push: throw ValidationError("pool \(spec.name.rawValue) is not part of this build yet")
+            case .orders:
+                let redis = try await RedisPool(url: configuration.redisURL, size: 1)
+                closers.append({ await redis.close() })
+                handler = EnvelopeBatchHandler(OrdersPool(store: FlashSaleStore(database: database), stock: FlashSaleStock(redis: redis),
+                                                          logger: logger), logger: logger)
+            case .push: throw ValidationError("pool \(spec.name.rawValue) is not part of this build yet")
             }
             for _ in 0..<spec.consumers {
                 services.append(ConsumerService(amqp: amqp, queue: spec.name.queue, prefetch: prefetch,
@@ -148,6 +154,14 @@ struct SchedulerCommand: AsyncParsableCommand {
     func run() async throws {
         let configuration = try loadConfiguration(role: .scheduler)
         let logger = Logger(label: "fanflow.scheduler")
+        // Jobs that worker pools carry out (flash-sale expiry) are published to them, confirmed.
+        var amqp = try AMQPConfiguration(url: configuration.amqpURL)
+        amqp.connectionName = "fanflow-scheduler"
+        let broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { connection in
+            try await connection.declare(Topology.standard)
+            try await connection.enableConfirms()
+        }
+        try await broker.start()
         let database = PostgresPool(url: configuration.databaseURL, maximumConnections: 4)
         let store = JobStore(database: database)
         let metrics = SchedulerMetrics()
@@ -162,6 +176,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         runnerConfiguration.pollInterval = .milliseconds(pollMilliseconds)
         let handlers = LoyaltyJobs.handlers(ledger: ledger, rules: rules)
             .merging(MaintenanceJobs.handlers(store: store)) { first, _ in first }
+            .merging([FlashSaleStore.expireJob: PublishJobHandler(broker: broker)]) { first, _ in first }
         let runner = JobRunner(store: store, handlers: handlers, configuration: runnerConfiguration, metrics: metrics, logger: logger)
         var services: [any Service] = [
             LeaderElection(databaseURL: configuration.databaseURL, logger: logger) { periodic.setLeading($0) }, periodic, runner,
@@ -174,6 +189,7 @@ struct SchedulerCommand: AsyncParsableCommand {
                                                       "kinds": "\(handlers.keys.map(\.rawValue).sorted().joined(separator: ","))"])
         try await runServices(services, logger: logger)
         await database.close()
+        await broker.close()
         logger.notice("scheduler stopped")
     }
 }

@@ -8,6 +8,7 @@ extension Gateway {
         addPointsAdminRoutes(admin)
         addCatalogAdminRoutes(admin)
         addSchedulerAdminRoutes(admin)
+        addFlashSaleAdminRoutes(admin)
         admin.get("/apps") { request, _ in
             let platform = try request.uri.queryParameters["platform"].map { text throws(GatewayError) in
                 try appPlatform(String(text))

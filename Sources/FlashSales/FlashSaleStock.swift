@@ -1,0 +1,212 @@
+import Foundation
+import RedisClient
+
+/// A campaign's live stock in Redis: every decision is one Lua call, all keys under the
+/// campaign's hash tag `{fs:<id>}` (so the scripts run unchanged on Redis Cluster).
+///
+/// The campaign hash holds `initial`, `remaining`, `reserved`, `paid` (units), the per-member
+/// `limit`, the window (`start`, `end`, epoch ms) and the payment `timeout` (s). A member's units
+/// (reserved or paid) are counted under `held:<member>`; a request id's answer under
+/// `req:<member>:<requestId>`, so a retry gets the same reservation, not a second unit. A reservation
+/// is `pending` until the gateway's publish of it was confirmed, then `ok`; a publish that failed
+/// puts the unit back (`rollback`), and only a pending one can be rolled back. A unit comes back
+/// to stock at most once per reservation (`settled:<reservation>` is set first).
+public struct FlashSaleStock: Sendable {
+    let redis: RedisPool
+    /// How long a request id's answer is remembered.
+    public var requestTTLMilliseconds: Int = 86_400_000
+
+    public init(redis: RedisPool) { self.redis = redis }
+
+    static func key(_ sale: String, _ rest: String) -> String { "fanflow:{fs:\(sale)}:\(rest)" }
+
+    /// What a reservation attempt got.
+    public enum Answer: Sendable, Equatable {
+        /// Reserved by this call (publish it, then ``confirm``), or by an earlier call with this
+        /// request id that is still publishing (`inFlight`) or was confirmed (`confirmed`).
+        case reserved(Reservation, state: State)
+        case refused(Refusal)
+
+        public enum State: Sendable, Equatable { case new, inFlight, confirmed }
+    }
+
+    public struct Reservation: Sendable, Equatable {
+        public let id: String
+        public let payBy: Date
+        public let quantity: Int
+    }
+
+    public enum Refusal: String, Sendable, Equatable {
+        case soldOut = "sold_out"
+        case limitReached = "limit_reached"
+        case notStarted = "not_started"
+        case ended = "ended"
+        case notEligible = "not_eligible"
+        case rateLimited = "rate_limited"
+        case notLoaded = "not_loaded"
+    }
+
+    static let loadScript = RedisScript("""
+        local exists = redis.call('EXISTS', KEYS[1])
+        if exists == 1 then
+          local initial = tonumber(redis.call('HGET', KEYS[1], 'initial'))
+          local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining'))
+          local delta = tonumber(ARGV[1]) - initial
+          if remaining + delta < 0 then return -1 end
+          redis.call('HINCRBY', KEYS[1], 'initial', delta)
+          redis.call('HINCRBY', KEYS[1], 'remaining', delta)
+        else
+          redis.call('HSET', KEYS[1], 'initial', ARGV[1], 'remaining', ARGV[7], 'reserved', ARGV[8], 'paid', ARGV[9])
+        end
+        redis.call('HSET', KEYS[1], 'limit', ARGV[2], 'start', ARGV[3], 'end', ARGV[4], 'timeout', ARGV[5], 'audience', ARGV[6])
+        redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[4]) + 30 * 86400000)
+        return 1
+        """)
+
+    /// KEYS: sale, held, request, rate, audience. ARGV: now (ms), quantity, reservation id, rate
+    /// limit per window (0 = none), window (ms), request TTL (ms), member id.
+    static let reserveScript = RedisScript("""
+        local prior = redis.call('GET', KEYS[3])
+        if prior then return prior end
+        local perWindow = tonumber(ARGV[4])
+        if perWindow > 0 then
+          local n = redis.call('INCR', KEYS[4])
+          if n == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[5]) end
+          if n > perWindow then return 'err:rate_limited' end
+        end
+        local s = redis.call('HMGET', KEYS[1], 'remaining', 'limit', 'start', 'end', 'timeout', 'audience')
+        if not s[1] then return 'err:not_loaded' end
+        local now = tonumber(ARGV[1])
+        local q = tonumber(ARGV[2])
+        if now < tonumber(s[3]) then return 'err:not_started' end
+        if now >= tonumber(s[4]) then return 'err:ended' end
+        if s[6] == '1' and redis.call('SISMEMBER', KEYS[5], ARGV[7]) == 0 then return 'err:not_eligible' end
+        local held = tonumber(redis.call('GET', KEYS[2]) or '0')
+        if held + q > tonumber(s[2]) then return 'err:limit_reached' end
+        if tonumber(s[1]) < q then return 'err:sold_out' end
+        redis.call('HINCRBY', KEYS[1], 'remaining', -q)
+        redis.call('HINCRBY', KEYS[1], 'reserved', q)
+        redis.call('INCRBY', KEYS[2], q)
+        redis.call('PEXPIREAT', KEYS[2], tonumber(s[4]) + 30 * 86400000)
+        local answer = 'pending:' .. ARGV[3] .. ':' .. string.format('%d', now + tonumber(s[5]) * 1000) .. ':' .. ARGV[2]
+        redis.call('SET', KEYS[3], answer, 'PX', ARGV[6])
+        return answer
+        """)
+
+    /// KEYS: request. ARGV: the pending answer. Marks it confirmed if it is still that one.
+    static let confirmScript = RedisScript("""
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        redis.call('SET', KEYS[1], 'ok' .. string.sub(ARGV[1], 8), 'KEEPTTL')
+        return 1
+        """)
+
+    /// KEYS: sale, held, request. ARGV: the pending answer, quantity.
+    static let rollbackScript = RedisScript("""
+        if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+        local q = tonumber(ARGV[2])
+        redis.call('HINCRBY', KEYS[1], 'remaining', q)
+        redis.call('HINCRBY', KEYS[1], 'reserved', -q)
+        redis.call('DECRBY', KEYS[2], q)
+        redis.call('DEL', KEYS[3])
+        return 1
+        """)
+
+    /// KEYS: sale, held, settled marker. ARGV: quantity, marker TTL (ms). An expired reservation's
+    /// units go back to stock and to the member's limit, once.
+    static let releaseScript = RedisScript("""
+        if not redis.call('SET', KEYS[3], 'expired', 'NX', 'PX', ARGV[2]) then return 0 end
+        local q = tonumber(ARGV[1])
+        redis.call('HINCRBY', KEYS[1], 'remaining', q)
+        redis.call('HINCRBY', KEYS[1], 'reserved', -q)
+        redis.call('DECRBY', KEYS[2], q)
+        return 1
+        """)
+
+    /// Loads (or updates) a campaign. A new campaign's counters start from `books` (what
+    /// PostgreSQL already holds for it, zero for a new one); an existing one keeps its counters and
+    /// moves `initial` and `remaining` by the change in stock. Returns false when the new stock is
+    /// below what is already reserved or paid.
+    public func load(_ sale: FlashSale, books: Inventory, audience: [Int64]) async throws -> Bool {
+        let start = Int64((sale.startAt.timeIntervalSince1970 * 1000).rounded())
+        let end = Int64((sale.endAt.timeIntervalSince1970 * 1000).rounded())
+        let audienceKey = Self.key(sale.id, "audience")
+        if sale.audienceTag != nil {
+            _ = try await redis.connection.command(["DEL", audienceKey])
+            for chunk in stride(from: 0, to: audience.count, by: 5000) {
+                _ = try await redis.connection.command(["SADD", audienceKey] + audience[chunk..<min(chunk + 5000, audience.count)].map(String.init))
+            }
+            _ = try await redis.connection.command(["PEXPIREAT", audienceKey, String(end + 30 * 86_400_000)])
+        }
+        let reply = try await evaluate(Self.loadScript, keys: [Self.key(sale.id, "sale")], arguments: [
+            String(sale.stock), String(sale.perMemberLimit), String(start), String(end), String(sale.paymentTimeoutSeconds),
+            sale.audienceTag == nil ? "0" : "1", String(books.remaining), String(books.reserved), String(books.paid),
+        ])
+        return reply.int == 1
+    }
+
+    /// One attempt: window, audience, per-member limit, stock, and the request id's earlier answer,
+    /// in one call.
+    public func reserve(sale: String, member: Int64, quantity: Int, requestID: String, now: Date = Date(),
+                        ratePerSecond: Int) async throws -> Answer {
+        let reservationID = "r-" + UUID().uuidString.lowercased()
+        let reply = try await evaluate(Self.reserveScript, keys: [
+            Self.key(sale, "sale"), Self.key(sale, "held:\(member)"), Self.key(sale, "req:\(member):\(requestID)"),
+            Self.key(sale, "rate:\(member)"), Self.key(sale, "audience"),
+        ], arguments: [
+            String(Int64((now.timeIntervalSince1970 * 1000).rounded())), String(quantity), reservationID, String(ratePerSecond), "1000",
+            String(requestTTLMilliseconds), String(member),
+        ])
+        guard let text = reply.string else { throw RedisError(.protocolError, "unexpected reserve reply \(reply)") }
+        if text.hasPrefix("err:") {
+            guard let refusal = Refusal(rawValue: String(text.dropFirst(4))) else { throw RedisError(.protocolError, "unknown refusal \(text)") }
+            return .refused(refusal)
+        }
+        let parts = text.split(separator: ":")
+        guard parts.count == 4, let payBy = Int64(parts[2]), let units = Int(parts[3]) else {
+            throw RedisError(.protocolError, "unreadable reservation \(text)")
+        }
+        let reservation = Reservation(id: String(parts[1]), payBy: Date(timeIntervalSince1970: Double(payBy) / 1000), quantity: units)
+        let state: Answer.State = parts[0] == "ok" ? .confirmed : (reservation.id == reservationID ? .new : .inFlight)
+        return .reserved(reservation, state: state)
+    }
+
+    static func pendingAnswer(_ reservation: Reservation) -> String {
+        "pending:\(reservation.id):\(Int64((reservation.payBy.timeIntervalSince1970 * 1000).rounded())):\(reservation.quantity)"
+    }
+
+    /// After the broker confirmed the reservation's publish.
+    public func confirm(sale: String, member: Int64, requestID: String, _ reservation: Reservation) async throws {
+        _ = try await evaluate(Self.confirmScript, keys: [Self.key(sale, "req:\(member):\(requestID)")],
+                               arguments: [Self.pendingAnswer(reservation)])
+    }
+
+    /// After the publish failed: the unit goes back, and the request id is free to try again.
+    @discardableResult
+    public func rollback(sale: String, member: Int64, requestID: String, _ reservation: Reservation) async throws -> Bool {
+        try await evaluate(Self.rollbackScript, keys: [
+            Self.key(sale, "sale"), Self.key(sale, "held:\(member)"), Self.key(sale, "req:\(member):\(requestID)"),
+        ], arguments: [Self.pendingAnswer(reservation), String(reservation.quantity)]).int == 1
+    }
+
+    /// Returns an expired reservation's units, once however often it is called.
+    @discardableResult
+    public func release(sale: String, member: Int64, reservationID: String, quantity: Int) async throws -> Bool {
+        try await evaluate(Self.releaseScript, keys: [
+            Self.key(sale, "sale"), Self.key(sale, "held:\(member)"), Self.key(sale, "settled:\(reservationID)"),
+        ], arguments: [String(quantity), String(60 * 86_400_000)]).int == 1
+    }
+
+    /// The campaign's counters as Redis has them; nil when it is not loaded.
+    public func inventory(sale: String) async throws -> Inventory? {
+        let reply = try await redis.connection.command(["HMGET", Self.key(sale, "sale"), "initial", "remaining", "reserved", "paid"])
+        guard let values = reply.array?.map({ $0.string.flatMap { Int64($0) } }), values.count == 4,
+              let initial = values[0], let remaining = values[1], let reserved = values[2], let paid = values[3] else { return nil }
+        return Inventory(initial: initial, remaining: remaining, reserved: reserved, paid: paid)
+    }
+
+    func evaluate(_ script: RedisScript, keys: [String], arguments: [String]) async throws -> RedisReply {
+        let reply = try await redis.evalSHA([(script, keys, arguments)]).first ?? .null
+        if case .error(let message) = reply { throw RedisError(.server, message) }
+        return reply
+    }
+}

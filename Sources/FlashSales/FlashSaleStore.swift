@@ -1,0 +1,165 @@
+import Contracts
+import Foundation
+import PostgresClient
+import Scheduler
+
+/// Campaigns and their orders in PostgreSQL: the books Redis is reconciled against.
+public struct FlashSaleStore: Sendable {
+    let database: PostgresPool
+
+    public init(database: PostgresPool) { self.database = database }
+
+    /// The job that expires an unpaid reservation at its pay-by time; the scheduler publishes it
+    /// to the orders pool (routing key `fanflow.flashsale.expire`).
+    public static let expireJob = JobKind("flashsale.expire")
+    public static let reservedKind = EventKind("flashsale.reserved")
+    public static let expireKind = EventKind("flashsale.expire")
+
+    static let columns = """
+        id, sku, title, price, stock, per_member_limit, extract(epoch FROM start_at)::float8 AS start_at,
+        extract(epoch FROM end_at)::float8 AS end_at, payment_timeout_seconds, audience_tag
+        """
+
+    public enum PutOutcome: Sendable, Equatable { case created, updated, stockBelowHeld(Int64) }
+
+    /// Creates or updates a campaign; refuses a stock below the units already reserved or paid.
+    public func put(_ sale: FlashSale) async throws -> PutOutcome {
+        try await database.transaction { connection in
+            let held = try connection.query("""
+                SELECT coalesce(sum(quantity), 0) AS held FROM flash_orders WHERE sale_id = $1 AND status IN ('reserved', 'paid')
+                """, [sale.id]).first?.int("held") ?? 0
+            guard Int64(sale.stock) >= Int64(held) else { return .stockBelowHeld(Int64(held)) }
+            let rows = try connection.query("""
+                INSERT INTO flash_sales (id, sku, title, price, stock, per_member_limit, start_at, end_at, payment_timeout_seconds, audience_tag)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                ON CONFLICT (id) DO UPDATE SET sku = excluded.sku, title = excluded.title, price = excluded.price,
+                    stock = excluded.stock, per_member_limit = excluded.per_member_limit, start_at = excluded.start_at,
+                    end_at = excluded.end_at, payment_timeout_seconds = excluded.payment_timeout_seconds,
+                    audience_tag = excluded.audience_tag, updated_at = now()
+                RETURNING (xmax = 0) AS inserted
+                """, [sale.id, sale.sku, sale.title, sale.price, sale.stock, sale.perMemberLimit, sale.startAt, sale.endAt,
+                      sale.paymentTimeoutSeconds, sale.audienceTag])
+            return rows.first?.bool("inserted") == true ? .created : .updated
+        }
+    }
+
+    public func get(_ id: String) async throws -> FlashSale? {
+        try await database.query("SELECT \(Self.columns) FROM flash_sales WHERE id = $1", [id]).first.flatMap(Self.sale)
+    }
+
+    /// Units by state as the orders say: `remaining` is the stock less what is reserved or paid.
+    public func inventory(_ id: String) async throws -> Inventory? {
+        let rows = try await database.query("""
+            SELECT s.stock,
+                   coalesce(sum(o.quantity) FILTER (WHERE o.status = 'reserved'), 0) AS reserved,
+                   coalesce(sum(o.quantity) FILTER (WHERE o.status = 'paid'), 0) AS paid
+            FROM flash_sales s LEFT JOIN flash_orders o ON o.sale_id = s.id WHERE s.id = $1 GROUP BY s.stock
+            """, [id])
+        guard let row = rows.first, let stock = row.int("stock") else { return nil }
+        let reserved = Int64(row.int("reserved") ?? 0), paid = Int64(row.int("paid") ?? 0)
+        return Inventory(initial: Int64(stock), remaining: Int64(stock) - reserved - paid, reserved: reserved, paid: paid)
+    }
+
+    /// Members carrying the campaign's audience tag.
+    public func audience(tag: String) async throws -> [Int64] {
+        try await database.query("SELECT member_id FROM member_tags WHERE tag = $1", [tag]).compactMap { $0.int("member_id").map(Int64.init) }
+    }
+
+    /// A reservation as the gateway publishes it.
+    public struct ReservationEvent: Sendable, Equatable {
+        public let reservationID: String
+        public let sale: String
+        public let member: Int64
+        public let quantity: Int
+        public let amount: Int64
+        public let payBy: Date
+
+        public init(reservationID: String, sale: String, member: Int64, quantity: Int, amount: Int64, payBy: Date) {
+            self.reservationID = reservationID
+            self.sale = sale
+            self.member = member
+            self.quantity = quantity
+            self.amount = amount
+            self.payBy = payBy
+        }
+
+        public func envelope(requestID: String, now: Date = Date()) -> Envelope {
+            Envelope(id: "fanflow:flashsale:reserved:\(reservationID)", platform: .fanflow, app: "", kind: FlashSaleStore.reservedKind,
+                     subject: .init(), occurredAt: now, receivedAt: now, attributes: [
+                        "reservationId": .string(reservationID), "saleId": .string(sale), "memberId": .integer(member),
+                        "quantity": .integer(Int64(quantity)), "amount": .integer(amount), "payBy": .string(RFC3339.format(payBy)),
+                        "requestId": .string(requestID),
+                     ])
+        }
+
+        public init?(_ envelope: Envelope) {
+            let a = envelope.attributes
+            guard let id = a["reservationId"]?.string, let sale = a["saleId"]?.string, let member = a["memberId"]?.int,
+                  let quantity = a["quantity"]?.int, quantity > 0, let amount = a["amount"]?.int,
+                  let payBy = a["payBy"]?.string.flatMap(RFC3339.parse) else { return nil }
+            self.init(reservationID: id, sale: sale, member: member, quantity: Int(quantity), amount: amount, payBy: payBy)
+        }
+    }
+
+    /// Creates the orders of reservations not seen before, each with its expiry job, in one
+    /// transaction. Returns how many were new.
+    @discardableResult
+    public func createOrders(_ reservations: [ReservationEvent]) async throws -> Int {
+        guard !reservations.isEmpty else { return 0 }
+        return try await database.transaction { connection in
+            var rows: [String] = []
+            var parameters: [any PostgresEncodable] = []
+            for (index, r) in reservations.enumerated() {
+                let b = index * 6
+                rows.append("($\(b + 1),$\(b + 2),$\(b + 3)::bigint,$\(b + 4)::int,$\(b + 5)::bigint,'reserved',$\(b + 6)::timestamptz)")
+                parameters += [r.reservationID, r.sale, r.member, r.quantity, r.amount, r.payBy] as [any PostgresEncodable]
+            }
+            let inserted = try connection.query("""
+                INSERT INTO flash_orders (reservation_id, sale_id, member_id, quantity, amount, status, pay_by)
+                VALUES \(rows.joined(separator: ",")) ON CONFLICT (reservation_id) DO NOTHING RETURNING reservation_id
+                """, parameters)
+            let new = Set(inserted.compactMap { $0.string("reservation_id") })
+            try JobStore.enqueue(reservations.filter { new.contains($0.reservationID) }.map { r in
+                NewJob(kind: Self.expireJob, payload: ["saleId": .string(r.sale), "reservationId": .string(r.reservationID)],
+                       dueAt: r.payBy, uniqueKey: "flashsale.expire:\(r.reservationID)", maxAttempts: 20)
+            }, on: connection)
+            return new.count
+        }
+    }
+
+    /// An order whose units went back to stock.
+    public struct Expired: Sendable, Equatable {
+        public let reservationID: String
+        public let sale: String
+        public let member: Int64
+        public let quantity: Int
+    }
+
+    /// Expires the unpaid orders among `reservationIDs` (a paid one stays paid: the row's status
+    /// decides between a racing payment and the expiry) and returns every one of them that is
+    /// expired, including those an earlier attempt expired, so their units can be released.
+    public func expire(_ reservationIDs: [String]) async throws -> [Expired] {
+        guard !reservationIDs.isEmpty else { return [] }
+        let ids = PostgresArray(reservationIDs)
+        try await database.query("""
+            UPDATE flash_orders SET status = 'expired', expired_at = now()
+            WHERE reservation_id = ANY($1::text[]) AND status = 'reserved' AND pay_by <= now()
+            """, [ids])
+        return try await database.query("""
+            SELECT reservation_id, sale_id, member_id, quantity FROM flash_orders WHERE reservation_id = ANY($1::text[]) AND status = 'expired'
+            """, [ids]).compactMap { row in
+            guard let id = row.string("reservation_id"), let sale = row.string("sale_id"), let member = row.int("member_id"),
+                  let quantity = row.int("quantity") else { return nil }
+            return Expired(reservationID: id, sale: sale, member: Int64(member), quantity: quantity)
+        }
+    }
+
+    static func sale(_ row: PostgresRow) -> FlashSale? {
+        func time(_ column: String) -> Date? { row.string(column).flatMap(Double.init).map(Date.init(timeIntervalSince1970:)) }
+        guard let id = row.string("id"), let sku = row.string("sku"), let title = row.string("title"), let price = row.int("price"),
+              let stock = row.int("stock"), let limit = row.int("per_member_limit"), let start = time("start_at"),
+              let end = time("end_at"), let timeout = row.int("payment_timeout_seconds") else { return nil }
+        return FlashSale(id: id, sku: sku, title: title, price: Int64(price), stock: stock, perMemberLimit: limit, startAt: start,
+                         endAt: end, paymentTimeoutSeconds: timeout, audienceTag: row.string("audience_tag"))
+    }
+}

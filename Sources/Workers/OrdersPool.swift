@@ -1,0 +1,49 @@
+import Contracts
+import FlashSales
+import Foundation
+import Logging
+
+/// The orders pool: flash-sale reservations become orders, and unpaid ones expire.
+///
+/// `flashsale.reserved` (published by the gateway once Redis reserved the unit): the order is
+/// created, keyed by the reservation id (a redelivery makes no second order), with its expiry job
+/// due at the pay-by time in the same transaction. `flashsale.expire` (published by the scheduler
+/// at that time): an order still unpaid is expired in PostgreSQL first (the row's status decides
+/// a race with a payment), then its units go back to Redis, once per reservation; a redelivery
+/// after a crash between the two releases what the first attempt did not.
+public struct OrdersPool: EnvelopeProcessor {
+    let store: FlashSaleStore
+    let stock: FlashSaleStock
+    let logger: Logger
+
+    public init(store: FlashSaleStore, stock: FlashSaleStock, logger: Logger) {
+        self.store = store
+        self.stock = stock
+        self.logger = logger
+    }
+
+    public func process(_ events: [Envelope]) async throws {
+        var reservations: [FlashSaleStore.ReservationEvent] = []
+        var expiring: [String] = []
+        for event in events {
+            switch event.kind {
+            case FlashSaleStore.reservedKind:
+                guard let reservation = FlashSaleStore.ReservationEvent(event) else { throw EventRefused("malformed reservation \(event.id)") }
+                reservations.append(reservation)
+            case FlashSaleStore.expireKind:
+                guard let id = event.attributes["reservationId"]?.string else { throw EventRefused("expiry without a reservationId \(event.id)") }
+                expiring.append(id)
+            default:
+                // Other flash-sale events (payments) belong to later pools; nothing to do here.
+                continue
+            }
+        }
+        try await store.createOrders(reservations)
+        for order in try await store.expire(expiring) {
+            if try await stock.release(sale: order.sale, member: order.member, reservationID: order.reservationID, quantity: order.quantity) {
+                logger.info("reservation expired, units back in stock",
+                            metadata: ["sale": "\(order.sale)", "reservation": "\(order.reservationID)", "quantity": "\(order.quantity)"])
+            }
+        }
+    }
+}
