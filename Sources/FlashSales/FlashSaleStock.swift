@@ -122,6 +122,23 @@ public struct FlashSaleStock: Sendable {
         return 1
         """)
 
+    /// KEYS: sale, settled marker. ARGV: quantity, marker TTL (ms). A paid reservation's units move
+    /// from reserved to paid, once.
+    static let payScript = RedisScript("""
+        if not redis.call('SET', KEYS[2], 'paid', 'NX', 'PX', ARGV[2]) then return 0 end
+        local q = tonumber(ARGV[1])
+        redis.call('HINCRBY', KEYS[1], 'reserved', -q)
+        redis.call('HINCRBY', KEYS[1], 'paid', q)
+        return 1
+        """)
+
+    /// Moves a paid reservation's units from reserved to paid, once however often it is called.
+    @discardableResult
+    public func markPaid(sale: String, reservationID: String, quantity: Int) async throws -> Bool {
+        try await evaluate(Self.payScript, keys: [Self.key(sale, "sale"), Self.key(sale, "settled:\(reservationID)")],
+                           arguments: [String(quantity), String(60 * 86_400_000)]).int == 1
+    }
+
     /// Loads (or updates) a campaign. A new campaign's counters start from `books` (what
     /// PostgreSQL already holds for it, zero for a new one); an existing one keeps its counters and
     /// moves `initial` and `remaining` by the change in stock. Returns false when the new stock is
@@ -148,7 +165,8 @@ public struct FlashSaleStock: Sendable {
     /// in one call.
     public func reserve(sale: String, member: Int64, quantity: Int, requestID: String, now: Date = Date(),
                         ratePerSecond: Int) async throws -> Answer {
-        let reservationID = "r-" + UUID().uuidString.lowercased()
+        // 32 characters of [0-9a-f]: what WeChat Pay's out_trade_no and Alipay's allow.
+        let reservationID = UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
         let reply = try await evaluate(Self.reserveScript, keys: [
             Self.key(sale, "sale"), Self.key(sale, "held:\(member)"), Self.key(sale, "req:\(member):\(requestID)"),
             Self.key(sale, "rate:\(member)"), Self.key(sale, "audience"),

@@ -154,6 +154,58 @@ public struct FlashSaleStore: Sendable {
         }
     }
 
+    /// What a payment notification did to its order.
+    public enum PaymentOutcome: Sendable, Equatable {
+        /// Paid now, or already paid by an earlier notification (a provider's retry).
+        case paid(Order)
+        /// Paid after its pay-by time: the order is flagged for a refund, and units still
+        /// reserved go back to stock (`release`).
+        case refundRequired(Order, release: Bool)
+        case unknownOrder
+        case amountMismatch(expected: Int64)
+    }
+
+    public struct Order: Sendable, Equatable {
+        public let reservationID: String
+        public let sale: String
+        public let member: Int64
+        public let quantity: Int
+        public let amount: Int64
+    }
+
+    /// Records a payment, in one transaction with the order's row locked, so a payment and the
+    /// expiry racing for one order cannot both win: paid in time and still reserved → `paid`;
+    /// paid after `pay_by`, or after the expiry already returned the units → `refund_required`.
+    public func pay(reservationID: String, amount: Int64, paidAt: Date, reference: String) async throws -> PaymentOutcome {
+        try await database.transaction { connection in
+            guard let row = try connection.query("""
+                SELECT sale_id, member_id, quantity, amount, status, extract(epoch FROM pay_by)::float8 AS pay_by
+                FROM flash_orders WHERE reservation_id = $1 FOR UPDATE
+                """, [reservationID]).first,
+                let sale = row.string("sale_id"), let member = row.int("member_id"), let quantity = row.int("quantity"),
+                let expected = row.int("amount"), let status = row.string("status"),
+                let payBy = row.string("pay_by").flatMap(Double.init) else { return .unknownOrder }
+            let order = Order(reservationID: reservationID, sale: sale, member: Int64(member), quantity: quantity, amount: Int64(expected))
+            guard Int64(expected) == amount else { return .amountMismatch(expected: Int64(expected)) }
+            switch status {
+            case "paid":
+                return .paid(order)
+            case "refund_required":
+                return .refundRequired(order, release: false)
+            case "reserved" where paidAt.timeIntervalSince1970 <= payBy:
+                try connection.query("""
+                    UPDATE flash_orders SET status = 'paid', paid_at = $2, payment_ref = $3 WHERE reservation_id = $1
+                    """, [reservationID, paidAt, reference])
+                return .paid(order)
+            default:
+                try connection.query("""
+                    UPDATE flash_orders SET status = 'refund_required', paid_at = $2, payment_ref = $3 WHERE reservation_id = $1
+                    """, [reservationID, paidAt, reference])
+                return .refundRequired(order, release: status == "reserved")
+            }
+        }
+    }
+
     static func sale(_ row: PostgresRow) -> FlashSale? {
         func time(_ column: String) -> Date? { row.string(column).flatMap(Double.init).map(Date.init(timeIntervalSince1970:)) }
         guard let id = row.string("id"), let sku = row.string("sku"), let title = row.string("title"), let price = row.int("price"),

@@ -83,6 +83,7 @@ public struct Gateway: Sendable {
         addBeaconRoutes(router)
         addMemberActionRoutes(router)
         addFlashSaleRoutes(router)
+        addPaymentRoutes(router)
         addAdminRoutes(router)
         return router
     }

@@ -1,5 +1,7 @@
 import AMQPClient
 import Contracts
+import Crypto
+import _CryptoExtras
 import FlashSales
 import Foundation
 import Gateway
@@ -239,6 +241,118 @@ struct FlashSaleTests {
             (status, json) = try await PointsAdminTests.call(client, .get, "/admin/v1/flash-sales/\(id)")
             #expect((status, Self.code(json)) == (.notFound, "unknown_flash_sale"))
             try await database.query("DELETE FROM member_tags WHERE tag = $1", [tag])
+            await database.close()
+        }
+    }
+
+    /// WeChat Pay as the merchant documentation describes its API v3 notification: the transaction
+    /// sealed with AES-256-GCM under the API v3 key, the body signed with the platform key.
+    static func wechatPayNotification(reservation: String, mchid: String, total: Int64, paidAt: Date, apiV3Key: String,
+                                      platformKey: _RSA.Signing.PrivateKey) throws -> (body: String, headers: HTTPFields) {
+        let transaction = #"{"mchid":"\#(mchid)","appid":"wx-test","out_trade_no":"\#(reservation)","transaction_id":"42000\#(Int.random(in: 100_000...999_999))","trade_type":"JSAPI","trade_state":"SUCCESS","success_time":"\#(RFC3339.format(paidAt))","amount":{"total":\#(total),"payer_total":\#(total),"currency":"CNY"}}"#
+        let sealNonce = String(UUID().uuidString.prefix(12))
+        let ciphertext = try WeChatPayCrypto.seal(Array(transaction.utf8), apiV3Key: apiV3Key, nonce: sealNonce, associatedData: "transaction")
+        let body = #"{"id":"EV-\#(UUID().uuidString)","create_time":"\#(RFC3339.format(Date()))","resource_type":"encrypt-resource","event_type":"TRANSACTION.SUCCESS","summary":"支付成功","resource":{"original_type":"transaction","algorithm":"AEAD_AES_256_GCM","ciphertext":"\#(ciphertext)","associated_data":"transaction","nonce":"\#(sealNonce)"}}"#
+        let timestamp = String(Int(Date().timeIntervalSince1970)), nonce = UUID().uuidString
+        let signature = try platformKey.signature(for: SHA256.hash(data: WeChatPayCrypto.signedMessage(timestamp: timestamp, nonce: nonce,
+                                                                                                       body: Array(body.utf8))),
+                                                  padding: .insecurePKCS1v1_5).rawRepresentation.base64EncodedString()
+        return (body, [HTTPField.Name("Wechatpay-Timestamp")!: timestamp, HTTPField.Name("Wechatpay-Nonce")!: nonce,
+                       HTTPField.Name("Wechatpay-Signature")!: signature, HTTPField.Name("Wechatpay-Serial")!: "TESTSERIAL",
+                       .contentType: "application/json"])
+    }
+
+    /// Alipay's asynchronous trade notification: a form signed (RSA2) over every field but sign and sign_type.
+    static func alipayNotification(app: String, reservation: String, totalAmount: String, alipayKey: _RSA.Signing.PrivateKey) throws -> String {
+        var fields: [(String, String)] = [
+            ("notify_time", "2026-12-02 10:00:05"), ("notify_type", "trade_status_sync"), ("notify_id", UUID().uuidString),
+            ("app_id", app), ("charset", "utf-8"), ("version", "1.0"), ("trade_no", "2026120222001"), ("out_trade_no", reservation),
+            ("trade_status", "TRADE_SUCCESS"), ("total_amount", totalAmount), ("gmt_payment", "2026-12-02 10:00:04"), ("subject", "福袋"),
+        ]
+        let content = AlipayCrypto.signedContent(fields.map { (name: $0.0, value: Array($0.1.utf8)) })
+        let sign = try alipayKey.signature(for: SHA256.hash(data: content), padding: .insecurePKCS1v1_5).rawRepresentation.base64EncodedString()
+        fields += [("sign_type", "RSA2"), ("sign", sign)]
+        return fields.map { "\($0.0)=\($0.1.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")" }.joined(separator: "&")
+    }
+
+    @Test("payments: WeChat Pay v3 and Alipay notifications mark orders paid once; forged, wrong-amount and late payments are refused or flagged")
+    func payments() async throws {
+        try await GatewayHarness.run { client, _, _ in
+            let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
+            let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
+            let pool = try Self.ordersPool(database: database, redis: redis)
+            let platformKey = try _RSA.Signing.PrivateKey(keySize: .bits2048)
+            let alipayKey = try _RSA.Signing.PrivateKey(keySize: .bits2048), appKey = try _RSA.Signing.PrivateKey(keySize: .bits2048)
+            let mchid = "19" + String(Int.random(in: 10_000_000...99_999_999)), apiV3Key = "0123456789abcdef0123456789ABCDEF"
+            let alipayApp = TestEnvironment.unique("2021")
+            try await GatewayHarness.register(client, "wechatpay", mchid, ["apiV3Key": apiV3Key, "platformPublicKey": platformKey.publicKey.pemRepresentation])
+            try await GatewayHarness.register(client, "alipay", alipayApp, ["alipayPublicKey": alipayKey.publicKey.pemRepresentation,
+                                                                            "appPrivateKey": appKey.pemRepresentation])
+            let id = TestEnvironment.unique("fs"), late = TestEnvironment.unique("fs")
+            _ = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)", Self.sale(stock: 3, limit: 1))
+            _ = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(late)", Self.sale(stock: 1, limit: 1, timeout: 1))
+            let members = try await Self.members(3, database: database)
+            var reservations: [String] = []
+            for member in members {
+                let (status, json) = try await Self.reserve(client, sale: id, token: member.token)
+                #expect(status == .created)
+                reservations.append(try #require(json["reservationId"] as? String))
+            }
+            let (lateStatus, lateJSON) = try await Self.reserve(client, sale: late, token: members[0].token)
+            #expect(lateStatus == .created)
+            let lateReservation = try #require(lateJSON["reservationId"] as? String)
+            try await Self.waitFor("orders") {
+                try await Self.count(database, "SELECT count(*) AS n FROM flash_orders WHERE sale_id IN ($1, $2)", [id, late]) == 4
+            }
+            func notify(_ provider: String, _ body: String, _ headers: HTTPFields) async throws -> (HTTPResponse.Status, String) {
+                try await client.execute(uri: "/v1/payments/notify/\(provider)", method: .post, headers: headers,
+                                         body: ByteBuffer(string: body)) { ($0.status, String(buffer: $0.body)) }
+            }
+            // WeChat Pay pays the first, twice (a provider retry): paid once.
+            var wechat = try Self.wechatPayNotification(reservation: reservations[0], mchid: mchid, total: 9900, paidAt: Date(),
+                                                        apiV3Key: apiV3Key, platformKey: platformKey)
+            #expect(try await notify("wechatpay", wechat.body, wechat.headers).0 == .noContent)
+            #expect(try await notify("wechatpay", wechat.body, wechat.headers).0 == .noContent)
+            // A forged signature, and an amount that is not the order's, are refused.
+            var forged = wechat.headers
+            forged[HTTPField.Name("Wechatpay-Signature")!] = Data(repeating: 7, count: 256).base64EncodedString()
+            #expect(try await notify("wechatpay", wechat.body, forged).0 == .unauthorized)
+            wechat = try Self.wechatPayNotification(reservation: reservations[1], mchid: mchid, total: 1, paidAt: Date(),
+                                                    apiV3Key: apiV3Key, platformKey: platformKey)
+            #expect(try await notify("wechatpay", wechat.body, wechat.headers).0 == .badRequest)
+            // Alipay pays the second.
+            let form = try Self.alipayNotification(app: alipayApp, reservation: reservations[1], totalAmount: "99.00", alipayKey: alipayKey)
+            let formHeaders: HTTPFields = [.contentType: "application/x-www-form-urlencoded; charset=utf-8"]
+            var (status, text) = try await notify("alipay", form, formHeaders)
+            #expect((status, text) == (.ok, "success"))
+            (status, text) = try await notify("alipay", form.replacingOccurrences(of: "99%2E00", with: "98%2E00"), formHeaders)
+            #expect(status == .forbidden)
+            // An order nobody made yet: the provider is told to retry.
+            wechat = try Self.wechatPayNotification(reservation: "0000000000000000nosuchorder00000", mchid: mchid, total: 9900,
+                                                    paidAt: Date(), apiV3Key: apiV3Key, platformKey: platformKey)
+            #expect(try await notify("wechatpay", wechat.body, wechat.headers).0 == .notFound)
+
+            let orders = try await database.query("SELECT reservation_id, status FROM flash_orders WHERE sale_id = $1", [id])
+            let statuses = Dictionary(uniqueKeysWithValues: orders.compactMap { row in row.string("reservation_id").map { ($0, row.string("status") ?? "") } })
+            #expect(statuses == [reservations[0]: "paid", reservations[1]: "paid", reservations[2]: "reserved"])
+            let stock = FlashSaleStock(redis: redis)
+            #expect(try await stock.inventory(sale: id) == Inventory(initial: 3, remaining: 0, reserved: 1, paid: 2))
+            #expect(try await FlashSaleStore(database: database).inventory(id) == Inventory(initial: 3, remaining: 0, reserved: 1, paid: 2))
+
+            // Paid after its pay-by time (before the expiry job ran): flagged for refund, and the unit goes back.
+            try await Task.sleep(for: .milliseconds(1200))
+            wechat = try Self.wechatPayNotification(reservation: lateReservation, mchid: mchid, total: 9900, paidAt: Date(),
+                                                    apiV3Key: apiV3Key, platformKey: platformKey)
+            #expect(try await notify("wechatpay", wechat.body, wechat.headers).0 == .noContent)
+            #expect(try await database.query("SELECT status FROM flash_orders WHERE reservation_id = $1", [lateReservation]).first?
+                .string("status") == "refund_required")
+            #expect(try await stock.inventory(sale: late) == Inventory(initial: 1, remaining: 1, reserved: 0, paid: 0))
+            #expect(try await FlashSaleStore(database: database).inventory(late) == Inventory(initial: 1, remaining: 1, reserved: 0, paid: 0))
+
+            pool.cancel()
+            _ = await pool.result
+            try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' IN ($1, $2)", [id, late])
+            await redis.close()
             await database.close()
         }
     }

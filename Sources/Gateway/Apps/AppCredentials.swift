@@ -9,6 +9,8 @@ public enum AppPlatform: String, Sendable, CaseIterable, Codable {
     case weibo = "weibo"
     case qq = "qq"
     case server = "server"
+    /// A WeChat Pay merchant (API v3), keyed by its mchid: payment notifications.
+    case wechatpay = "wechatpay"
 }
 
 /// What `PUT /admin/v1/apps/{platform}/{appId}` accepts, per platform. Field names are the contract.
@@ -18,6 +20,7 @@ public enum AppCredentials: Sendable, Equatable {
     case weibo(Weibo)
     case qq(QQ)
     case server(Server)
+    case wechatPay(WeChatPay)
 
     public struct WeChat: Codable, Sendable, Equatable {
         public var token: String
@@ -39,6 +42,12 @@ public enum AppCredentials: Sendable, Equatable {
     public struct Server: Codable, Sendable, Equatable {
         public var secret: String
     }
+    /// The merchant's API v3 key (32 characters, decrypts notifications) and WeChat Pay's platform
+    /// public key (PEM or base64 DER, verifies their signatures).
+    public struct WeChatPay: Codable, Sendable, Equatable {
+        public var apiV3Key: String
+        public var platformPublicKey: String
+    }
 
     public var platform: AppPlatform {
         switch self {
@@ -47,6 +56,7 @@ public enum AppCredentials: Sendable, Equatable {
         case .weibo: .weibo
         case .qq: .qq
         case .server: .server
+        case .wechatPay: .wechatpay
         }
     }
 
@@ -99,6 +109,11 @@ public enum AppCredentials: Sendable, Equatable {
                 throw AppCredentialsProblem("secret must be 16 to 256 bytes")
             }
             return .server(value)
+        case .wechatpay:
+            let value = try body(WeChatPay.self)
+            guard value.apiV3Key.utf8.count == 32 else { throw AppCredentialsProblem("apiV3Key must be the 32 characters set in the merchant platform") }
+            try nonEmpty(value.platformPublicKey, "platformPublicKey", max: 8192)
+            return .wechatPay(value)
         }
     }
 
@@ -111,6 +126,7 @@ public enum AppCredentials: Sendable, Equatable {
         case .weibo(let v): return Array(try encoder.encode(v))
         case .qq(let v): return Array(try encoder.encode(v))
         case .server(let v): return Array(try encoder.encode(v))
+        case .wechatPay(let v): return Array(try encoder.encode(v))
         }
     }
 
@@ -131,6 +147,7 @@ public enum AppCredentials: Sendable, Equatable {
         case .weibo(let v): return ["appSecret": mask(v.appSecret)]
         case .qq(let v): return ["botSecret": mask(v.botSecret)]
         case .server(let v): return ["secret": mask(v.secret)]
+        case .wechatPay(let v): return ["apiV3Key": mask(v.apiV3Key), "platformPublicKey": v.platformPublicKey]
         }
     }
 }

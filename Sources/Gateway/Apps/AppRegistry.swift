@@ -16,6 +16,7 @@ public struct RegisteredApp: Sendable {
     let alipay: AlipayCrypto?
     let qq: QQCrypto?
     let hmacKey: SymmetricKey?
+    let wechatPay: WeChatPayCrypto?
 
     /// Builds the verifiers; a key that does not parse is an `AppCredentialsProblem` naming it.
     init(platform: AppPlatform, appID: String, credentials: AppCredentials, createdAt: String? = nil, updatedAt: String? = nil) throws {
@@ -24,7 +25,7 @@ public struct RegisteredApp: Sendable {
         self.credentials = credentials
         self.createdAt = createdAt
         self.updatedAt = updatedAt
-        var wechat: WeChatCrypto?, alipay: AlipayCrypto?, qq: QQCrypto?, hmacKey: SymmetricKey?
+        var wechat: WeChatCrypto?, alipay: AlipayCrypto?, qq: QQCrypto?, hmacKey: SymmetricKey?, wechatPay: WeChatPayCrypto?
         switch credentials {
         case .wechat(let c):
             if let key = c.encodingAESKey { wechat = try WeChatCrypto(encodingAESKey: key, appID: appID) }
@@ -43,11 +44,14 @@ public struct RegisteredApp: Sendable {
             hmacKey = SymmetricKey(data: Array(c.secret.utf8))
         case .weibo:
             break
+        case .wechatPay(let c):
+            wechatPay = try WeChatPayCrypto(apiV3Key: c.apiV3Key, platformPublicKey: c.platformPublicKey)
         }
         self.wechat = wechat
         self.alipay = alipay
         self.qq = qq
         self.hmacKey = hmacKey
+        self.wechatPay = wechatPay
     }
 }
 

@@ -8,4 +8,8 @@ extension HTTPField.Name {
     static let qqSignature = HTTPField.Name("X-Signature-Ed25519")!
     static let qqTimestamp = HTTPField.Name("X-Signature-Timestamp")!
     static let qqBotAppID = HTTPField.Name("X-Bot-Appid")!
+    static let wechatPayTimestamp = HTTPField.Name("Wechatpay-Timestamp")!
+    static let wechatPayNonce = HTTPField.Name("Wechatpay-Nonce")!
+    static let wechatPaySignature = HTTPField.Name("Wechatpay-Signature")!
+    static let wechatPaySerial = HTTPField.Name("Wechatpay-Serial")!
 }

@@ -1,0 +1,169 @@
+import Contracts
+import FlashSales
+import Foundation
+import Hummingbird
+
+/// `POST /v1/payments/notify/{wechatpay|alipay}`: payment notifications for flash-sale orders, in
+/// the shapes WeChat Pay (API v3: signed headers, AES-GCM resource) and Alipay (RSA2-signed form)
+/// send them. The order's row decides a race with the expiry (``FlashSaleStore/pay``); Redis
+/// follows, once per reservation. An answer other than success makes the provider retry, which is
+/// what a notification for an order the orders pool has not created yet, or a Redis outage after
+/// the commit, needs: both steps are idempotent.
+extension Gateway {
+    func addPaymentRoutes(_ router: Router<GatewayRequestContext>) {
+        let store = FlashSaleStore(database: database)
+        let stock = FlashSaleStock(redis: redis)
+
+        router.post("/v1/payments/notify/:provider") { request, context in
+            let body = try await request.collectBody(upTo: 64 * 1024)
+            switch context.parameters.get("provider") ?? "" {
+            case "wechatpay":
+                return await wechatPayNotification(request, body: body, store: store, stock: stock)
+            case "alipay":
+                return await alipayNotification(body, store: store, stock: stock)
+            default:
+                throw GatewayError(.notFound, "unknown_provider", "providers are wechatpay and alipay")
+            }
+        }
+    }
+
+    /// WeChat Pay wants 200 or 204 with no body for success, and a 4xx/5xx with `{"code","message"}` otherwise.
+    static func wechatPayAnswer(_ status: HTTPResponse.Status, _ message: String? = nil) -> Response {
+        guard let message else { return Response(status: .noContent) }
+        return Response.json(["code": "FAIL", "message": message], status: status)
+    }
+
+    func wechatPayNotification(_ request: Request, body: [UInt8], store: FlashSaleStore, stock: FlashSaleStock) async -> Response {
+        let headers = request.headers
+        guard let timestamp = headers[.wechatPayTimestamp], let nonce = headers[.wechatPayNonce],
+              let signature = headers[.wechatPaySignature] else {
+            return Self.wechatPayAnswer(.unauthorized, "Wechatpay-Timestamp, -Nonce and -Signature are required")
+        }
+        do throws(GatewayError) { try freshness.check(timestamp, now: Date().timeIntervalSince1970) } catch {
+            return Self.wechatPayAnswer(.forbidden, error.message)
+        }
+        let merchants: [RegisteredApp]
+        do { merchants = try await wechatPayMerchants() } catch {
+            return Self.wechatPayAnswer(.serviceUnavailable, "the database did not answer")
+        }
+        guard let merchant = merchants.first(where: {
+            $0.wechatPay?.verify(timestamp: timestamp, nonce: nonce, body: body, signatureBase64: signature) == true
+        }), let crypto = merchant.wechatPay else {
+            return Self.wechatPayAnswer(.unauthorized, "the signature matches no registered merchant's platform key")
+        }
+        guard case .object(let notification)? = try? JSONValue.parse(body) else {
+            return Self.wechatPayAnswer(.badRequest, "body is not a JSON object")
+        }
+        guard notification["event_type"]?.string == "TRANSACTION.SUCCESS" else {
+            logger.info("wechat pay notification acknowledged, not a payment", metadata: ["event": "\(notification["event_type"]?.string ?? "-")"])
+            return Self.wechatPayAnswer(.ok)
+        }
+        guard case .object(let resource)? = notification["resource"], let ciphertext = resource["ciphertext"]?.string,
+              let sealNonce = resource["nonce"]?.string else {
+            return Self.wechatPayAnswer(.badRequest, "resource.ciphertext and resource.nonce are required")
+        }
+        let associated = resource["associated_data"]?.string ?? ""
+        guard let plain = crypto.decrypt(ciphertextBase64: ciphertext, nonce: sealNonce, associatedData: associated),
+              case .object(let transaction)? = try? JSONValue.parse(plain) else {
+            return Self.wechatPayAnswer(.badRequest, "resource could not be opened with the merchant's API v3 key")
+        }
+        guard transaction["mchid"]?.string == merchant.appID else { return Self.wechatPayAnswer(.forbidden, "mchid is not this merchant") }
+        guard transaction["trade_state"]?.string == "SUCCESS" else { return Self.wechatPayAnswer(.ok) }
+        guard let reservation = transaction["out_trade_no"]?.string, case .object(let amount)? = transaction["amount"],
+              let total = amount["total"]?.intStrict, let reference = transaction["transaction_id"]?.string else {
+            return Self.wechatPayAnswer(.badRequest, "out_trade_no, transaction_id and amount.total are required")
+        }
+        let paidAt = transaction["success_time"]?.string.flatMap(RFC3339.parse) ?? Date()
+        switch await settlePayment(reservation: reservation, amount: total, paidAt: paidAt, reference: "wechatpay:\(reference)",
+                                   store: store, stock: stock) {
+        case .settled: return Self.wechatPayAnswer(.ok)
+        case .failed(let status, let message): return Self.wechatPayAnswer(status, message)
+        }
+    }
+
+    /// Alipay wants the text `success`; anything else is retried.
+    func alipayNotification(_ body: [UInt8], store: FlashSaleStore, stock: FlashSaleStock) async -> Response {
+        func answer(_ status: HTTPResponse.Status, _ text: String) -> Response { Response.text(text, status: status) }
+        guard let parameters = FormBody.parse(body) else { return answer(.badRequest, "failure: not a form") }
+        func text(_ name: String) -> String? { parameters.first { $0.name == name }.map { String(decoding: $0.value, as: UTF8.self) } }
+        guard let appID = text("app_id"), let sign = text("sign"), text("sign_type") ?? "RSA2" == "RSA2" else {
+            return answer(.badRequest, "failure: app_id, sign and sign_type RSA2 are required")
+        }
+        let app: RegisteredApp
+        do { app = try await apps.app(.alipay, appID) } catch {
+            return answer(error.status, "failure: \(error.message)")
+        }
+        // Trade notifications are signed without sign_type (Alipay's rsaCheckV1 rule).
+        let content = AlipayCrypto.signedContent(parameters.filter { $0.name != "sign_type" })
+        guard let crypto = app.alipay, (try? crypto.verify(content: content, signatureBase64: sign, signType: "RSA2")) == true else {
+            return answer(.forbidden, "failure: RSA2 signature does not match")
+        }
+        guard ["TRADE_SUCCESS", "TRADE_FINISHED"].contains(text("trade_status") ?? "") else { return answer(.ok, "success") }
+        guard let reservation = text("out_trade_no"), let reference = text("trade_no"),
+              let total = text("total_amount").flatMap(Self.fen) else {
+            return answer(.badRequest, "failure: out_trade_no, trade_no and total_amount are required")
+        }
+        let paidAt = text("gmt_payment").flatMap(Self.beijingTime) ?? Date()
+        switch await settlePayment(reservation: reservation, amount: total, paidAt: paidAt, reference: "alipay:\(reference)",
+                                   store: store, stock: stock) {
+        case .settled: return answer(.ok, "success")
+        case .failed(let status, let message): return answer(status, "failure: \(message)")
+        }
+    }
+
+    enum Settlement { case settled, failed(HTTPResponse.Status, String) }
+
+    func settlePayment(reservation: String, amount: Int64, paidAt: Date, reference: String, store: FlashSaleStore,
+                       stock: FlashSaleStock) async -> Settlement {
+        let outcome: FlashSaleStore.PaymentOutcome
+        do { outcome = try await store.pay(reservationID: reservation, amount: amount, paidAt: paidAt, reference: reference) } catch {
+            return .failed(.serviceUnavailable, "the database did not answer")
+        }
+        do {
+            switch outcome {
+            case .paid(let order):
+                try await stock.markPaid(sale: order.sale, reservationID: order.reservationID, quantity: order.quantity)
+                return .settled
+            case .refundRequired(let order, let release):
+                logger.warning("payment after the reservation's pay-by time: flagged for refund",
+                               metadata: ["reservation": "\(order.reservationID)", "reference": "\(reference)"])
+                if release {
+                    try await stock.release(sale: order.sale, member: order.member, reservationID: order.reservationID, quantity: order.quantity)
+                }
+                return .settled
+            case .unknownOrder:
+                return .failed(.notFound, "no order \(reservation) (yet)")
+            case .amountMismatch(let expected):
+                logger.error("payment amount differs from the order", metadata: ["reservation": "\(reservation)", "paid": "\(amount)",
+                                                                                 "expected": "\(expected)"])
+                return .failed(.badRequest, "amount \(amount) differs from the order's \(expected)")
+            }
+        } catch {
+            return .failed(.serviceUnavailable, "the stock could not be updated; retry")
+        }
+    }
+
+    /// Registered WeChat Pay merchants (usually one): a notification names none in a way that can be
+    /// trusted before its signature is checked, so each merchant's platform key is tried.
+    func wechatPayMerchants() async throws -> [RegisteredApp] {
+        var merchants: [RegisteredApp] = []
+        for entry in try await apps.list(.wechatpay) {
+            if let app = try? await apps.app(.wechatpay, entry.appID) { merchants.append(app) }
+        }
+        return merchants
+    }
+
+    /// "99.00" yuan → 9900 fen; nil for anything else.
+    static func fen(_ text: String) -> Int64? {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), let yuan = Int64(parts[0]), yuan >= 0 else { return nil }
+        guard parts.count == 2 else { return yuan * 100 }
+        guard (1...2).contains(parts[1].count), parts[1].allSatisfy(\.isNumber), let cents = Int64(parts[1]) else { return nil }
+        return yuan * 100 + (parts[1].count == 1 ? cents * 10 : cents)
+    }
+
+    /// Alipay's `yyyy-MM-dd HH:mm:ss`, Beijing time.
+    static func beijingTime(_ text: String) -> Date? {
+        RFC3339.parse(text.replacingOccurrences(of: " ", with: "T") + "+08:00")
+    }
+}
