@@ -9,6 +9,7 @@ import Hummingbird
 import HummingbirdTesting
 import HTTPTypes
 import Logging
+import Loyalty
 import PostgresClient
 import RedisClient
 import Runtime
@@ -24,11 +25,12 @@ struct FlashSaleTests {
     static let logger = Logger(label: "test.flashsale")
     static let tokens = MemberTokens(secret: GatewayHarness.adminToken)
 
-    /// `count` fresh members and a token for each.
+    /// `count` fresh members (WeChat openids of an app of the test's own) and a token for each.
     static func members(_ count: Int, database: PostgresPool) async throws -> [(id: Int64, token: String)] {
-        try await database.query("INSERT INTO members (level) SELECT '' FROM generate_series(1, $1) RETURNING id", [count])
-            .compactMap { $0.int("id").map(Int64.init) }
-            .map { ($0, tokens.mint(member: $0, expiresAt: Date().addingTimeInterval(3600))) }
+        let app = TestEnvironment.unique("wx")
+        let identities = (0..<count).map { Identity(platform: .wechat, app: app, openid: "fan\($0)") }
+        let ids = try await MemberDirectory(database: database).resolve(Dictionary(uniqueKeysWithValues: identities.map { ($0, String?.none) }))
+        return identities.compactMap { ids[$0] }.map { ($0, tokens.mint(member: $0, expiresAt: Date().addingTimeInterval(3600))) }
     }
 
     static func sale(stock: Int, limit: Int, start: Date = Date().addingTimeInterval(-1), end: Date = Date().addingTimeInterval(3600),
