@@ -228,3 +228,40 @@ public struct FlashSaleStock: Sendable {
         return reply
     }
 }
+
+extension FlashSaleStock {
+    /// Rewrites a campaign's Redis state from PostgreSQL's orders: the counters, each member's held
+    /// units, and the settled marks of paid and expired reservations (so a redelivered expiry or a
+    /// retried payment still changes nothing). Request ids' answers cannot be rebuilt: a member who
+    /// retries an old request id after a Redis loss is held to the per-member limit instead.
+    public func restore(_ sale: FlashSale, books: Inventory, orders: [FlashSaleStore.OrderState]) async throws {
+        let start = Int64((sale.startAt.timeIntervalSince1970 * 1000).rounded())
+        let end = Int64((sale.endAt.timeIntervalSince1970 * 1000).rounded())
+        var commands: [[String]] = [
+            ["DEL", Self.key(sale.id, "sale")],
+            ["HSET", Self.key(sale.id, "sale"), "initial", String(books.initial), "remaining", String(books.remaining),
+             "reserved", String(books.reserved), "paid", String(books.paid), "limit", String(sale.perMemberLimit), "start", String(start),
+             "end", String(end), "timeout", String(sale.paymentTimeoutSeconds), "audience", sale.audienceTag == nil ? "0" : "1"],
+            ["PEXPIREAT", Self.key(sale.id, "sale"), String(end + 30 * 86_400_000)],
+        ]
+        var held: [Int64: Int] = [:]
+        for order in orders {
+            switch order.status {
+            case "reserved": held[order.member, default: 0] += order.quantity
+            case "paid":
+                held[order.member, default: 0] += order.quantity
+                commands.append(["SET", Self.key(sale.id, "settled:\(order.reservationID)"), "paid", "PX", String(60 * 86_400_000)])
+            default:
+                commands.append(["SET", Self.key(sale.id, "settled:\(order.reservationID)"), "expired", "PX", String(60 * 86_400_000)])
+            }
+        }
+        for (member, units) in held {
+            commands.append(["SET", Self.key(sale.id, "held:\(member)"), String(units), "PXAT", String(end + 30 * 86_400_000)])
+        }
+        for chunk in stride(from: 0, to: commands.count, by: 1000) {
+            for reply in try await redis.connection.pipeline(Array(commands[chunk..<min(chunk + 1000, commands.count)])) {
+                if case .error(let message) = reply { throw RedisError(.server, message) }
+            }
+        }
+    }
+}

@@ -206,6 +206,23 @@ public struct FlashSaleStore: Sendable {
         }
     }
 
+    /// An order's state, for rebuilding Redis.
+    public struct OrderState: Sendable, Equatable {
+        public let reservationID: String
+        public let member: Int64
+        public let quantity: Int
+        public let status: String
+    }
+
+    public func orders(sale: String) async throws -> [OrderState] {
+        try await database.query("SELECT reservation_id, member_id, quantity, status FROM flash_orders WHERE sale_id = $1", [sale])
+            .compactMap { row in
+                guard let id = row.string("reservation_id"), let member = row.int("member_id"), let quantity = row.int("quantity"),
+                      let status = row.string("status") else { return nil }
+                return OrderState(reservationID: id, member: Int64(member), quantity: quantity, status: status)
+            }
+    }
+
     static func sale(_ row: PostgresRow) -> FlashSale? {
         func time(_ column: String) -> Date? { row.string(column).flatMap(Double.init).map(Date.init(timeIntervalSince1970:)) }
         guard let id = row.string("id"), let sku = row.string("sku"), let title = row.string("title"), let price = row.int("price"),

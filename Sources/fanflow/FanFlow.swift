@@ -22,7 +22,7 @@ struct FanFlow: AsyncParsableCommand {
         discussion: "Configuration comes from the environment:\n"
             + FanFlowConfiguration.variables.map { "  \($0.name)\n      \($0.meaning)" }.joined(separator: "\n"),
         subcommands: [GatewayCommand.self, WorkerCommand.self, SchedulerCommand.self, JobsCommand.self, MigrateCommand.self,
-                       RebuildCountersCommand.self])
+                       RebuildCountersCommand.self, ReconcileCommand.self])
 }
 
 /// Loads the configuration for a role, or stops the process naming every bad variable.
@@ -325,5 +325,47 @@ struct RebuildCountersCommand: AsyncParsableCommand {
         logger.notice("counters rebuilt", metadata: ["raised": "\(raised)", "zone": "\(configuration.timeZone.identifier)"])
         await redis.close()
         await database.close()
+    }
+}
+
+struct ReconcileCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "reconcile", abstract: "Compare live state with the books.",
+                                                    subcommands: [FlashSaleReconcile.self])
+
+    struct FlashSaleReconcile: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "flash-sale",
+            abstract: "Report a flash sale's units (initial = remaining + reserved + paid) in PostgreSQL and Redis; repair Redis.",
+            discussion: "Redis is rebuilt from PostgreSQL at once when it lost the sale. When both hold it and disagree, "
+                + "--repair rebuilds it: use that once the orders queue is drained, since reservations on their way to "
+                + "the orders pool are in Redis before they are in PostgreSQL. Exits 1 while the two disagree.")
+
+        @Argument(help: "The flash sale's id.") var id: String
+        @Flag(help: "Rebuild Redis from PostgreSQL even though Redis still holds the sale.") var repair = false
+
+        func run() async throws {
+            let configuration = try loadConfiguration(role: .tool)
+            let database = PostgresPool(url: configuration.databaseURL, maximumConnections: 1)
+            let redis = try await RedisPool(url: configuration.redisURL, size: 1)
+            let report: Reconciler.Report
+            do {
+                report = try await Reconciler(store: FlashSaleStore(database: database), stock: FlashSaleStock(redis: redis))
+                    .reconcile(id, repair: repair)
+            } catch Reconciler.Problem.unknownSale(let id) {
+                await redis.close()
+                await database.close()
+                FileHandle.standardError.write(Data("fanflow: no flash sale \(id)\n".utf8))
+                throw ExitCode(1)
+            }
+            await redis.close()
+            await database.close()
+            let json: [String: JSONValue] = ["saleId": .string(id), "postgres": report.postgres.json,
+                                             "redisBefore": report.redisBefore?.json ?? .null, "redis": report.redisAfter?.json ?? .null,
+                                             "repaired": .bool(report.repaired), "agree": .bool(report.agree)]
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(json), as: UTF8.self))
+            if !report.agree { throw ExitCode(1) }
+        }
     }
 }
