@@ -265,3 +265,16 @@ extension FlashSaleStock {
         }
     }
 }
+
+extension FlashSaleStock {
+    /// Loads a campaign as the books have it: its stock and window, counters from PostgreSQL for a
+    /// campaign Redis does not hold yet, and the members of its audience tag. False when the stock
+    /// is below what Redis already holds as reserved or paid.
+    public func load(_ sale: FlashSale, from store: FlashSaleStore) async throws -> Bool {
+        let books = try await store.inventory(sale.id)
+            ?? Inventory(initial: Int64(sale.stock), remaining: Int64(sale.stock), reserved: 0, paid: 0)
+        var audience: [Int64] = []
+        if let tag = sale.audienceTag { audience = try await store.audience(tag: tag) }
+        return try await load(sale, books: books, audience: audience)
+    }
+}

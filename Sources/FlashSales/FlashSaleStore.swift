@@ -12,6 +12,11 @@ public struct FlashSaleStore: Sendable {
     /// The job that expires an unpaid reservation at its pay-by time; the scheduler publishes it
     /// to the orders pool (routing key `fanflow.flashsale.expire`).
     public static let expireJob = JobKind("flashsale.expire")
+    /// The job that loads a campaign's stock and audience into Redis a minute before it opens
+    /// (again: the admin API loads it when it is saved), so tags given since and a Redis that
+    /// lost it are both covered by the opening second.
+    public static let loadJob = JobKind("flashsale.load")
+    public static let loadKind = EventKind("flashsale.load")
     public static let reservedKind = EventKind("flashsale.reserved")
     public static let expireKind = EventKind("flashsale.expire")
 
@@ -39,6 +44,12 @@ public struct FlashSaleStore: Sendable {
                 RETURNING (xmax = 0) AS inserted
                 """, [sale.id, sale.sku, sale.title, sale.price, sale.stock, sale.perMemberLimit, sale.startAt, sale.endAt,
                       sale.paymentTimeoutSeconds, sale.audienceTag])
+            let due = max(Date(), sale.startAt.addingTimeInterval(-60))
+            if sale.startAt > Date() {
+                try JobStore.enqueue([NewJob(kind: Self.loadJob, payload: ["saleId": .string(sale.id)], dueAt: due,
+                                             uniqueKey: "flashsale.load:\(sale.id):\(RFC3339.format(sale.startAt))", maxAttempts: 20)],
+                                     on: connection)
+            }
             return rows.first?.bool("inserted") == true ? .created : .updated
         }
     }

@@ -31,9 +31,7 @@ public struct Reconciler: Sendable {
             return Report(postgres: books, redisBefore: before, redisAfter: before, repaired: false)
         }
         try await stock.restore(sale, books: books, orders: try await store.orders(sale: id))
-        if let tag = sale.audienceTag {
-            _ = try await stock.load(sale, books: books, audience: try await store.audience(tag: tag))
-        }
+        if sale.audienceTag != nil { _ = try await stock.load(sale, from: store) }
         return Report(postgres: books, redisBefore: before, redisAfter: try await stock.inventory(sale: id), repaired: true)
     }
 }

@@ -10,7 +10,8 @@ import Logging
 /// due at the pay-by time in the same transaction. `flashsale.expire` (published by the scheduler
 /// at that time): an order still unpaid is expired in PostgreSQL first (the row's status decides
 /// a race with a payment), then its units go back to Redis, once per reservation; a redelivery
-/// after a crash between the two releases what the first attempt did not.
+/// after a crash between the two releases what the first attempt did not. `flashsale.load` (the
+/// scheduler, a minute before a campaign opens): stock and audience are loaded into Redis again.
 public struct OrdersPool: EnvelopeProcessor {
     let store: FlashSaleStore
     let stock: FlashSaleStock
@@ -25,6 +26,7 @@ public struct OrdersPool: EnvelopeProcessor {
     public func process(_ events: [Envelope]) async throws {
         var reservations: [FlashSaleStore.ReservationEvent] = []
         var expiring: [String] = []
+        var loading: Set<String> = []
         for event in events {
             switch event.kind {
             case FlashSaleStore.reservedKind:
@@ -33,9 +35,18 @@ public struct OrdersPool: EnvelopeProcessor {
             case FlashSaleStore.expireKind:
                 guard let id = event.attributes["reservationId"]?.string else { throw EventRefused("expiry without a reservationId \(event.id)") }
                 expiring.append(id)
+            case FlashSaleStore.loadKind:
+                guard let sale = event.attributes["saleId"]?.string else { throw EventRefused("load without a saleId \(event.id)") }
+                loading.insert(sale)
             default:
                 // Other flash-sale events (payments) belong to later pools; nothing to do here.
                 continue
+            }
+        }
+        for id in loading {
+            guard let sale = try await store.get(id) else { continue }
+            if try await !stock.load(sale, from: store) {
+                logger.error("flash sale stock is below what Redis holds as reserved or paid; reconcile it", metadata: ["sale": "\(id)"])
             }
         }
         try await store.createOrders(reservations)

@@ -176,7 +176,8 @@ struct SchedulerCommand: AsyncParsableCommand {
         runnerConfiguration.pollInterval = .milliseconds(pollMilliseconds)
         let handlers = LoyaltyJobs.handlers(ledger: ledger, rules: rules)
             .merging(MaintenanceJobs.handlers(store: store)) { first, _ in first }
-            .merging([FlashSaleStore.expireJob: PublishJobHandler(broker: broker)]) { first, _ in first }
+            .merging([FlashSaleStore.expireJob: PublishJobHandler(broker: broker),
+                      FlashSaleStore.loadJob: PublishJobHandler(broker: broker)]) { first, _ in first }
         let runner = JobRunner(store: store, handlers: handlers, configuration: runnerConfiguration, metrics: metrics, logger: logger)
         var services: [any Service] = [
             LeaderElection(databaseURL: configuration.databaseURL, logger: logger) { periodic.setLeading($0) }, periodic, runner,

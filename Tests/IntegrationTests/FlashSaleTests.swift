@@ -430,4 +430,57 @@ struct FlashSaleTests {
             await database.close()
         }
     }
+
+    @Test("the scheduler loads a campaign again a minute before it opens: a Redis loss and tags given since are covered; on demand too")
+    func loadBeforeStart() async throws {
+        try await GatewayHarness.run { client, _, _ in
+            let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
+            let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
+            let stock = FlashSaleStock(redis: redis)
+            let id = TestEnvironment.unique("fs"), tag = TestEnvironment.unique("vip")
+            let start = Date().addingTimeInterval(30)
+            var (status, _) = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)",
+                                                              Self.sale(stock: 7, limit: 1, start: start, audience: tag))
+            #expect(status == .created)
+            let jobs = try await JobStore(database: database).list(kind: FlashSaleStore.loadJob.rawValue, limit: 500)
+                .filter { $0.payload["saleId"] == .string(id) }
+            #expect(jobs.count == 1)
+            #expect(jobs.first.map { $0.dueAt <= Date() } == true) // less than a minute ahead: due now
+            // Redis loses the campaign, and a member is tagged after it was saved.
+            let keys = try await redis.connection.command(["KEYS", "fanflow:{fs:\(id)}:*"]).array?.compactMap(\.string) ?? []
+            _ = try await redis.connection.command(["DEL"] + keys)
+            let member = try #require(try await Self.members(1, database: database).first)
+            try await database.query("INSERT INTO member_tags (member_id, tag) VALUES ($1, $2)", [member.id, tag])
+
+            let pool = try Self.ordersPool(database: database, redis: redis)
+            var amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
+            amqp.connectionName = "test-scheduler"
+            let broker = ManagedAMQPConnection(configuration: amqp, logger: Self.logger) { try await $0.enableConfirms() }
+            try await broker.start()
+            let runner = JobRunner(store: JobStore(database: database), handlers: [FlashSaleStore.loadJob: PublishJobHandler(broker: broker)],
+                                   logger: Self.logger)
+            try await Self.waitFor("the campaign back in Redis") {
+                try await runner.runOnce()
+                return try await stock.inventory(sale: id) != nil
+            }
+            #expect(try await stock.inventory(sale: id) == Inventory(initial: 7, remaining: 7, reserved: 0, paid: 0))
+            #expect(try await redis.connection.command(["SISMEMBER", "fanflow:{fs:\(id)}:audience", String(member.id)]).int == 1)
+            // The tagged member may reserve once it opens.
+            #expect(try await stock.reserve(sale: id, member: member.id, quantity: 1, requestID: "before-open", ratePerSecond: 0)
+                == .refused(.notStarted))
+            // On demand, through the admin API.
+            _ = try await redis.connection.command(["DEL", "fanflow:{fs:\(id)}:sale"])
+            var json: [String: Any]
+            (status, json) = try await PointsAdminTests.call(client, .post, "/admin/v1/flash-sales/\(id)/load")
+            #expect(status == .ok)
+            #expect((json["inventory"] as? [String: [String: Int]])?["redis"] == ["initial": 7, "remaining": 7, "reserved": 0, "paid": 0])
+
+            pool.cancel()
+            _ = await pool.result
+            await broker.close()
+            try await database.query("DELETE FROM member_tags WHERE tag = $1", [tag])
+            await redis.close()
+            await database.close()
+        }
+    }
 }

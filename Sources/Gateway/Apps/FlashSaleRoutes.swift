@@ -30,6 +30,14 @@ extension Gateway {
             try await loadStock(sale, store: store, stock: stock)
             return Response.json(try await flashSaleView(sale, store: store, stock: stock), status: outcome == .created ? .created : .ok)
         }
+        admin.post("/flash-sales/:id/load") { _, context in
+            let id = context.parameters.get("id") ?? ""
+            guard let sale = try await stored({ try await store.get(id) }) else {
+                throw GatewayError(.notFound, "unknown_flash_sale", "no flash sale \(id)")
+            }
+            try await loadStock(sale, store: store, stock: stock)
+            return Response.json(try await flashSaleView(sale, store: store, stock: stock))
+        }
         admin.get("/flash-sales/:id") { _, context in
             let id = context.parameters.get("id") ?? ""
             guard let sale = try await stored({ try await store.get(id) }) else {
@@ -42,13 +50,9 @@ extension Gateway {
     /// Loads the campaign's stock (and audience) into Redis now: on every PUT, so a campaign is
     /// ready as soon as it is saved.
     func loadStock(_ sale: FlashSale, store: FlashSaleStore, stock: FlashSaleStock) async throws(GatewayError) {
-        let books = try await stored { try await store.inventory(sale.id) } ?? Inventory(initial: Int64(sale.stock),
-                                                                                            remaining: Int64(sale.stock), reserved: 0, paid: 0)
-        var audience: [Int64] = []
-        if let tag = sale.audienceTag { audience = try await stored { try await store.audience(tag: tag) } }
         let loaded: Bool
-        do { loaded = try await stock.load(sale, books: books, audience: audience) } catch {
-            throw GatewayError.unavailable("redis_unavailable", "the stock could not be loaded into Redis: \(error)")
+        do { loaded = try await stock.load(sale, from: store) } catch {
+            throw GatewayError.unavailable("stock_not_loaded", "the stock could not be loaded into Redis: \(error)")
         }
         guard loaded else {
             throw GatewayError(.conflict, "stock_below_held", "Redis holds more reserved or paid units than the new stock")
