@@ -1,0 +1,33 @@
+import ArgumentParser
+import Foundation
+import Gateway
+
+/// Reservation attempts for `scripts/bench flash-sale`: one line per attempt,
+/// `token<TAB>requestId`, members in turn so each attempt is a different member's while there are
+/// members left, every request id distinct (none is taken for a retry). Tokens are minted with the
+/// gateway's member-token secret, as the brand's server would mint them.
+struct FlashSaleRequests: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "flash-sale-requests", abstract: "Write reservation attempts with member tokens for wrk.")
+
+    @Option(help: "The gateway's member-token secret (FANFLOW_SECRET_KEY, or the admin token when that is unset).") var secret: String
+    @Option(help: "The first member id.") var firstMember: Int64
+    @Option(help: "How many members (consecutive ids).") var members: Int
+    @Option(help: "How many attempts.") var count: Int
+    @Option(help: "Output file.") var output: String
+
+    func run() async throws {
+        let tokens = MemberTokens(secret: secret)
+        let expires = Date().addingTimeInterval(3600)
+        var minted: [String] = []
+        minted.reserveCapacity(members)
+        for n in 0..<members { minted.append(tokens.mint(member: firstMember + Int64(n), expiresAt: expires)) }
+        var out = ""
+        out.reserveCapacity(count * 120)
+        let run = UUID().uuidString.prefix(8)
+        for n in 0..<count {
+            out += minted[n % members] + "\t" + "\(run)-\(n)\n"
+        }
+        try Data(out.utf8).write(to: URL(fileURLWithPath: output))
+    }
+}
