@@ -59,6 +59,15 @@ struct FlashSaleTests {
         return Task { try await consumer.run() }
     }
 
+    /// The scheduler's part, as `fanflow scheduler` runs it: `kind`'s jobs published to the worker pools, confirmed.
+    static func scheduler(database: PostgresPool, kind: JobKind) async throws -> (JobRunner, ManagedAMQPConnection) {
+        var amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
+        amqp.connectionName = "test-scheduler"
+        let broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { try await $0.enableConfirms() }
+        try await broker.start()
+        return (JobRunner(store: JobStore(database: database), handlers: [kind: PublishJobHandler(broker: broker)], logger: logger), broker)
+    }
+
     static func waitFor(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
         let deadline = ContinuousClock.now + timeout
         while try await !condition() {
@@ -159,12 +168,7 @@ struct FlashSaleTests {
             #expect(try await stock.inventory(sale: id) == Inventory(initial: 5, remaining: 1, reserved: 4, paid: 0))
 
             // The scheduler publishes each expiry at its pay-by time; the orders pool expires the order and returns its units.
-            var amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
-            amqp.connectionName = "test-scheduler"
-            let broker = ManagedAMQPConnection(configuration: amqp, logger: Self.logger) { try await $0.enableConfirms() }
-            try await broker.start()
-            let runner = JobRunner(store: JobStore(database: database), handlers: [FlashSaleStore.expireJob: PublishJobHandler(broker: broker)],
-                                   logger: Self.logger)
+            let (runner, broker) = try await Self.scheduler(database: database, kind: FlashSaleStore.expireJob)
             try await Self.waitFor("3 expired orders") {
                 try await runner.runOnce()
                 return try await Self.count(database, "SELECT count(*) AS n FROM flash_orders WHERE sale_id = $1 AND status = 'expired'",
@@ -453,12 +457,7 @@ struct FlashSaleTests {
             try await database.query("INSERT INTO member_tags (member_id, tag) VALUES ($1, $2)", [member.id, tag])
 
             let pool = try Self.ordersPool(database: database, redis: redis)
-            var amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
-            amqp.connectionName = "test-scheduler"
-            let broker = ManagedAMQPConnection(configuration: amqp, logger: Self.logger) { try await $0.enableConfirms() }
-            try await broker.start()
-            let runner = JobRunner(store: JobStore(database: database), handlers: [FlashSaleStore.loadJob: PublishJobHandler(broker: broker)],
-                                   logger: Self.logger)
+            let (runner, broker) = try await Self.scheduler(database: database, kind: FlashSaleStore.loadJob)
             try await Self.waitFor("the campaign back in Redis") {
                 try await runner.runOnce()
                 return try await stock.inventory(sale: id) != nil
