@@ -231,13 +231,19 @@ public struct FlashSaleStock: Sendable {
 
 extension FlashSaleStock {
     /// Rewrites a campaign's Redis state from PostgreSQL's orders: the counters, each member's held
-    /// units, and the settled marks of paid and expired reservations (so a redelivered expiry or a
+    /// units (dropping units held for reservations that never became orders), and the settled marks of paid and expired reservations (so a redelivered expiry or a
     /// retried payment still changes nothing). Request ids' answers cannot be rebuilt: a member who
     /// retries an old request id after a Redis loss is held to the per-member limit instead.
     public func restore(_ sale: FlashSale, books: Inventory, orders: [FlashSaleStore.OrderState]) async throws {
         let start = Int64((sale.startAt.timeIntervalSince1970 * 1000).rounded())
         let end = Int64((sale.endAt.timeIntervalSince1970 * 1000).rounded())
-        var commands: [[String]] = [
+        // Held units with no order behind them (a gateway died before publishing) go, and so do
+        // those reservations' pending answers, which would otherwise say in_flight until they expire.
+        var stale = try await keys(matching: Self.key(sale.id, "held:*"))
+        for key in try await keys(matching: Self.key(sale.id, "req:*")) {
+            if try await redis.connection.command(["GET", key]).string?.hasPrefix("pending:") == true { stale.append(key) }
+        }
+        var commands: [[String]] = stale.map { ["DEL", $0] } + [
             ["DEL", Self.key(sale.id, "sale")],
             ["HSET", Self.key(sale.id, "sale"), "initial", String(books.initial), "remaining", String(books.remaining),
              "reserved", String(books.reserved), "paid", String(books.paid), "limit", String(sale.perMemberLimit), "start", String(start),
@@ -263,6 +269,20 @@ extension FlashSaleStock {
                 if case .error(let message) = reply { throw RedisError(.server, message) }
             }
         }
+    }
+
+    /// Every key matching `pattern`, by SCAN (never KEYS, which blocks Redis).
+    func keys(matching pattern: String) async throws -> [String] {
+        var cursor = "0", found: [String] = []
+        repeat {
+            let reply = try await redis.connection.command(["SCAN", cursor, "MATCH", pattern, "COUNT", "1000"])
+            guard let parts = reply.array, parts.count == 2, let next = parts[0].string else {
+                throw RedisError(.protocolError, "unexpected SCAN reply \(reply)")
+            }
+            found += parts[1].array?.compactMap(\.string) ?? []
+            cursor = next
+        } while cursor != "0"
+        return found
     }
 }
 

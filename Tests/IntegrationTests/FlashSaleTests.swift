@@ -482,4 +482,60 @@ struct FlashSaleTests {
             await database.close()
         }
     }
+
+    @Test("an orders pool stopped mid-drain and started again makes each order once; a reservation whose gateway died before publishing is returned by reconcile --repair")
+    func crashes() async throws {
+        try await GatewayHarness.run { client, _, _ in
+            let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
+            let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
+            let store = FlashSaleStore(database: database), stock = FlashSaleStock(redis: redis)
+            let id = TestEnvironment.unique("fs")
+            _ = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)", Self.sale(stock: 300, limit: 1))
+            let members = try await Self.members(201, database: database)
+            // 200 reservations queued while no orders pool runs.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for member in members.dropLast() {
+                    group.addTask {
+                        let status = try await Self.reserve(client, sale: id, token: member.token).0
+                        #expect(status == .created)
+                    }
+                }
+                try await group.waitForAll()
+            }
+            // A pool stopped as soon as it wrote some orders (its unacked batch goes back to the queue), then another.
+            let first = try Self.ordersPool(database: database, redis: redis)
+            try await Self.waitFor("some orders") {
+                try await Self.count(database, "SELECT count(*) AS n FROM flash_orders WHERE sale_id = $1", [id]) > 0
+            }
+            first.cancel()
+            _ = await first.result
+            let second = try Self.ordersPool(database: database, redis: redis)
+            try await Self.waitFor("200 orders") {
+                try await Self.count(database, "SELECT count(*) AS n FROM flash_orders WHERE sale_id = $1", [id]) >= 200
+            }
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await Self.count(database, "SELECT count(*) AS n FROM flash_orders WHERE sale_id = $1", [id]) == 200)
+            #expect(try await Self.count(database, "SELECT count(*) AS n FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1",
+                                         [id]) == 200)
+            second.cancel()
+            _ = await second.result
+
+            // A gateway that died between the Lua call and the publish: Redis holds a unit no order has.
+            let lost = try #require(members.last)
+            guard case .reserved(_, .new) = try await stock.reserve(sale: id, member: lost.id, quantity: 1, requestID: "died-here",
+                                                                 ratePerSecond: 0) else { Issue.record("not reserved"); return }
+            #expect(try await stock.inventory(sale: id) == Inventory(initial: 300, remaining: 99, reserved: 201, paid: 0))
+            let reconciler = Reconciler(store: store, stock: stock)
+            let report = try await reconciler.reconcile(id, repair: false)
+            #expect((report.repaired, report.agree) == (false, false))
+            let repaired = try await reconciler.reconcile(id, repair: true)
+            #expect((repaired.repaired, repaired.agree) == (true, true))
+            #expect(try await stock.inventory(sale: id) == Inventory(initial: 300, remaining: 100, reserved: 200, paid: 0))
+            // The member the dead gateway held a unit for may reserve again.
+            #expect(try await Self.reserve(client, sale: id, token: lost.token).0 == .created)
+            try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
+            await redis.close()
+            await database.close()
+        }
+    }
 }
