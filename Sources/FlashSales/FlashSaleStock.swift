@@ -240,8 +240,11 @@ extension FlashSaleStock {
         // Held units with no order behind them (a gateway died before publishing) go, and so do
         // those reservations' pending answers, which would otherwise say in_flight until they expire.
         var stale = try await keys(matching: Self.key(sale.id, "held:*"))
-        for key in try await keys(matching: Self.key(sale.id, "req:*")) {
-            if try await redis.connection.command(["GET", key]).string?.hasPrefix("pending:") == true { stale.append(key) }
+        let answers = try await keys(matching: Self.key(sale.id, "req:*"))
+        for chunk in stride(from: 0, to: answers.count, by: 1000) {
+            let batch = Array(answers[chunk..<min(chunk + 1000, answers.count)])
+            let values = try await redis.connection.pipeline(batch.map { ["GET", $0] })
+            stale += zip(batch, values).filter { $0.1.string?.hasPrefix("pending:") == true }.map(\.0)
         }
         var commands: [[String]] = stale.map { ["DEL", $0] } + [
             ["DEL", Self.key(sale.id, "sale")],

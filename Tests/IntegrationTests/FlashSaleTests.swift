@@ -68,6 +68,22 @@ struct FlashSaleTests {
         return (JobRunner(store: JobStore(database: database), handlers: [kind: PublishJobHandler(broker: broker)], logger: logger), broker)
     }
 
+    /// A live gateway with the test's own connections to PostgreSQL and Redis, closed afterwards.
+    static func withServers(_ overrides: [String: String] = [:],
+                            _ body: @Sendable (any TestClientProtocol, PostgresPool, RedisPool) async throws -> Void) async throws {
+        let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
+        let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
+        do {
+            try await GatewayHarness.run(overrides) { client, _, _ in try await body(client, database, redis) }
+        } catch {
+            await redis.close()
+            await database.close()
+            throw error
+        }
+        await redis.close()
+        await database.close()
+    }
+
     static func waitFor(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
         let deadline = ContinuousClock.now + timeout
         while try await !condition() {
@@ -82,9 +98,7 @@ struct FlashSaleTests {
 
     @Test("stock 100, 2,000 members trying three times each at once: exactly 100 reservations, one per member, 100 orders")
     func noOversell() async throws {
-        try await GatewayHarness.run { client, _, gateway in
-            let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
-            let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
+        try await Self.withServers { client, database, redis in
             let id = TestEnvironment.unique("fs")
             var (status, json) = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)", Self.sale(stock: 100, limit: 1))
             #expect(status == .created)
@@ -133,17 +147,12 @@ struct FlashSaleTests {
             pool.cancel()
             _ = await pool.result
             try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
-            await redis.close()
-            await database.close()
-            _ = gateway
         }
     }
 
     @Test("a retried requestId gets the same reservation; unpaid reservations expire at their pay-by time and return to stock and to the limit, once")
     func expiry() async throws {
-        try await GatewayHarness.run { client, _, _ in
-            let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
-            let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
+        try await Self.withServers { client, database, redis in
             let id = TestEnvironment.unique("fs")
             var (status, _) = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)",
                                                               Self.sale(stock: 5, limit: 2, timeout: 1))
@@ -188,15 +197,12 @@ struct FlashSaleTests {
             _ = await pool.result
             await broker.close()
             try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
-            await redis.close()
-            await database.close()
         }
     }
 
     @Test("refusals: not started, ended, not eligible, bad quantity or request id, no token, unknown sale, too fast; bad campaigns")
     func refusals() async throws {
-        try await GatewayHarness.run(["FANFLOW_FLASHSALE_RATE_PER_MEMBER": "3"]) { client, _, _ in
-            let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 2)
+        try await Self.withServers(["FANFLOW_FLASHSALE_RATE_PER_MEMBER": "3"]) { client, database, redis in
             let members = try await Self.members(2, database: database)
             let tagged = members[0], untagged = members[1]
             let tag = TestEnvironment.unique("vip")
@@ -249,7 +255,6 @@ struct FlashSaleTests {
             (status, json) = try await PointsAdminTests.call(client, .get, "/admin/v1/flash-sales/\(id)")
             #expect((status, Self.code(json)) == (.notFound, "unknown_flash_sale"))
             try await database.query("DELETE FROM member_tags WHERE tag = $1", [tag])
-            await database.close()
         }
     }
 
@@ -285,9 +290,7 @@ struct FlashSaleTests {
 
     @Test("payments: WeChat Pay v3 and Alipay notifications mark orders paid once; forged, wrong-amount and late payments are refused or flagged")
     func payments() async throws {
-        try await GatewayHarness.run { client, _, _ in
-            let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
-            let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
+        try await Self.withServers { client, database, redis in
             let pool = try Self.ordersPool(database: database, redis: redis)
             let platformKey = try _RSA.Signing.PrivateKey(keySize: .bits2048)
             let alipayKey = try _RSA.Signing.PrivateKey(keySize: .bits2048), appKey = try _RSA.Signing.PrivateKey(keySize: .bits2048)
@@ -360,16 +363,12 @@ struct FlashSaleTests {
             pool.cancel()
             _ = await pool.result
             try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' IN ($1, $2)", [id, late])
-            await redis.close()
-            await database.close()
         }
     }
 
     @Test("reconcile: a Redis that lost the sale is rebuilt from PostgreSQL, counters, limits and settled marks alike")
     func reconcile() async throws {
-        try await GatewayHarness.run { client, _, _ in
-            let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
-            let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
+        try await Self.withServers { client, database, redis in
             let store = FlashSaleStore(database: database), stock = FlashSaleStock(redis: redis)
             let id = TestEnvironment.unique("fs")
             _ = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)", Self.sale(stock: 5, limit: 1))
@@ -430,16 +429,12 @@ struct FlashSaleTests {
             // Agreeing books need no repair.
             #expect(try await Reconciler(store: store, stock: stock).reconcile(id, repair: false).repaired == false)
             try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
-            await redis.close()
-            await database.close()
         }
     }
 
     @Test("the scheduler loads a campaign again a minute before it opens: a Redis loss and tags given since are covered; on demand too")
     func loadBeforeStart() async throws {
-        try await GatewayHarness.run { client, _, _ in
-            let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
-            let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
+        try await Self.withServers { client, database, redis in
             let stock = FlashSaleStock(redis: redis)
             let id = TestEnvironment.unique("fs"), tag = TestEnvironment.unique("vip")
             let start = Date().addingTimeInterval(30)
@@ -478,16 +473,12 @@ struct FlashSaleTests {
             _ = await pool.result
             await broker.close()
             try await database.query("DELETE FROM member_tags WHERE tag = $1", [tag])
-            await redis.close()
-            await database.close()
         }
     }
 
     @Test("an orders pool stopped mid-drain and started again makes each order once; a reservation whose gateway died before publishing is returned by reconcile --repair")
     func crashes() async throws {
-        try await GatewayHarness.run { client, _, _ in
-            let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
-            let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
+        try await Self.withServers { client, database, redis in
             let store = FlashSaleStore(database: database), stock = FlashSaleStock(redis: redis)
             let id = TestEnvironment.unique("fs")
             _ = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)", Self.sale(stock: 300, limit: 1))
@@ -534,8 +525,6 @@ struct FlashSaleTests {
             // The member the dead gateway held a unit for may reserve again.
             #expect(try await Self.reserve(client, sale: id, token: lost.token).0 == .created)
             try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
-            await redis.close()
-            await database.close()
         }
     }
 }
