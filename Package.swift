@@ -102,7 +102,7 @@ let package = Package(
                           swiftSettings: swiftSettings),
 
         .testTarget(name: "UnitTests",
-                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "Gateway", "Loyalty", "Scheduler",
+                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "Gateway", "Loyalty", "Scheduler", "FlashSales",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto")],
                     swiftSettings: swiftSettings),

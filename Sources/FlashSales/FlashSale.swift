@@ -16,9 +16,12 @@ public struct FlashSale: Sendable, Equatable {
     public var paymentTimeoutSeconds: Int
     /// When set, only members carrying this tag may reserve.
     public var audienceTag: String?
+    /// How many Redis keys (stripes) hold the stock; 1 for all but very large sales (see
+    /// ``FlashSaleStock``). Fixed once the campaign exists.
+    public var stockSlots: Int
 
     public init(id: String, sku: String, title: String, price: Int64, stock: Int, perMemberLimit: Int, startAt: Date, endAt: Date,
-                paymentTimeoutSeconds: Int, audienceTag: String? = nil) {
+                paymentTimeoutSeconds: Int, audienceTag: String? = nil, stockSlots: Int = 1) {
         self.id = id
         self.sku = sku
         self.title = title
@@ -29,6 +32,7 @@ public struct FlashSale: Sendable, Equatable {
         self.endAt = endAt
         self.paymentTimeoutSeconds = paymentTimeoutSeconds
         self.audienceTag = audienceTag
+        self.stockSlots = stockSlots
     }
 
     /// Why a campaign was refused; the message names the field.
@@ -38,7 +42,7 @@ public struct FlashSale: Sendable, Equatable {
     }
 
     static let fields: Set<String> = ["sku", "title", "price", "stock", "perMemberLimit", "startAt", "endAt",
-                                      "paymentTimeoutSeconds", "audienceTag", "id"]
+                                      "paymentTimeoutSeconds", "audienceTag", "stockSlots", "id"]
 
     public static func isValidID(_ id: String) -> Bool {
         (1...64).contains(id.utf8.count) && id.utf8.allSatisfy {
@@ -76,11 +80,12 @@ public struct FlashSale: Sendable, Equatable {
         case .string(let tag)? where (1...64).contains(tag.count): audience = tag
         default: throw Problem("audienceTag must be a tag of 1-64 characters, or null")
         }
+        let slots = body["stockSlots"] == nil ? 1 : Int(try integer("stockSlots", 1...64))
         let sale = FlashSale(id: id, sku: try text("sku", 1...64), title: try text("title", 1...200),
                              price: try integer("price", 0...100_000_000_00), stock: Int(try integer("stock", 0...10_000_000)),
                              perMemberLimit: Int(try integer("perMemberLimit", 1...1000)), startAt: try time("startAt"),
                              endAt: try time("endAt"), paymentTimeoutSeconds: Int(try integer("paymentTimeoutSeconds", 1...86_400)),
-                             audienceTag: audience)
+                             audienceTag: audience, stockSlots: slots)
         guard sale.endAt > sale.startAt else { throw Problem("endAt must be after startAt") }
         return sale
     }
@@ -91,7 +96,7 @@ public struct FlashSale: Sendable, Equatable {
             "id": .string(id), "sku": .string(sku), "title": .string(title), "price": .integer(price), "stock": .integer(Int64(stock)),
             "perMemberLimit": .integer(Int64(perMemberLimit)), "startAt": .string(RFC3339.format(startAt)),
             "endAt": .string(RFC3339.format(endAt)), "paymentTimeoutSeconds": .integer(Int64(paymentTimeoutSeconds)),
-            "audienceTag": audienceTag.map(JSONValue.string) ?? .null,
+            "audienceTag": audienceTag.map(JSONValue.string) ?? .null, "stockSlots": .integer(Int64(stockSlots)),
         ]
     }
 }

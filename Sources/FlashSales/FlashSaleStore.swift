@@ -22,10 +22,10 @@ public struct FlashSaleStore: Sendable {
 
     static let columns = """
         id, sku, title, price, stock, per_member_limit, extract(epoch FROM start_at)::float8 AS start_at,
-        extract(epoch FROM end_at)::float8 AS end_at, payment_timeout_seconds, audience_tag
+        extract(epoch FROM end_at)::float8 AS end_at, payment_timeout_seconds, audience_tag, stock_slots
         """
 
-    public enum PutOutcome: Sendable, Equatable { case created, updated, stockBelowHeld(Int64) }
+    public enum PutOutcome: Sendable, Equatable { case created, updated, stockBelowHeld(Int64), slotsFixed(Int) }
 
     /// Creates or updates a campaign; refuses a stock below the units already reserved or paid.
     public func put(_ sale: FlashSale) async throws -> PutOutcome {
@@ -34,16 +34,22 @@ public struct FlashSaleStore: Sendable {
                 SELECT coalesce(sum(quantity), 0) AS held FROM flash_orders WHERE sale_id = $1 AND status IN ('reserved', 'paid')
                 """, [sale.id]).first?.int("held") ?? 0
             guard Int64(sale.stock) >= Int64(held) else { return .stockBelowHeld(Int64(held)) }
+            // Members' counters live on the stripe their id maps to: another count would strand them.
+            if let slots = try connection.query("SELECT stock_slots FROM flash_sales WHERE id = $1", [sale.id]).first?.int("stock_slots"),
+               slots != sale.stockSlots {
+                return .slotsFixed(slots)
+            }
             let rows = try connection.query("""
-                INSERT INTO flash_sales (id, sku, title, price, stock, per_member_limit, start_at, end_at, payment_timeout_seconds, audience_tag)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                INSERT INTO flash_sales (id, sku, title, price, stock, per_member_limit, start_at, end_at, payment_timeout_seconds, audience_tag,
+                                         stock_slots)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                 ON CONFLICT (id) DO UPDATE SET sku = excluded.sku, title = excluded.title, price = excluded.price,
                     stock = excluded.stock, per_member_limit = excluded.per_member_limit, start_at = excluded.start_at,
                     end_at = excluded.end_at, payment_timeout_seconds = excluded.payment_timeout_seconds,
                     audience_tag = excluded.audience_tag, updated_at = now()
                 RETURNING (xmax = 0) AS inserted
                 """, [sale.id, sale.sku, sale.title, sale.price, sale.stock, sale.perMemberLimit, sale.startAt, sale.endAt,
-                      sale.paymentTimeoutSeconds, sale.audienceTag])
+                      sale.paymentTimeoutSeconds, sale.audienceTag, sale.stockSlots])
             let due = max(Date(), sale.startAt.addingTimeInterval(-60))
             if sale.startAt > Date() {
                 try JobStore.enqueue([NewJob(kind: Self.loadJob, payload: ["saleId": .string(sale.id)], dueAt: due,
@@ -144,6 +150,8 @@ public struct FlashSaleStore: Sendable {
         public let sale: String
         public let member: Int64
         public let quantity: Int
+        /// The campaign's stripe count, which says where the member's units live in Redis.
+        public let stockSlots: Int
     }
 
     /// Expires the unpaid orders among `reservationIDs` (a paid one stays paid: the row's status
@@ -157,11 +165,12 @@ public struct FlashSaleStore: Sendable {
             WHERE reservation_id = ANY($1::text[]) AND status = 'reserved' AND pay_by <= now()
             """, [ids])
         return try await database.query("""
-            SELECT reservation_id, sale_id, member_id, quantity FROM flash_orders WHERE reservation_id = ANY($1::text[]) AND status = 'expired'
+            SELECT o.reservation_id, o.sale_id, o.member_id, o.quantity, s.stock_slots
+            FROM flash_orders o JOIN flash_sales s ON s.id = o.sale_id WHERE o.reservation_id = ANY($1::text[]) AND o.status = 'expired'
             """, [ids]).compactMap { row in
             guard let id = row.string("reservation_id"), let sale = row.string("sale_id"), let member = row.int("member_id"),
-                  let quantity = row.int("quantity") else { return nil }
-            return Expired(reservationID: id, sale: sale, member: Int64(member), quantity: quantity)
+                  let quantity = row.int("quantity"), let slots = row.int("stock_slots") else { return nil }
+            return Expired(reservationID: id, sale: sale, member: Int64(member), quantity: quantity, stockSlots: slots)
         }
     }
 
@@ -182,6 +191,7 @@ public struct FlashSaleStore: Sendable {
         public let member: Int64
         public let quantity: Int
         public let amount: Int64
+        public let stockSlots: Int
     }
 
     /// Records a payment, in one transaction with the order's row locked, so a payment and the
@@ -190,13 +200,14 @@ public struct FlashSaleStore: Sendable {
     public func pay(reservationID: String, amount: Int64, paidAt: Date, reference: String) async throws -> PaymentOutcome {
         try await database.transaction { connection in
             guard let row = try connection.query("""
-                SELECT sale_id, member_id, quantity, amount, status, extract(epoch FROM pay_by)::float8 AS pay_by
-                FROM flash_orders WHERE reservation_id = $1 FOR UPDATE
+                SELECT o.sale_id, o.member_id, o.quantity, o.amount, o.status, extract(epoch FROM o.pay_by)::float8 AS pay_by, s.stock_slots
+                FROM flash_orders o JOIN flash_sales s ON s.id = o.sale_id WHERE o.reservation_id = $1 FOR UPDATE OF o
                 """, [reservationID]).first,
                 let sale = row.string("sale_id"), let member = row.int("member_id"), let quantity = row.int("quantity"),
                 let expected = row.int("amount"), let status = row.string("status"),
-                let payBy = row.string("pay_by").flatMap(Double.init) else { return .unknownOrder }
-            let order = Order(reservationID: reservationID, sale: sale, member: Int64(member), quantity: quantity, amount: Int64(expected))
+                let payBy = row.string("pay_by").flatMap(Double.init), let slots = row.int("stock_slots") else { return .unknownOrder }
+            let order = Order(reservationID: reservationID, sale: sale, member: Int64(member), quantity: quantity, amount: Int64(expected),
+                              stockSlots: slots)
             guard Int64(expected) == amount else { return .amountMismatch(expected: Int64(expected)) }
             switch status {
             case "paid":
@@ -240,6 +251,7 @@ public struct FlashSaleStore: Sendable {
               let stock = row.int("stock"), let limit = row.int("per_member_limit"), let start = time("start_at"),
               let end = time("end_at"), let timeout = row.int("payment_timeout_seconds") else { return nil }
         return FlashSale(id: id, sku: sku, title: title, price: Int64(price), stock: stock, perMemberLimit: limit, startAt: start,
-                         endAt: end, paymentTimeoutSeconds: timeout, audienceTag: row.string("audience_tag"))
+                         endAt: end, paymentTimeoutSeconds: timeout, audienceTag: row.string("audience_tag"),
+                         stockSlots: row.int("stock_slots") ?? 1)
     }
 }

@@ -26,12 +26,12 @@ public struct Reconciler: Sendable {
 
     public func reconcile(_ id: String, repair: Bool) async throws -> Report {
         guard let sale = try await store.get(id), let books = try await store.inventory(id) else { throw Problem.unknownSale(id) }
-        let before = try await stock.inventory(sale: id)
+        let before = try await stock.inventory(sale: id, slots: sale.stockSlots)
         guard before != books, before == nil || repair else {
             return Report(postgres: books, redisBefore: before, redisAfter: before, repaired: false)
         }
         try await stock.restore(sale, books: books, orders: try await store.orders(sale: id))
         if sale.audienceTag != nil { _ = try await stock.load(sale, from: store) }
-        return Report(postgres: books, redisBefore: before, redisAfter: try await stock.inventory(sale: id), repaired: true)
+        return Report(postgres: books, redisBefore: before, redisAfter: try await stock.inventory(sale: id, slots: sale.stockSlots), repaired: true)
     }
 }

@@ -51,7 +51,7 @@ public struct OrdersPool: EnvelopeProcessor {
         }
         try await store.createOrders(reservations)
         for order in try await store.expire(expiring) {
-            if try await stock.release(sale: order.sale, member: order.member, reservationID: order.reservationID, quantity: order.quantity) {
+            if try await stock.release(sale: order.sale, slots: order.stockSlots, member: order.member, reservationID: order.reservationID, quantity: order.quantity) {
                 logger.info("reservation expired, units back in stock",
                             metadata: ["sale": "\(order.sale)", "reservation": "\(order.reservationID)", "quantity": "\(order.quantity)"])
             }

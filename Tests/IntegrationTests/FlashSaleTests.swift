@@ -34,9 +34,10 @@ struct FlashSaleTests {
     }
 
     static func sale(stock: Int, limit: Int, start: Date = Date().addingTimeInterval(-1), end: Date = Date().addingTimeInterval(3600),
-                     timeout: Int = 600, audience: String? = nil) -> String {
+                     timeout: Int = 600, audience: String? = nil, slots: Int? = nil) -> String {
         let tag = audience.map { #""\#($0)""# } ?? "null"
-        return #"{"sku":"SKU-1","title":"Lucky bag","price":9900,"stock":\#(stock),"perMemberLimit":\#(limit),"startAt":"\#(RFC3339.format(start))","endAt":"\#(RFC3339.format(end))","paymentTimeoutSeconds":\#(timeout),"audienceTag":\#(tag)}"#
+        let striped = slots.map { #","stockSlots":\#($0)"# } ?? ""
+        return #"{"sku":"SKU-1","title":"Lucky bag","price":9900,"stock":\#(stock),"perMemberLimit":\#(limit),"startAt":"\#(RFC3339.format(start))","endAt":"\#(RFC3339.format(end))","paymentTimeoutSeconds":\#(timeout),"audienceTag":\#(tag)\#(striped)}"#
     }
 
     static func reserve(_ client: any TestClientProtocol, sale: String, token: String, requestID: String = UUID().uuidString,
@@ -174,7 +175,7 @@ struct FlashSaleTests {
             (status, _) = try await Self.reserve(client, sale: id, token: b.token, quantity: 2)
             #expect(status == .created)
             let stock = FlashSaleStock(redis: redis)
-            #expect(try await stock.inventory(sale: id) == Inventory(initial: 5, remaining: 1, reserved: 4, paid: 0))
+            #expect(try await stock.inventory(sale: id, slots: 1) == Inventory(initial: 5, remaining: 1, reserved: 4, paid: 0))
 
             // The scheduler publishes each expiry at its pay-by time; the orders pool expires the order and returns its units.
             let (runner, broker) = try await Self.scheduler(database: database, kind: FlashSaleStore.expireJob)
@@ -183,11 +184,11 @@ struct FlashSaleTests {
                 return try await Self.count(database, "SELECT count(*) AS n FROM flash_orders WHERE sale_id = $1 AND status = 'expired'",
                                             [id]) == 3
             }
-            try await Self.waitFor("units back in Redis") { try await stock.inventory(sale: id)?.remaining == 5 }
-            #expect(try await stock.inventory(sale: id) == Inventory(initial: 5, remaining: 5, reserved: 0, paid: 0))
+            try await Self.waitFor("units back in Redis") { try await stock.inventory(sale: id, slots: 1)?.remaining == 5 }
+            #expect(try await stock.inventory(sale: id, slots: 1) == Inventory(initial: 5, remaining: 5, reserved: 0, paid: 0))
             // Releasing again (a redelivered expiry) returns nothing twice.
-            #expect(try await !stock.release(sale: id, member: a.id, reservationID: first, quantity: 1))
-            #expect(try await stock.inventory(sale: id)?.remaining == 5)
+            #expect(try await !stock.release(sale: id, slots: 1, member: a.id, reservationID: first, quantity: 1))
+            #expect(try await stock.inventory(sale: id, slots: 1)?.remaining == 5)
             // A's limit is free again.
             (status, _) = try await Self.reserve(client, sale: id, token: a.token, quantity: 2)
             #expect(status == .created)
@@ -347,7 +348,7 @@ struct FlashSaleTests {
             let statuses = Dictionary(uniqueKeysWithValues: orders.compactMap { row in row.string("reservation_id").map { ($0, row.string("status") ?? "") } })
             #expect(statuses == [reservations[0]: "paid", reservations[1]: "paid", reservations[2]: "reserved"])
             let stock = FlashSaleStock(redis: redis)
-            #expect(try await stock.inventory(sale: id) == Inventory(initial: 3, remaining: 0, reserved: 1, paid: 2))
+            #expect(try await stock.inventory(sale: id, slots: 1) == Inventory(initial: 3, remaining: 0, reserved: 1, paid: 2))
             #expect(try await FlashSaleStore(database: database).inventory(id) == Inventory(initial: 3, remaining: 0, reserved: 1, paid: 2))
 
             // Paid after its pay-by time (before the expiry job ran): flagged for refund, and the unit goes back.
@@ -357,7 +358,7 @@ struct FlashSaleTests {
             #expect(try await notify("wechatpay", wechat.body, wechat.headers).0 == .noContent)
             #expect(try await database.query("SELECT status FROM flash_orders WHERE reservation_id = $1", [lateReservation]).first?
                 .string("status") == "refund_required")
-            #expect(try await stock.inventory(sale: late) == Inventory(initial: 1, remaining: 1, reserved: 0, paid: 0))
+            #expect(try await stock.inventory(sale: late, slots: 1) == Inventory(initial: 1, remaining: 1, reserved: 0, paid: 0))
             #expect(try await FlashSaleStore(database: database).inventory(late) == Inventory(initial: 1, remaining: 1, reserved: 0, paid: 0))
 
             pool.cancel()
@@ -387,20 +388,20 @@ struct FlashSaleTests {
             guard case .paid(let paid) = try await store.pay(reservationID: reservations[0], amount: 9900, paidAt: Date(), reference: "t") else {
                 Issue.record("not paid"); return
             }
-            try await stock.markPaid(sale: id, reservationID: paid.reservationID, quantity: 1)
+            try await stock.markPaid(sale: id, slots: 1, member: paid.member, reservationID: paid.reservationID, quantity: 1)
             try await database.query("UPDATE flash_orders SET pay_by = now() - interval '1 second' WHERE reservation_id = $1", [reservations[2]])
             for order in try await store.expire([reservations[2]]) {
-                try await stock.release(sale: id, member: order.member, reservationID: order.reservationID, quantity: order.quantity)
+                try await stock.release(sale: id, slots: 1, member: order.member, reservationID: order.reservationID, quantity: order.quantity)
             }
             let books = Inventory(initial: 5, remaining: 3, reserved: 1, paid: 1)
             #expect(try await store.inventory(id) == books)
-            #expect(try await stock.inventory(sale: id) == books)
+            #expect(try await stock.inventory(sale: id, slots: 1) == books)
 
             // Redis loses everything it held for the sale.
             let keys = try await redis.connection.command(["KEYS", "fanflow:{fs:\(id)}:*"]).array?.compactMap(\.string) ?? []
             #expect(keys.count >= 5)
             _ = try await redis.connection.command(["DEL"] + keys)
-            #expect(try await stock.inventory(sale: id) == nil)
+            #expect(try await stock.inventory(sale: id, slots: 1) == nil)
 
             // The operator's command rebuilds it (and says the books agree).
             let binary = SchedulerProcessTests.binary.path
@@ -419,13 +420,13 @@ struct FlashSaleTests {
             } else {
                 #expect(try await Reconciler(store: store, stock: stock).reconcile(id, repair: false).agree)
             }
-            #expect(try await stock.inventory(sale: id) == books)
+            #expect(try await stock.inventory(sale: id, slots: 1) == books)
             // A redelivered expiry or a retried payment still changes nothing, and limits still hold.
-            #expect(try await !stock.release(sale: id, member: members[2].id, reservationID: reservations[2], quantity: 1))
-            #expect(try await !stock.markPaid(sale: id, reservationID: reservations[0], quantity: 1))
-            #expect(try await stock.reserve(sale: id, member: members[1].id, quantity: 1, requestID: "after-loss-1", ratePerSecond: 0)
+            #expect(try await !stock.release(sale: id, slots: 1, member: members[2].id, reservationID: reservations[2], quantity: 1))
+            #expect(try await !stock.markPaid(sale: id, slots: 1, member: members[0].id, reservationID: reservations[0], quantity: 1))
+            #expect(try await stock.reserve(sale: id, slots: 1, member: members[1].id, quantity: 1, requestID: "after-loss-1", ratePerSecond: 0)
                 == .refused(.limitReached))
-            #expect(try await stock.inventory(sale: id) == books)
+            #expect(try await stock.inventory(sale: id, slots: 1) == books)
             // Agreeing books need no repair.
             #expect(try await Reconciler(store: store, stock: stock).reconcile(id, repair: false).repaired == false)
             try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
@@ -455,12 +456,12 @@ struct FlashSaleTests {
             let (runner, broker) = try await Self.scheduler(database: database, kind: FlashSaleStore.loadJob)
             try await Self.waitFor("the campaign back in Redis") {
                 try await runner.runOnce()
-                return try await stock.inventory(sale: id) != nil
+                return try await stock.inventory(sale: id, slots: 1) != nil
             }
-            #expect(try await stock.inventory(sale: id) == Inventory(initial: 7, remaining: 7, reserved: 0, paid: 0))
+            #expect(try await stock.inventory(sale: id, slots: 1) == Inventory(initial: 7, remaining: 7, reserved: 0, paid: 0))
             #expect(try await redis.connection.command(["SISMEMBER", "fanflow:{fs:\(id)}:audience", String(member.id)]).int == 1)
             // The tagged member may reserve once it opens.
-            #expect(try await stock.reserve(sale: id, member: member.id, quantity: 1, requestID: "before-open", ratePerSecond: 0)
+            #expect(try await stock.reserve(sale: id, slots: 1, member: member.id, quantity: 1, requestID: "before-open", ratePerSecond: 0)
                 == .refused(.notStarted))
             // On demand, through the admin API.
             _ = try await redis.connection.command(["DEL", "fanflow:{fs:\(id)}:sale"])
@@ -513,18 +514,116 @@ struct FlashSaleTests {
 
             // A gateway that died between the Lua call and the publish: Redis holds a unit no order has.
             let lost = try #require(members.last)
-            guard case .reserved(_, .new) = try await stock.reserve(sale: id, member: lost.id, quantity: 1, requestID: "died-here",
+            guard case .reserved(_, .new) = try await stock.reserve(sale: id, slots: 1, member: lost.id, quantity: 1, requestID: "died-here",
                                                                  ratePerSecond: 0) else { Issue.record("not reserved"); return }
-            #expect(try await stock.inventory(sale: id) == Inventory(initial: 300, remaining: 99, reserved: 201, paid: 0))
+            #expect(try await stock.inventory(sale: id, slots: 1) == Inventory(initial: 300, remaining: 99, reserved: 201, paid: 0))
             let reconciler = Reconciler(store: store, stock: stock)
             let report = try await reconciler.reconcile(id, repair: false)
             #expect((report.repaired, report.agree) == (false, false))
             let repaired = try await reconciler.reconcile(id, repair: true)
             #expect((repaired.repaired, repaired.agree) == (true, true))
-            #expect(try await stock.inventory(sale: id) == Inventory(initial: 300, remaining: 100, reserved: 200, paid: 0))
+            #expect(try await stock.inventory(sale: id, slots: 1) == Inventory(initial: 300, remaining: 100, reserved: 200, paid: 0))
             // The member the dead gateway held a unit for may reserve again.
             #expect(try await Self.reserve(client, sale: id, token: lost.token).0 == .created)
             try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
         }
     }
+
+    @Test("striped stock: 100 units over 8 stripes, 2,000 members three times each: exactly 100, one per member; dry stripes borrow; stock changes, expiry and a lost stripe keep the sums")
+    func stripedStock() async throws {
+        try await Self.withServers { client, database, redis in
+            let store = FlashSaleStore(database: database), stock = FlashSaleStock(redis: redis)
+            let id = TestEnvironment.unique("fs")
+            var (status, json) = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)",
+                                                                 Self.sale(stock: 100, limit: 1, slots: 8))
+            #expect(status == .created)
+            #expect(json["stockSlots"] as? Int == 8)
+            #expect(try await stock.stripeInventories(id, slots: 8).map { $0?.remaining } == [13, 13, 13, 13, 12, 12, 12, 12])
+            let members = try await Self.members(2000, database: database)
+            let outcomes = try await withThrowingTaskGroup(of: (Int64, HTTPResponse.Status, String?).self) { group in
+                for member in members {
+                    for _ in 0..<3 {
+                        group.addTask {
+                            let (status, json) = try await Self.reserve(client, sale: id, token: member.token)
+                            return (member.id, status, status == .created ? json["reservationId"] as? String : Self.code(json))
+                        }
+                    }
+                }
+                var all: [(Int64, HTTPResponse.Status, String?)] = []
+                for try await outcome in group { all.append(outcome) }
+                return all
+            }
+            let won = outcomes.filter { $0.1 == .created }
+            #expect(won.count == 100)
+            #expect(Set(won.map(\.0)).count == 100, "a member got more than the limit")
+            #expect(Set(outcomes.filter { $0.1 != .created }.compactMap(\.2)).isSubset(of: ["sold_out", "limit_reached"]))
+            #expect(try await stock.inventory(sale: id, slots: 8) == Inventory(initial: 100, remaining: 0, reserved: 100, paid: 0))
+            #expect(try await stock.stripeInventories(id, slots: 8).allSatisfy { $0.map { $0.balances && $0.remaining >= 0 } == true })
+
+            // Members of one stripe only: they sell out the whole stock by borrowing from the other stripes.
+            let narrow = TestEnvironment.unique("fs")
+            (status, _) = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(narrow)",
+                                                          Self.sale(stock: 40, limit: 1, slots: 4))
+            #expect(status == .created)
+            let homed = members.filter { FlashSaleStock.home(narrow, slots: 4, member: $0.id).index == 0 }.prefix(60)
+            #expect(homed.count == 60)
+            let narrowWins = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for member in homed { group.addTask { try await Self.reserve(client, sale: narrow, token: member.token).0 == .created } }
+                var wins = 0
+                for try await won in group where won { wins += 1 }
+                return wins
+            }
+            #expect(narrowWins == 40)
+            #expect(try await stock.inventory(sale: narrow, slots: 4) == Inventory(initial: 40, remaining: 0, reserved: 40, paid: 0))
+
+            // More stock spreads over the stripes; less than is held is refused; the stripe count is fixed.
+            (status, json) = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)", Self.sale(stock: 108, limit: 1, slots: 8))
+            #expect(status == .ok)
+            #expect(try await stock.inventory(sale: id, slots: 8) == Inventory(initial: 108, remaining: 8, reserved: 100, paid: 0))
+            (status, json) = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)", Self.sale(stock: 104, limit: 1, slots: 8))
+            #expect(status == .ok)
+            #expect(try await stock.inventory(sale: id, slots: 8)?.remaining == 4)
+            (status, json) = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)", Self.sale(stock: 104, limit: 1, slots: 4))
+            #expect((status, Self.code(json)) == (.conflict, "stock_slots_fixed"))
+
+            // The orders pool writes every order; an expiry returns its unit to the member's stripe.
+            let pool = try Self.ordersPool(database: database, redis: redis)
+            try await Self.waitFor("140 orders") {
+                try await Self.count(database, "SELECT count(*) AS n FROM flash_orders WHERE sale_id IN ($1, $2)", [id, narrow]) >= 140
+            }
+            pool.cancel()
+            _ = await pool.result
+            let expiring = try #require(won.first)
+            let expiringID = try #require(expiring.2)
+            try await database.query("UPDATE flash_orders SET pay_by = now() - interval '1 second' WHERE reservation_id = $1", [expiringID])
+            for order in try await store.expire([expiringID]) {
+                #expect(order.stockSlots == 8)
+                #expect(try await stock.release(sale: id, slots: 8, member: order.member, reservationID: order.reservationID, quantity: 1))
+            }
+            let books = Inventory(initial: 104, remaining: 5, reserved: 99, paid: 0)
+            #expect(try await store.inventory(id) == books)
+            #expect(try await stock.inventory(sale: id, slots: 8) == books)
+
+            // Redis loses one stripe: the campaign reads as lost, and reconcile rebuilds every stripe from the orders.
+            _ = try await redis.connection.command(["DEL", FlashSaleStock.stripes(id, slots: 8)[3].key("sale")])
+            #expect(try await stock.inventory(sale: id, slots: 8) == nil)
+            let report = try await Reconciler(store: store, stock: stock).reconcile(id, repair: false)
+            #expect((report.repaired, report.agree) == (true, true))
+            #expect(try await stock.inventory(sale: id, slots: 8) == books)
+            // Limits still hold on every stripe after the rebuild, and the free units can still be had.
+            for (member, _, _) in won.prefix(10) where member != expiring.0 {
+                #expect(try await stock.reserve(sale: id, slots: 8, member: member, quantity: 1, requestID: UUID().uuidString, ratePerSecond: 0)
+                    == .refused(.limitReached))
+            }
+            let fresh = try await Self.members(6, database: database)
+            var reserved = 0
+            for member in fresh {
+                if case .reserved(_, .new) = try await stock.reserve(sale: id, slots: 8, member: member.id, quantity: 1,
+                                                                     requestID: UUID().uuidString, ratePerSecond: 0) { reserved += 1 }
+            }
+            #expect(reserved == 5)
+            try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' IN ($1, $2)", [id, narrow])
+        }
+    }
+
 }

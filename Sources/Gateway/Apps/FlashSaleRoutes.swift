@@ -24,8 +24,13 @@ extension Gateway {
                 throw GatewayError.badRequest("invalid_flash_sale", "\(error)")
             }
             let outcome = try await stored { try await store.put(sale) }
-            if case .stockBelowHeld(let held) = outcome {
+            switch outcome {
+            case .stockBelowHeld(let held):
                 throw GatewayError(.conflict, "stock_below_held", "\(held) units are already reserved or paid; stock cannot be less")
+            case .slotsFixed(let slots):
+                throw GatewayError(.conflict, "stock_slots_fixed", "stockSlots is \(slots) and cannot change once the campaign exists")
+            case .created, .updated:
+                break
             }
             try await loadStock(sale, store: store, stock: stock)
             return Response.json(try await flashSaleView(sale, store: store, stock: stock), status: outcome == .created ? .created : .ok)
@@ -62,7 +67,7 @@ extension Gateway {
     func flashSaleView(_ sale: FlashSale, store: FlashSaleStore, stock: FlashSaleStock) async throws(GatewayError) -> [String: JSONValue] {
         var view = sale.json
         let books = try await stored { try await store.inventory(sale.id) }
-        let live = try? await stock.inventory(sale: sale.id)
+        let live = try? await stock.inventory(sale: sale.id, slots: sale.stockSlots)
         view["inventory"] = .object(["postgres": books?.json ?? .null, "redis": live?.json ?? .null])
         return view
     }
@@ -95,7 +100,7 @@ extension Gateway {
             }
             let answer: FlashSaleStock.Answer
             do {
-                answer = try await stock.reserve(sale: sale.id, member: member, quantity: Int(quantity), requestID: requestID,
+                answer = try await stock.reserve(sale: sale.id, slots: sale.stockSlots, member: member, quantity: Int(quantity), requestID: requestID,
                                                  ratePerSecond: configuration.flashSaleRatePerMember)
             } catch {
                 throw GatewayError.unavailable("redis_unavailable", "the reservation could not be decided: \(error)")
@@ -112,11 +117,11 @@ extension Gateway {
                                                             quantity: reservation.quantity, amount: sale.price * Int64(reservation.quantity),
                                                             payBy: reservation.payBy)
                 if await publishConfirmed(event.envelope(requestID: requestID)) {
-                    try? await stock.confirm(sale: sale.id, member: member, requestID: requestID, reservation)
+                    try? await stock.confirm(sale: sale.id, slots: sale.stockSlots, member: member, requestID: requestID, reservation)
                     return Self.reservationResponse(reservation, sale: sale)
                 }
                 // Never a reservation without an order: the unit goes back before the member hears.
-                do { try await stock.rollback(sale: sale.id, member: member, requestID: requestID, reservation) } catch {
+                do { try await stock.rollback(sale: sale.id, slots: sale.stockSlots, member: member, requestID: requestID, reservation) } catch {
                     logger.error("a reservation whose publish failed could not be rolled back; reconcile the sale",
                                  metadata: ["sale": "\(sale.id)", "reservation": "\(reservation.id)", "error": "\(error)"])
                 }

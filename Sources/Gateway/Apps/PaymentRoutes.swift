@@ -122,13 +122,13 @@ extension Gateway {
         do {
             switch outcome {
             case .paid(let order):
-                try await stock.markPaid(sale: order.sale, reservationID: order.reservationID, quantity: order.quantity)
+                try await stock.markPaid(sale: order.sale, slots: order.stockSlots, member: order.member, reservationID: order.reservationID, quantity: order.quantity)
                 return .settled
             case .refundRequired(let order, let release):
                 logger.warning("payment after the reservation's pay-by time: flagged for refund",
                                metadata: ["reservation": "\(order.reservationID)", "reference": "\(reference)"])
                 if release {
-                    try await stock.release(sale: order.sale, member: order.member, reservationID: order.reservationID, quantity: order.quantity)
+                    try await stock.release(sale: order.sale, slots: order.stockSlots, member: order.member, reservationID: order.reservationID, quantity: order.quantity)
                 }
                 return .settled
             case .unknownOrder:
