@@ -66,7 +66,7 @@ enum EnvelopeWriter {
         out.append(UInt8(ascii: "}"))
     }
 
-    private static func value(_ value: JSONValue, _ out: inout [UInt8]) {
+    static func value(_ value: JSONValue, _ out: inout [UInt8]) {
         switch value {
         case .string(let text): string(text, &out)
         case .integer(let number): out += Array(String(number).utf8)
@@ -89,5 +89,16 @@ enum EnvelopeWriter {
         guard number.isFinite else { return "null" }
         if number == number.rounded(), abs(number) < 1e15 { return String(Int64(number)) }
         return "\(number)"
+    }
+}
+
+extension JSONValue {
+    /// The value's JSON as `JSONEncoder` writes it with sorted keys and unescaped slashes, without
+    /// its generic machinery: API answers are written on every request's path.
+    public var jsonBytes: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(256)
+        EnvelopeWriter.value(self, &out)
+        return out
     }
 }

@@ -176,6 +176,13 @@ public struct FlashSaleStock: Sendable {
         return n
         """)
 
+    /// KEYS: the drained mark. ARGV: "check", or "set" and its TTL (ms). Scripts, not plain
+    /// commands, so these ride the coalesced pipelines with the reservations.
+    static let drainedScript = RedisScript("""
+        if ARGV[1] == 'set' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[2]) return 1 end
+        return redis.call('EXISTS', KEYS[1])
+        """)
+
     /// KEYS: a stripe. ARGV: units lent to it. 0 when the stripe is gone (Redis lost it).
     static let creditScript = RedisScript("""
         if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -284,7 +291,7 @@ public struct FlashSaleStock: Sendable {
     public func reserve(sale: String, slots: Int, member: Int64, quantity: Int, requestID: String, now: Date = Date(),
                         ratePerSecond: Int) async throws -> Answer {
         // 32 characters of [0-9a-f]: what WeChat Pay's out_trade_no and Alipay's allow.
-        let reservationID = UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        let reservationID = Self.hexID()
         let stripe = Self.home(sale, slots: slots, member: member)
         func attempt(rate: Int) async throws -> Answer {
             try await reserve(on: stripe, sale: sale, member: member, quantity: quantity, requestID: requestID, reservationID: reservationID,
@@ -297,6 +304,22 @@ public struct FlashSaleStock: Sendable {
             answer = try await attempt(rate: 0)  // the attempt was counted once already
         }
         return answer
+    }
+
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
+    /// A random UUID as 32 lowercase hex digits.
+    static func hexID() -> String {
+        let uuid = UUID().uuid
+        var out: [UInt8] = []
+        out.reserveCapacity(32)
+        withUnsafeBytes(of: uuid) { raw in
+            for byte in raw {
+                out.append(hexDigits[Int(byte >> 4)])
+                out.append(hexDigits[Int(byte & 0x0F)])
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     func reserve(on stripe: Stripe, sale: String, member: Int64, quantity: Int, requestID: String, reservationID: String, now: Date,
@@ -328,7 +351,7 @@ public struct FlashSaleStock: Sendable {
     /// units in transit from Redis (stock undersold, never oversold) until `reconcile --repair`.
     /// False when every stripe is empty.
     func borrow(into home: Stripe, sale: String, slots: Int, quantity: Int) async throws -> Bool {
-        if try await redis.connection.command(["EXISTS", Self.drainedKey(sale)]).int == 1 { return false }
+        if try await evaluate(Self.drainedScript, keys: [Self.drainedKey(sale)], arguments: ["check"]).int == 1 { return false }
         let stripes = Self.stripes(sale, slots: slots)
         var moved: Int64 = 0
         for step in 1..<stripes.count where moved < Int64(quantity) {
@@ -342,7 +365,7 @@ public struct FlashSaleStock: Sendable {
             moved += lent
         }
         if moved == 0 {
-            _ = try await redis.connection.command(["SET", Self.drainedKey(sale), "1", "PX", String(Self.drainedMilliseconds)])
+            _ = try await evaluate(Self.drainedScript, keys: [Self.drainedKey(sale)], arguments: ["set", String(Self.drainedMilliseconds)])
         }
         return moved > 0
     }

@@ -1,5 +1,6 @@
 @preconcurrency import Crypto
 @preconcurrency import _CryptoExtras
+import Contracts
 import Foundation
 @testable import Gateway
 import Testing
@@ -112,5 +113,28 @@ struct GatewayCryptoTests {
         let wrong = try SecretBox(base64Key: Data(repeating: 7, count: 32).base64EncodedString())
         #expect(throws: SecretBox.Failure.self) { try wrong.open(sealed) }
         #expect(throws: SecretBox.Failure.self) { try SecretBox(base64Key: nil).open(sealed) }
+    }
+}
+
+@Suite("Hand-written encoders")
+struct HandWrittenEncoderTests {
+    @Test("base64url by hand matches Foundation's base64 with the URL alphabet and no padding, for every length mod 3")
+    func base64URL() {
+        var generator = SystemRandomNumberGenerator()
+        for length in 0..<40 {
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let foundation = Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+                .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+            #expect(MemberTokens.base64URL(bytes) == foundation, "\(bytes)")
+        }
+    }
+
+    @Test("JSONValue's bytes are JSONEncoder's with sorted keys and unescaped slashes")
+    func jsonBytes() throws {
+        let value: JSONValue = .object(["z": .string("a/b \"q\" \n\u{1}é"), "a": .array([.integer(-3), .number(1.5), .bool(true), .null]),
+                                        "m": .object(["y": .number(2), "b": .string("")])])
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        #expect(value.jsonBytes == Array(try encoder.encode(value)))
     }
 }

@@ -1,3 +1,4 @@
+import Contracts
 import Foundation
 import Hummingbird
 
@@ -17,8 +18,7 @@ public struct GatewayError: HTTPResponseError, Sendable, CustomStringConvertible
     public var description: String { "\(status.code) \(code): \(message)" }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        let body: [String: [String: String]] = ["error": ["code": code, "message": message]]
-        let bytes = (try? JSONEncoder().encode(body)) ?? Data()
+        let bytes = JSONValue.object(["error": .object(["code": .string(code), "message": .string(message)])]).jsonBytes
         var response = Response(status: status, headers: [.contentType: "application/json"],
                                 body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
         if status == .serviceUnavailable { response.headers[.retryAfter] = "1" }
@@ -55,6 +55,11 @@ extension Request {
 extension Response {
     static func text(_ text: String, status: HTTPResponse.Status = .ok, contentType: String = "text/plain; charset=utf-8") -> Response {
         Response(status: status, headers: [.contentType: contentType], body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    static func json(_ value: [String: JSONValue], status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"],
+                 body: .init(byteBuffer: ByteBuffer(bytes: JSONValue.object(value).jsonBytes)))
     }
 
     static func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) -> Response {
