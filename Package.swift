@@ -23,6 +23,9 @@ let package = Package(
         // Already in the graph through Hummingbird; named for HTTPField.Name and SocketAddress.
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        // The push pool's calls to the platforms' message APIs, and its templates.
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/hummingbird-project/swift-mustache", from: "2.1.1"),
     ],
     targets: [
         // C libraries, seen through system-library targets. Only the three client modules import them.
@@ -55,6 +58,21 @@ let package = Package(
         .target(name: "Storage",
                 dependencies: ["PostgresClient", .product(name: "Logging", package: "swift-log")],
                 resources: [.copy("Migrations")],
+                swiftSettings: swiftSettings),
+
+        // Pushes: templates (Mustache), triggers, the platforms' message APIs and their shared access
+        // tokens, pace and quota.
+        .target(name: "Pushes",
+                dependencies: ["Contracts", "PostgresClient", "RedisClient",
+                               .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "Mustache", package: "swift-mustache"),
+                               .product(name: "Logging", package: "swift-log")],
+                swiftSettings: swiftSettings),
+        // A stand-in for WeChat's message APIs (token, stable token, template and custom messages) with
+        // their real request and answer shapes and faults on demand: for tests, demos and benches.
+        .target(name: "FakePlatform",
+                dependencies: [.product(name: "Hummingbird", package: "hummingbird")],
                 swiftSettings: swiftSettings),
 
         // Process plumbing shared by gateway, workers and scheduler.
@@ -91,7 +109,7 @@ let package = Package(
 
         .executableTarget(name: "fanflow",
                           dependencies: ["Contracts", "Runtime", "Gateway", "Workers", "Scheduler", "Storage", "Loyalty", "FlashSales",
-                                         "AMQPClient", "PostgresClient", "RedisClient",
+                                         "Pushes", "FakePlatform", "AMQPClient", "PostgresClient", "RedisClient",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log"),
                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
@@ -108,7 +126,7 @@ let package = Package(
                     swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
                     dependencies: ["Contracts", "Runtime", "Workers", "Gateway", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
-                                   "RedisClient",
+                                   "RedisClient", "Pushes", "FakePlatform",
                                    "PostgresClient", "Storage",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto"),
