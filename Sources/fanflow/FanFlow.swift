@@ -22,7 +22,7 @@ struct FanFlow: AsyncParsableCommand {
         discussion: "Configuration comes from the environment:\n"
             + FanFlowConfiguration.variables.map { "  \($0.name)\n      \($0.meaning)" }.joined(separator: "\n"),
         subcommands: [GatewayCommand.self, WorkerCommand.self, SchedulerCommand.self, JobsCommand.self, MigrateCommand.self,
-                       RebuildCountersCommand.self, ReconcileCommand.self])
+                       RebuildCountersCommand.self, ReconcileCommand.self, FakePlatformCommand.self])
 }
 
 /// Loads the configuration for a role, or stops the process naming every bad variable.
