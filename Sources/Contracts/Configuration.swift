@@ -35,6 +35,11 @@ public struct FanFlowConfiguration: Sendable, Equatable {
     public var flashSaleRatePerIP: Int = 0
     /// Scheduler: port of its `/metrics` and `/health` (0: none), on ``httpHost``.
     public var schedulerPort: Int = 8090
+    /// Push pool: where WeChat's APIs are (a fake platform's address in tests and demos).
+    public var wechatAPIBase: String = "https://api.weixin.qq.com"
+    /// Push pool: messages per second per app (0: unlimited) and per app and day (WeChat's template quota).
+    public var pushRatePerApp: Int = 50
+    public var pushDailyQuota: Int = 100_000
 
     /// Which process is starting: each needs a different set of variables.
     public enum Role: Sendable { case gateway, worker, scheduler, tool }
@@ -56,6 +61,9 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         ("FANFLOW_FLASHSALE_RATE_PER_MEMBER", "gateway: flash-sale reservation attempts per second per member, 0 = unlimited (default 5)"),
         ("FANFLOW_FLASHSALE_RATE_PER_IP", "gateway: flash-sale reservation attempts per second per client IP, 0 = none (default 0)"),
         ("FANFLOW_SCHEDULER_PORT", "scheduler: port of /metrics and /health on FANFLOW_HTTP_HOST, 0 = none (default 8090)"),
+        ("FANFLOW_WECHAT_API_BASE", "push pool: base URL of WeChat's APIs (default https://api.weixin.qq.com)"),
+        ("FANFLOW_PUSH_RATE_PER_APP", "push pool: messages per second per app, 0 = unlimited (default 50)"),
+        ("FANFLOW_PUSH_DAILY_QUOTA", "push pool: messages per app and Beijing day before deferring (default 100000)"),
     ]
 
     public init(amqpURL: String, redisURL: String, databaseURL: String, httpHost: String = "127.0.0.1",
@@ -144,6 +152,12 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         let schedulerPort = integer("FANFLOW_SCHEDULER_PORT", default: 8090, range: 0...65535)
         let flashPerMember = integer("FANFLOW_FLASHSALE_RATE_PER_MEMBER", default: 5, range: 0...1_000_000)
         let flashPerIP = integer("FANFLOW_FLASHSALE_RATE_PER_IP", default: 0, range: 0...10_000_000)
+        let pushRate = integer("FANFLOW_PUSH_RATE_PER_APP", default: 50, range: 0...100_000)
+        let pushQuota = integer("FANFLOW_PUSH_DAILY_QUOTA", default: 100_000, range: 1...100_000_000)
+        let wechatBase = value("FANFLOW_WECHAT_API_BASE") ?? "https://api.weixin.qq.com"
+        if !(wechatBase.hasPrefix("http://") || wechatBase.hasPrefix("https://")) {
+            problems.append(ConfigurationError(variable: "FANFLOW_WECHAT_API_BASE", problem: "expected an http(s) URL, got \(wechatBase)"))
+        }
 
         guard problems.isEmpty, let zone else { throw ConfigurationErrors(problems: problems) }
         var configuration = FanFlowConfiguration(amqpURL: amqp, redisURL: redis, databaseURL: database, httpHost: host,
@@ -156,6 +170,9 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         configuration.schedulerPort = schedulerPort
         configuration.flashSaleRatePerMember = flashPerMember
         configuration.flashSaleRatePerIP = flashPerIP
+        configuration.pushRatePerApp = pushRate
+        configuration.pushDailyQuota = pushQuota
+        configuration.wechatAPIBase = wechatBase
         return configuration
     }
 

@@ -18,7 +18,7 @@ public enum PoolName: String, Sendable, CaseIterable {
 
     /// Pools whose handlers exist in this build. The others are named so that asking for one gives a
     /// clear refusal instead of a consumer that would take messages it cannot process.
-    public static let available: [PoolName] = [.behavior, .points, .orders]
+    public static let available: [PoolName] = [.behavior, .points, .orders, .push]
 }
 
 /// `name=count`, as given on the command line.

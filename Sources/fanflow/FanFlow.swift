@@ -4,9 +4,11 @@ import Contracts
 import FlashSales
 import Foundation
 import Gateway
+import AsyncHTTPClient
 import Logging
 import Loyalty
 import PostgresClient
+import Pushes
 import RedisClient
 import Runtime
 import Scheduler
@@ -115,7 +117,11 @@ struct WorkerCommand: AsyncParsableCommand {
                 closers.append({ await redis.close() })
                 handler = EnvelopeBatchHandler(OrdersPool(store: FlashSaleStore(database: database), stock: FlashSaleStock(redis: redis),
                                                           logger: logger), logger: logger)
-            case .push: throw ValidationError("pool \(spec.name.rawValue) is not part of this build yet")
+            case .push:
+                let redis = try await RedisPool(url: configuration.redisURL, size: 2)
+                closers.append({ await redis.close() })
+                handler = EnvelopeBatchHandler(try pushPool(configuration: configuration, database: database, redis: redis, logger: logger),
+                                               logger: logger)
             }
             for _ in 0..<spec.consumers {
                 services.append(ConsumerService(amqp: amqp, queue: spec.name.queue, prefetch: prefetch,
@@ -177,7 +183,8 @@ struct SchedulerCommand: AsyncParsableCommand {
         let handlers = LoyaltyJobs.handlers(ledger: ledger, rules: rules)
             .merging(MaintenanceJobs.handlers(store: store)) { first, _ in first }
             .merging([FlashSaleStore.expireJob: PublishJobHandler(broker: broker),
-                      FlashSaleStore.loadJob: PublishJobHandler(broker: broker)]) { first, _ in first }
+                      FlashSaleStore.loadJob: PublishJobHandler(broker: broker),
+                      PushPool.retryJob: PublishJobHandler(broker: broker)]) { first, _ in first }
         let runner = JobRunner(store: store, handlers: handlers, configuration: runnerConfiguration, metrics: metrics, logger: logger)
         var services: [any Service] = [
             LeaderElection(databaseURL: configuration.databaseURL, logger: logger) { periodic.setLeading($0) }, periodic, runner,
@@ -369,4 +376,18 @@ struct ReconcileCommand: AsyncParsableCommand {
             if !report.agree { throw ExitCode(1) }
         }
     }
+}
+
+/// The push pool as `fanflow worker --pool push=N` runs it: WeChat's API (or the fake) through
+/// AsyncHTTPClient, app secrets from the registered apps, tokens shared through Redis.
+func pushPool(configuration: FanFlowConfiguration, database: PostgresPool, redis: RedisPool, logger: Logger) throws -> PushPool {
+    let apps = AppRegistry(database: database, box: try SecretBox(base64Key: configuration.secretKey), logger: logger)
+    let client = WeChatClient(http: HTTPClient.shared, base: configuration.wechatAPIBase)
+    let broker = AccessTokenBroker(redis: redis, client: client, secrets: { app in
+        guard case .wechat(let credentials)? = try await apps.fetch(.wechat, app)?.credentials else { return nil }
+        return credentials.appSecret
+    }, logger: logger)
+    return PushPool(store: PushStore(database: database), sender: PushSender(client: client, broker: broker),
+                    pace: PushPace(redis: redis, ratePerSecond: configuration.pushRatePerApp, dailyQuota: configuration.pushDailyQuota),
+                    jobs: JobStore(database: database), logger: logger)
 }

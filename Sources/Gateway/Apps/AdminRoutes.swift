@@ -9,6 +9,7 @@ extension Gateway {
         addCatalogAdminRoutes(admin)
         addSchedulerAdminRoutes(admin)
         addFlashSaleAdminRoutes(admin)
+        addPushAdminRoutes(admin)
         admin.get("/apps") { request, _ in
             let platform = try request.uri.queryParameters["platform"].map { text throws(GatewayError) in
                 try appPlatform(String(text))

@@ -1,0 +1,91 @@
+import Contracts
+import Foundation
+import Hummingbird
+import Pushes
+
+/// `/admin/v1/templates/{code}` (message templates, checked when saved), `/admin/v1/push-triggers`
+/// (which event sends which template) and `/admin/v1/pushes` (every push and what became of it).
+extension Gateway {
+    func addPushAdminRoutes(_ admin: RouterGroup<GatewayRequestContext>) {
+        let store = PushStore(database: database)
+
+        admin.put("/templates/:code") { request, context in
+            let body = try await request.collectBody(upTo: 64 * 1024)
+            let template: PushTemplate
+            do { template = try PushTemplate.parse(code: context.parameters.get("code") ?? "", json: body) } catch {
+                throw GatewayError.badRequest("invalid_template", "\(error)")
+            }
+            let outcome = try await stored { try await store.put(template) }
+            return Response.json(template.json, status: outcome == .created ? .created : .ok)
+        }
+        admin.get("/templates/:code") { _, context in
+            let code = context.parameters.get("code") ?? ""
+            guard let template = try await stored({ try await store.template(code) }) else { throw Self.unknownTemplate(code) }
+            return Response.json(template.json)
+        }
+        admin.delete("/templates/:code") { _, context in
+            let code = context.parameters.get("code") ?? ""
+            switch try await stored({ try await store.deleteTemplate(code) }) {
+            case .deleted: return Response(status: .noContent)
+            case .notFound: throw Self.unknownTemplate(code)
+            case .inUse(let triggers):
+                throw GatewayError(.conflict, "template_in_use", "triggers \(triggers.joined(separator: ", ")) send this template")
+            }
+        }
+
+        admin.put("/push-triggers/:code") { request, context in
+            let body = try await request.collectBody(upTo: 16 * 1024)
+            let trigger: PushTrigger
+            do { trigger = try PushTrigger.parse(code: context.parameters.get("code") ?? "", json: body) } catch {
+                throw GatewayError.badRequest("invalid_trigger", "\(error)")
+            }
+            switch try await stored({ try await store.put(trigger) }) {
+            case .unknownTemplate: throw GatewayError(.conflict, "unknown_template", "no template \(trigger.template): save it first")
+            case .created: return Response.json(trigger.json, status: .created)
+            case .updated: return Response.json(trigger.json)
+            }
+        }
+        admin.get("/push-triggers") { _, _ in
+            let triggers = try await stored { try await store.triggers() }
+            return Response.json(["triggers": .array(triggers.map { .object($0.json) })] as [String: JSONValue])
+        }
+        admin.get("/push-triggers/:code") { _, context in
+            let code = context.parameters.get("code") ?? ""
+            guard let trigger = try await stored({ try await store.trigger(code) }) else {
+                throw GatewayError(.notFound, "unknown_trigger", "no push trigger \(code)")
+            }
+            return Response.json(trigger.json)
+        }
+        admin.delete("/push-triggers/:code") { _, context in
+            let code = context.parameters.get("code") ?? ""
+            guard try await stored({ try await store.deleteTrigger(code) }) else {
+                throw GatewayError(.notFound, "unknown_trigger", "no push trigger \(code)")
+            }
+            return Response(status: .noContent)
+        }
+
+        admin.get("/pushes") { request, _ in
+            let query = request.uri.queryParameters
+            let member = try Self.integerParameter(query["member"].map(String.init), name: "member", range: 1...Int.max)
+            let status = query["status"].map(String.init).flatMap { $0.isEmpty ? nil : $0 }
+            if let status, !Self.pushStatuses.contains(status) {
+                throw GatewayError.badRequest("invalid_status", "status must be one of \(Self.pushStatuses.sorted().joined(separator: ", "))")
+            }
+            let limit = try Self.integerParameter(query["limit"].map(String.init), name: "limit", range: 1...500) ?? 50
+            var before: Date?
+            if let text = query["before"].map(String.init) {
+                guard let date = RFC3339.parse(text) else { throw GatewayError.badRequest("invalid_before", "before must be an RFC 3339 time") }
+                before = date
+            }
+            let page = try await stored { try await store.pushes(member: member.map(Int64.init), status: status, limit: limit, before: before) }
+            var body: [String: JSONValue] = ["pushes": .array(page.map(\.json))]
+            body["nextBefore"] = page.count == limit ? page.last.map { .string(RFC3339.format($0.createdAt)) } ?? .null : .null
+            return Response.json(body)
+        }
+    }
+
+    static let pushStatuses: Set<String> = ["pending", "sent", "delivered", "user_block", "system_failed", "unsubscribed", "refused",
+                                            "deferred", "dead"]
+
+    static func unknownTemplate(_ code: String) -> GatewayError { GatewayError(.notFound, "unknown_template", "no template \(code)") }
+}

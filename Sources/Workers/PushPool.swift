@@ -1,0 +1,266 @@
+import Contracts
+import Foundation
+import Logging
+import Pushes
+import Scheduler
+import Synchronization
+
+/// The push pool (`fanflow worker --pool push=N`): events on `fanflow.push` become template
+/// messages, sent once, at the app's pace, with what became of each recorded in `pushes`.
+///
+/// - An event a trigger fires for: the template is rendered for the member and stored with the
+///   push (id `<trigger>:<event id>`, so a redelivery sends nothing twice), then sent.
+/// - `fanflow.push.retry` (a scheduler job the pool enqueued): the stored message is sent again,
+///   if the push still waits for exactly that attempt.
+/// - `wechat.templatesendjobfinish`: the platform's receipt sets the push's final status.
+///
+/// Outcomes follow ``PushSender``: sent; refused (43004 unsubscribed, 43101 blocked, other
+/// refusals) never retried; deferred (quota) until the quota resets; a transient failure retried
+/// with exponential backoff and jitter, and after `maxAttempts` the push is `dead` with its last
+/// error and its retry message dead-lettered to `fanflow.push.dead`.
+public struct PushPool: EnvelopeProcessor {
+    public static let retryJob = JobKind("push.retry")
+    static let retryKey = "fanflow.push.retry"
+    static let receiptKey = "wechat.templatesendjobfinish"
+
+    let store: PushStore
+    let sender: PushSender
+    let pace: PushPace
+    let jobs: JobStore
+    let catalog: PushCatalog
+    let logger: Logger
+    let maxAttempts: Int
+    let baseBackoff: Double
+    public let metrics = PushMetrics()
+
+    public init(store: PushStore, sender: PushSender, pace: PushPace, jobs: JobStore, logger: Logger, maxAttempts: Int = 6,
+                baseBackoffSeconds: Double = 2) {
+        self.store = store
+        self.sender = sender
+        self.pace = pace
+        self.jobs = jobs
+        self.catalog = PushCatalog(store: store)
+        self.logger = logger
+        self.maxAttempts = maxAttempts
+        self.baseBackoff = baseBackoffSeconds
+    }
+
+    public func process(_ events: [Envelope]) async throws {
+        // Every event runs to its end, even when another fails: a send cut short by a sibling's
+        // error would leave a push whose outcome nobody recorded.
+        let failures = await withTaskGroup(of: (any Error)?.self) { group in
+            for event in events {
+                group.addTask {
+                    do { try await self.handle(event) } catch { return error }
+                    return nil
+                }
+            }
+            return await group.reduce(into: [any Error]()) { if let error = $1 { $0.append(error) } }
+        }
+        if let refused = failures.first(where: { $0 is EventRefused }) { throw refused }
+        if let failure = failures.first { throw failure }
+    }
+
+    func handle(_ event: Envelope) async throws {
+        switch event.routingKey {
+        case Self.receiptKey: try await receipt(event)
+        case Self.retryKey: try await retry(event)
+        default: try await trigger(event)
+        }
+    }
+
+    // MARK: Triggered pushes
+
+    /// Each app's most specific trigger for `event` fires: a platform event (a follow) only on its own
+    /// app, a FanFlow event (a level change) on every app whose templates a trigger names.
+    func trigger(_ event: Envelope) async throws {
+        var byApp: [String: [(PushTrigger, PushTemplate)]] = [:]
+        for trigger in try await catalog.triggers() where trigger.matches(event) {
+            guard let template = try await catalog.template(trigger.template) else {
+                logger.error("a trigger names a template that is gone", metadata: ["trigger": "\(trigger.code)", "template": "\(trigger.template)"])
+                continue
+            }
+            if event.platform != .fanflow, event.platform.rawValue != template.platform || event.app != template.app { continue }
+            byApp[template.app, default: []].append((trigger, template))
+        }
+        for candidates in byApp.values {
+            guard let trigger = PushTrigger.firing(candidates.map(\.0), for: event),
+                  let template = candidates.first(where: { $0.0.code == trigger.code })?.1 else { continue }
+            try await fire(trigger, template, for: event)
+        }
+    }
+
+    func fire(_ trigger: PushTrigger, _ template: PushTemplate, for event: Envelope) async throws {
+        guard let recipient = try await recipient(of: event, on: template) else {
+            logger.info("no recipient on the template's app; not sent",
+                        metadata: ["event": "\(event.id)", "trigger": "\(trigger.code)", "app": "\(template.app)"])
+            return
+        }
+        let message = template.render(Self.values(event, recipient))
+        let push = PushStore.NewPush(id: "\(trigger.code):\(event.id)", member: recipient.member, platform: template.platform,
+                                     app: template.app, openid: recipient.openid, template: template.code, trigger: trigger.code,
+                                     message: message)
+        guard try await store.begin(push) else { return }
+        try await attempt(id: push.id, app: push.app, openid: push.openid, message: message, attempt: 0)
+    }
+
+    func recipient(of event: Envelope, on template: PushTemplate) async throws -> PushStore.Recipient? {
+        if let member = event.attributes["memberId"]?.int {
+            return try await store.recipient(member: member, platform: template.platform, app: template.app)
+        }
+        guard event.platform.rawValue == template.platform, event.app == template.app, let openid = event.subject.openid else { return nil }
+        return try await store.recipient(platform: template.platform, app: template.app, openid: openid)
+    }
+
+    /// What a template may name (``PushTemplate/names``), from the member and the event.
+    static func values(_ event: Envelope, _ recipient: PushStore.Recipient) -> [String: String] {
+        var values: [String: String] = [
+            "nickname": recipient.nickname, "openid": recipient.openid, "memberId": recipient.member.map(String.init) ?? "",
+            "balance": String(recipient.balance), "growth": String(recipient.growth), "level": recipient.level,
+            "event": event.kind.rawValue, "occurredAt": beijing(event.occurredAt),
+        ]
+        let a = event.attributes
+        func text(_ name: String) -> String? {
+            switch a[name] {
+            case .string(let value)?: return value
+            case .integer(let value)?: return String(value)
+            case .number(let value)?: return String(value)
+            default: return nil
+            }
+        }
+        for name in ["scene", "points", "saleId", "sku", "quantity", "reservationId"] { if let value = text(name) { values[name] = value } }
+        if let to = text("to") { values["level"] = to }
+        if let from = text("from") { values["previousLevel"] = from }
+        if let campaign = text("title") ?? text("saleId") { values["campaign"] = campaign }
+        if let amount = a["amount"]?.int {
+            values["amount"] = String(amount)
+            values["amountYuan"] = String(format: "%d.%02d", amount / 100, amount % 100)
+        }
+        if let payBy = text("payBy").flatMap(RFC3339.parse) { values["payBy"] = beijing(payBy) }
+        return values
+    }
+
+    static func beijing(_ date: Date) -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "Asia/Shanghai")
+        formatter.dateFormat = "yyyy-MM-dd HH:mm"
+        return formatter.string(from: date)
+    }
+
+    // MARK: Sending
+
+    /// One attempt, `attempt` earlier ones having failed; the outcome recorded and, where it says
+    /// so, a retry scheduled. Throws ``EventRefused`` when the push is dead, so a retry message
+    /// goes to the dead-letter queue.
+    func attempt(id: String, app: String, openid: String, message: RenderedMessage, attempt: Int) async throws {
+        while true {
+            switch try await pace.take(app: app) {
+            case .go:
+                break
+            case .wait(let milliseconds):
+                try await Task.sleep(for: .milliseconds(max(1, milliseconds)))
+                continue
+            case .quotaSpent(let resetsAt):
+                metrics.count("deferred")
+                try await store.record(id, status: "deferred", error: "daily quota spent")
+                try await scheduleRetry(id, attempt: attempt + 1, at: resetsAt.addingTimeInterval(Double.random(in: 0...600)))
+                return
+            }
+            break
+        }
+        switch await sender.sendTemplate(app: app, message.templateMessage(to: openid)) {
+        case .sent(let messageID):
+            metrics.count("sent")
+            try await store.record(id, status: "sent", messageID: messageID)
+        case .refused(let code, let reason):
+            let status = code == 43004 ? "unsubscribed" : code == 43101 ? "user_block" : "refused"
+            metrics.count(status)
+            try await store.record(id, status: status, error: "errcode \(code): \(reason)")
+        case .deferred(let reason):
+            metrics.count("deferred")
+            try await store.record(id, status: "deferred", error: reason)
+            try await scheduleRetry(id, attempt: attempt + 1,
+                                    at: PushPace.nextBeijingMidnight(after: Date()).addingTimeInterval(Double.random(in: 0...600)))
+        case .retry(let reason):
+            guard attempt + 1 < maxAttempts else {
+                metrics.count("dead")
+                try await store.record(id, status: "dead", error: reason)
+                logger.error("push dead after its last attempt", metadata: ["push": "\(id)", "attempts": "\(attempt + 1)", "error": "\(reason)"])
+                throw EventRefused("push \(id) dead after \(attempt + 1) attempts: \(reason)")
+            }
+            metrics.count("retried")
+            try await store.record(id, status: "pending", error: reason)
+            // Exponential, with full jitter: workers that failed together do not come back together.
+            let delay = baseBackoff * pow(2, Double(attempt)) * Double.random(in: 0.5...1.0)
+            try await scheduleRetry(id, attempt: attempt + 1, at: Date().addingTimeInterval(delay))
+        }
+    }
+
+    func scheduleRetry(_ id: String, attempt: Int, at due: Date) async throws {
+        try await jobs.enqueue(NewJob(kind: Self.retryJob, payload: ["pushId": .string(id), "pushAttempt": .integer(Int64(attempt))],
+                                      dueAt: due, uniqueKey: "push.retry:\(id):\(attempt)", maxAttempts: 20))
+    }
+
+    func retry(_ event: Envelope) async throws {
+        guard let id = event.attributes["pushId"]?.string, let attempt = event.attributes["pushAttempt"]?.int else {
+            throw EventRefused("push retry without pushId and pushAttempt: \(event.id)")
+        }
+        guard let push = try await store.push(id) else { throw EventRefused("push retry for an unknown push \(id)") }
+        if push.status == "dead" { throw EventRefused("push \(id) is dead") }
+        // Only the attempt this job was made for: a redelivered job after the outcome was recorded sends nothing.
+        guard push.status == "pending" || push.status == "deferred", push.attempts == Int(attempt) else { return }
+        try await self.attempt(id: id, app: push.app, openid: push.openid, message: push.message, attempt: Int(attempt))
+    }
+
+    // MARK: Receipts
+
+    func receipt(_ event: Envelope) async throws {
+        guard let text = event.attributes["msgId"]?.string ?? event.attributes["msgId"]?.int.map(String.init), let messageID = Int64(text) else {
+            return
+        }
+        let reported = event.attributes["status"]?.string ?? ""
+        let status = reported == "success" ? "delivered" : reported.contains("user block") ? "user_block" : "system_failed"
+        if try await !store.receipt(app: event.app, messageID: messageID, status: status) {
+            logger.info("receipt for a message FanFlow did not send (or not recorded yet)", metadata: ["msgId": "\(messageID)"])
+        }
+    }
+}
+
+/// Counts of what the pool did, by outcome.
+public final class PushMetrics: Sendable {
+    private let counts = Mutex<[String: Int]>([:])
+
+    func count(_ outcome: String) { counts.withLock { $0[outcome, default: 0] += 1 } }
+
+    public var snapshot: [String: Int] { counts.withLock { $0 } }
+}
+
+/// Triggers and templates, read from PostgreSQL at most every few seconds: every event the pool
+/// sees needs them, and an operator's change shows within `refresh`.
+final class PushCatalog: Sendable {
+    let store: PushStore
+    let refresh: Duration
+    private let cache = Mutex<(triggers: [PushTrigger], templates: [String: PushTemplate?], at: ContinuousClock.Instant?)>(([], [:], nil))
+
+    init(store: PushStore, refresh: Duration = .seconds(3)) {
+        self.store = store
+        self.refresh = refresh
+    }
+
+    func triggers() async throws -> [PushTrigger] {
+        if let cached = cache.withLock({ state in state.at.map { ContinuousClock.now - $0 < refresh } == true ? state.triggers : nil }) {
+            return cached
+        }
+        let triggers = try await store.triggers()
+        cache.withLock { $0 = (triggers, [:], .now) }
+        return triggers
+    }
+
+    func template(_ code: String) async throws -> PushTemplate? {
+        if let cached = cache.withLock({ $0.templates[code] }) { return cached }
+        let template = try await store.template(code)
+        cache.withLock { $0.templates[code] = template }
+        return template
+    }
+}
