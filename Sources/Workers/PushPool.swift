@@ -137,7 +137,8 @@ public struct PushPool: EnvelopeProcessor {
             values["amountYuan"] = String(format: "%d.%02d", amount / 100, amount % 100)
         }
         if let payBy = text("payBy").flatMap(RFC3339.parse) { values["payBy"] = beijing(payBy) }
-        return values
+        // Unknown stays absent rather than empty, so `{{^nickname}}…{{/nickname}}` can stand in for it.
+        return values.filter { !$0.value.isEmpty }
     }
 
     static func beijing(_ date: Date) -> String {
