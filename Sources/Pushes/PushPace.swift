@@ -25,16 +25,18 @@ public struct PushPace: Sendable {
     }
 
     /// KEYS: bucket, daily counter. ARGV: rate per second, now (ms), daily quota, counter TTL (s).
-    /// The bucket holds at most one second of messages; an empty one says how long until a token.
+    /// The bucket holds 50 ms of messages (at least one), so a burst cannot run ahead of the pace by
+    /// more than that; an empty one says how long until a token.
     static let script = RedisScript("""
         local rate = tonumber(ARGV[1])
         local now = tonumber(ARGV[2])
         if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then return -1 end
         if rate > 0 then
+          local capacity = math.max(1, rate / 20)
           local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-          local tokens = tonumber(b[1] or rate)
+          local tokens = tonumber(b[1] or capacity)
           local at = tonumber(b[2] or now)
-          tokens = math.min(rate, tokens + (now - at) * rate / 1000)
+          tokens = math.min(capacity, tokens + (now - at) * rate / 1000)
           if tokens < 1 then
             redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
             return math.ceil((1 - tokens) * 1000 / rate)

@@ -163,29 +163,33 @@ public struct PushStore: Sendable {
             }
     }
 
-    /// Records a push about to be sent, or finds it from an earlier delivery. True when it should
-    /// be sent now: new, or pending with no attempt recorded (the delivery before died before
-    /// recording its outcome; the platform may then have taken it once already, which at-least-once
-    /// accepts). A push with a recorded attempt is the retry jobs' from then on.
-    public func begin(_ push: NewPush) async throws -> Bool {
-        let rows = try await database.query("""
-            WITH inserted AS (
-                INSERT INTO pushes (id, member_id, platform, app_id, openid, template, trigger_code, status, message)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8::jsonb) ON CONFLICT (id) DO NOTHING RETURNING status, attempts)
-            SELECT status, attempts FROM inserted
-            UNION ALL SELECT status, attempts FROM pushes WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM inserted)
+    /// Records a push about to be sent (nothing when it exists: a redelivered event); then
+    /// ``claim(_:attempt:)`` decides whether this delivery sends it.
+    public func begin(_ push: NewPush) async throws {
+        try await database.query("""
+            INSERT INTO pushes (id, member_id, platform, app_id, openid, template, trigger_code, status, message)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8::jsonb) ON CONFLICT (id) DO NOTHING
             """, [push.id, push.member, push.platform, push.app, push.openid, push.template, push.trigger,
                   String(decoding: push.message.json.jsonBytes, as: UTF8.self)])
-        // A push whose first attempt already has an outcome (a retry job owns it now) is not sent again.
-        return rows.first?.string("status") == "pending" && rows.first?.int("attempts") == 0
     }
 
-    /// What an attempt got: `status` is the push's new status, `messageID` the platform's.
+    /// Takes the push for its attempt number `attempt` (0 for the first): `sending` from here until
+    /// the outcome is recorded. False when it is not waiting for that attempt (already sent, being
+    /// sent by another worker, cancelled, or a redelivered job whose attempt was made). A worker that
+    /// dies during the platform call leaves it `sending`: not sent twice, at the price of not
+    /// knowing whether that one call arrived.
+    public func claim(_ id: String, attempt: Int) async throws -> Bool {
+        try await !database.query("""
+            UPDATE pushes SET status = 'sending', attempts = attempts + 1, updated_at = now()
+            WHERE id = $1 AND status IN ('pending', 'deferred') AND attempts = $2 RETURNING id
+            """, [id, attempt]).isEmpty
+    }
+
+    /// What the claimed attempt got: `status` is the push's new status, `messageID` the platform's.
     public func record(_ id: String, status: String, messageID: Int64? = nil, error: String? = nil) async throws {
         try await database.query("""
-            UPDATE pushes SET status = $2, attempts = attempts + 1, msg_id = coalesce($3, msg_id), last_error = coalesce($4, last_error),
-                updated_at = now()
-            WHERE id = $1 AND status IN ('pending', 'deferred')
+            UPDATE pushes SET status = $2, msg_id = coalesce($3, msg_id), last_error = coalesce($4, last_error), updated_at = now()
+            WHERE id = $1 AND status = 'sending'
             """, [id, status, messageID, error])
     }
 
@@ -288,5 +292,149 @@ public struct RenderedMessage: Sendable, Equatable {
     public func templateMessage(to openid: String) -> WeChatClient.TemplateMessage {
         let mini = miniProgramAppID.flatMap { app in miniProgramPage.map { (appID: app, pagePath: $0) } }
         return WeChatClient.TemplateMessage(toUser: openid, templateID: templateID, url: url, miniProgram: mini, data: fields)
+    }
+}
+
+// MARK: - Broadcasts
+
+extension PushStore {
+    public struct Broadcast: Sendable, Equatable {
+        public let id: Int64
+        public let template: String
+        public let tags: [String]
+        public let dueAt: Date
+        public let status: String
+        public let recipients: Int
+        public let cursor: Int64
+        /// Pushes by status.
+        public var counts: [String: Int] = [:]
+
+        public var json: JSONValue {
+            .object(["id": .integer(id), "template": .string(template), "tags": .array(tags.map(JSONValue.string)),
+                     "at": .string(RFC3339.format(dueAt)), "status": .string(status), "recipients": .integer(Int64(recipients)),
+                     "counts": .object(counts.mapValues { .integer(Int64($0)) })])
+        }
+    }
+
+    /// A new broadcast and the scheduler job that starts its fan-out at `at`.
+    public func createBroadcast(template: String, tags: [String], at: Date, firstBatch: @escaping @Sendable (Int64) -> NewJobRow) async throws -> Broadcast? {
+        try await database.transaction { connection in
+            guard try !connection.query("SELECT 1 FROM push_templates WHERE code = $1", [template]).isEmpty else { return nil }
+            guard let row = try connection.query("""
+                INSERT INTO broadcasts (template, tags, due_at, status) VALUES ($1, $2::text[], $3, 'scheduled')
+                RETURNING id, extract(epoch FROM due_at)::float8 AS due_at
+                """, [template, PostgresArray(tags), at]).first, let id = row.int("id") else { return nil }
+            let job = firstBatch(Int64(id))
+            try connection.query("""
+                INSERT INTO jobs (kind, payload, unique_key, due_at, max_attempts) VALUES ($1, $2::jsonb, $3, $4, 20)
+                ON CONFLICT (unique_key) DO NOTHING
+                """, [job.kind, job.payload, job.uniqueKey, job.dueAt])
+            return Broadcast(id: Int64(id), template: template, tags: tags, dueAt: at, status: "scheduled", recipients: 0, cursor: 0)
+        }
+    }
+
+    /// A job row, written in the broadcast's own transaction (the scheduler's `jobs` table).
+    public struct NewJobRow: Sendable {
+        public let kind: String
+        public let payload: String
+        public let uniqueKey: String
+        public let dueAt: Date
+
+        public init(kind: String, payload: JSONValue, uniqueKey: String, dueAt: Date) {
+            self.kind = kind
+            self.payload = String(decoding: payload.jsonBytes, as: UTF8.self)
+            self.uniqueKey = uniqueKey
+            self.dueAt = dueAt
+        }
+    }
+
+    public func broadcast(_ id: Int64) async throws -> Broadcast? {
+        guard let row = try await database.query("""
+            SELECT id, template, array_to_string(tags, ',') AS tags, extract(epoch FROM due_at)::float8 AS due_at, status, recipients, cursor
+            FROM broadcasts WHERE id = $1
+            """, [id]).first, let template = row.string("template"), let status = row.string("status"),
+              let due = row.string("due_at").flatMap(Double.init) else { return nil }
+        var broadcast = Broadcast(id: id, template: template, tags: (row.string("tags") ?? "").split(separator: ",").map(String.init),
+                                  dueAt: Date(timeIntervalSince1970: due), status: status, recipients: row.int("recipients") ?? 0,
+                                  cursor: Int64(row.int("cursor") ?? 0))
+        for count in try await database.query("SELECT status, count(*) AS n FROM pushes WHERE broadcast_id = $1 GROUP BY status", [id]) {
+            if let status = count.string("status"), let n = count.int("n") { broadcast.counts[status] = n }
+        }
+        return broadcast
+    }
+
+    /// Cancels a broadcast: no more batches, and its pushes not sent yet are not sent. False when it
+    /// is unknown or already cancelled.
+    public func cancelBroadcast(_ id: Int64) async throws -> Bool {
+        try await database.transaction { connection in
+            guard try !connection.query("""
+                UPDATE broadcasts SET status = 'cancelled', updated_at = now() WHERE id = $1 AND status <> 'cancelled' RETURNING id
+                """, [id]).isEmpty else { return false }
+            try connection.query("""
+                UPDATE pushes SET status = 'cancelled', updated_at = now() WHERE broadcast_id = $1 AND status IN ('pending', 'deferred')
+                """, [id])
+            return true
+        }
+    }
+
+    /// The next `limit` members after `cursor` (by id) with any of the broadcast's tags and an
+    /// identity on the template's app.
+    public func audience(tags: [String], platform: String, app: String, after cursor: Int64, limit: Int) async throws -> [Recipient] {
+        try await database.query("""
+            SELECT m.id, m.nickname, m.points, m.growth, m.level, i.openid
+            FROM members m
+            JOIN LATERAL (SELECT openid FROM member_identities WHERE member_id = m.id AND platform = $2 AND app = $3 LIMIT 1) i ON true
+            WHERE m.id > $4 AND EXISTS (SELECT 1 FROM member_tags t WHERE t.member_id = m.id AND t.tag = ANY($1::text[]))
+            ORDER BY m.id LIMIT $5
+            """, [PostgresArray(tags), platform, app, cursor, limit]).compactMap { row in
+            guard let id = row.int("id"), let openid = row.string("openid") else { return nil }
+            return Recipient(member: Int64(id), openid: openid, nickname: row.string("nickname") ?? "", balance: Int64(row.int("points") ?? 0),
+                             growth: Int64(row.int("growth") ?? 0), level: row.string("level") ?? "")
+        }
+    }
+
+    /// One batch of a broadcast, in one transaction: its pushes, a send job for each new one, the
+    /// cursor moved, and the next batch's job (or the broadcast marked fanned out). A batch done
+    /// twice (a redelivered job) finds the cursor moved and does nothing.
+    public func fanOut(broadcast id: Int64, from cursor: Int64, pushes: [NewPush], sendJob: @escaping @Sendable (String) -> NewJobRow, nextBatch: NewJobRow?) async throws -> Bool {
+        try await database.transaction { connection in
+            guard try !connection.query("""
+                UPDATE broadcasts SET cursor = $3, recipients = recipients + $4, updated_at = now(),
+                    status = CASE WHEN $5 THEN 'fanning_out' ELSE 'fanned_out' END
+                WHERE id = $1 AND cursor = $2 AND status IN ('scheduled', 'fanning_out') RETURNING id
+                """, [id, cursor, pushes.last.flatMap(\.member) ?? cursor, pushes.count, nextBatch != nil]).isEmpty else { return false }
+            for chunk in stride(from: 0, to: pushes.count, by: 500) {
+                let part = pushes[chunk..<min(chunk + 500, pushes.count)]
+                var rows: [String] = [], parameters: [any PostgresEncodable] = []
+                for push in part {
+                    let b = parameters.count
+                    rows.append("($\(b + 1),$\(b + 2)::bigint,$\(b + 3),$\(b + 4),$\(b + 5),$\(b + 6),'pending',$\(b + 7)::jsonb,$\(b + 8)::bigint)")
+                    parameters += [push.id, push.member, push.platform, push.app, push.openid, push.template,
+                                   String(decoding: push.message.json.jsonBytes, as: UTF8.self), id] as [any PostgresEncodable]
+                }
+                let inserted = try connection.query("""
+                    INSERT INTO pushes (id, member_id, platform, app_id, openid, template, status, message, broadcast_id)
+                    VALUES \(rows.joined(separator: ",")) ON CONFLICT (id) DO NOTHING RETURNING id
+                    """, parameters).compactMap { $0.string("id") }
+                guard !inserted.isEmpty else { continue }
+                var jobRows: [String] = [], jobParameters: [any PostgresEncodable] = []
+                for pushID in inserted {
+                    let job = sendJob(pushID), b = jobParameters.count
+                    jobRows.append("($\(b + 1),$\(b + 2)::jsonb,$\(b + 3),$\(b + 4)::timestamptz,20)")
+                    jobParameters += [job.kind, job.payload, job.uniqueKey, job.dueAt] as [any PostgresEncodable]
+                }
+                try connection.query("""
+                    INSERT INTO jobs (kind, payload, unique_key, due_at, max_attempts) VALUES \(jobRows.joined(separator: ","))
+                    ON CONFLICT (unique_key) DO NOTHING
+                    """, jobParameters)
+            }
+            if let nextBatch {
+                try connection.query("""
+                    INSERT INTO jobs (kind, payload, unique_key, due_at, max_attempts) VALUES ($1, $2::jsonb, $3, $4, 20)
+                    ON CONFLICT (unique_key) DO NOTHING
+                    """, [nextBatch.kind, nextBatch.payload, nextBatch.uniqueKey, nextBatch.dueAt])
+            }
+            return true
+        }
     }
 }

@@ -19,9 +19,16 @@ import Synchronization
 /// with exponential backoff and jitter, and after `maxAttempts` the push is `dead` with its last
 /// error and its retry message dead-lettered to `fanflow.push.dead`.
 public struct PushPool: EnvelopeProcessor {
-    public static let retryJob = JobKind("push.retry")
+    public static let retryJob = JobKind(PushJobs.retry)
+    public static let sendJob = JobKind(PushJobs.send)
+    public static let broadcastJob = JobKind(PushJobs.broadcast)
+    /// Jobs the scheduler publishes for this pool.
+    public static let jobKinds = [retryJob, sendJob, broadcastJob]
     static let retryKey = "fanflow.push.retry"
+    static let sendKey = "fanflow.push.send"
+    static let broadcastKey = "fanflow.push.broadcast"
     static let receiptKey = "wechat.templatesendjobfinish"
+    let broadcastBatch: Int
 
     let store: PushStore
     let sender: PushSender
@@ -34,7 +41,8 @@ public struct PushPool: EnvelopeProcessor {
     public let metrics = PushMetrics()
 
     public init(store: PushStore, sender: PushSender, pace: PushPace, jobs: JobStore, logger: Logger, maxAttempts: Int = 6,
-                baseBackoffSeconds: Double = 2) {
+                baseBackoffSeconds: Double = 2, broadcastBatch: Int = 1000) {
+        self.broadcastBatch = broadcastBatch
         self.store = store
         self.sender = sender
         self.pace = pace
@@ -64,7 +72,8 @@ public struct PushPool: EnvelopeProcessor {
     func handle(_ event: Envelope) async throws {
         switch event.routingKey {
         case Self.receiptKey: try await receipt(event)
-        case Self.retryKey: try await retry(event)
+        case Self.retryKey, Self.sendKey: try await retry(event)
+        case Self.broadcastKey: try await fanOut(event)
         default: try await trigger(event)
         }
     }
@@ -100,7 +109,7 @@ public struct PushPool: EnvelopeProcessor {
         let push = PushStore.NewPush(id: "\(trigger.code):\(event.id)", member: recipient.member, platform: template.platform,
                                      app: template.app, openid: recipient.openid, template: template.code, trigger: trigger.code,
                                      message: message)
-        guard try await store.begin(push) else { return }
+        try await store.begin(push)
         try await attempt(id: push.id, app: push.app, openid: push.openid, message: message, attempt: 0)
     }
 
@@ -155,6 +164,7 @@ public struct PushPool: EnvelopeProcessor {
     /// so, a retry scheduled. Throws ``EventRefused`` when the push is dead, so a retry message
     /// goes to the dead-letter queue.
     func attempt(id: String, app: String, openid: String, message: RenderedMessage, attempt: Int) async throws {
+        guard try await store.claim(id, attempt: attempt) else { return }
         while true {
             switch try await pace.take(app: app) {
             case .go:
@@ -209,9 +219,37 @@ public struct PushPool: EnvelopeProcessor {
         }
         guard let push = try await store.push(id) else { throw EventRefused("push retry for an unknown push \(id)") }
         if push.status == "dead" { throw EventRefused("push \(id) is dead") }
-        // Only the attempt this job was made for: a redelivered job after the outcome was recorded sends nothing.
-        guard push.status == "pending" || push.status == "deferred", push.attempts == Int(attempt) else { return }
+        // The claim admits only the attempt this job was made for: a redelivered job sends nothing.
         try await self.attempt(id: id, app: push.app, openid: push.openid, message: push.message, attempt: Int(attempt))
+    }
+
+    // MARK: Broadcasts
+
+    /// One batch of a broadcast: the next members with its tags get their push rendered and
+    /// recorded, with a send job each, and the batch after is scheduled, all in one transaction.
+    func fanOut(_ event: Envelope) async throws {
+        guard let id = event.attributes["broadcastId"]?.int, let cursor = event.attributes["after"]?.int else {
+            throw EventRefused("broadcast batch without broadcastId and after: \(event.id)")
+        }
+        guard let broadcast = try await store.broadcast(id), broadcast.cursor == cursor,
+              broadcast.status == "scheduled" || broadcast.status == "fanning_out" else { return }
+        guard let template = try await catalog.template(broadcast.template) else {
+            throw EventRefused("broadcast \(id) names a template that is gone: \(broadcast.template)")
+        }
+        let members = try await store.audience(tags: broadcast.tags, platform: template.platform, app: template.app, after: cursor,
+                                               limit: broadcastBatch)
+        let now = Date(), fanned = Envelope(id: event.id, platform: .fanflow, app: template.app, kind: "broadcast", subject: .init(),
+                                             occurredAt: now, receivedAt: now, attributes: [:])
+        let pushes = members.map { member in
+            PushStore.NewPush(id: "broadcast:\(id):\(member.member ?? 0)", member: member.member, platform: template.platform, app: template.app,
+                              openid: member.openid, template: template.code, trigger: nil,
+                              message: template.render(Self.values(fanned, member)))
+        }
+        let next = members.count == broadcastBatch ? members.last?.member : nil
+        _ = try await store.fanOut(broadcast: id, from: cursor, pushes: pushes, sendJob: { pushID in
+            PushStore.NewJobRow(kind: Self.sendJob.rawValue, payload: .object(["pushId": .string(pushID), "pushAttempt": .integer(0)]),
+                                uniqueKey: "push.send:\(pushID)", dueAt: now)
+        }, nextBatch: next.map { PushJobs.broadcastBatch(id, after: $0, at: now) })
     }
 
     // MARK: Receipts

@@ -84,8 +84,10 @@ struct WorkerCommand: AsyncParsableCommand {
         let logger = Logger(label: "fanflow.worker")
         var amqp = try AMQPConfiguration(url: configuration.amqpURL)
         amqp.connectionName = "fanflow-worker"
-        let database = PostgresPool(url: configuration.databaseURL,
-                                    maximumConnections: max(2, specs.reduce(0) { $0 + $1.consumers } + 1))
+        // A push consumer has many sends in flight at once (its whole batch), each claiming and
+        // recording its push: it gets more connections than a pool writing one transaction a batch.
+        let connections = specs.reduce(0) { $0 + $1.consumers * ($1.name == .push ? 8 : 1) } + 1
+        let database = PostgresPool(url: configuration.databaseURL, maximumConnections: max(2, connections))
         var services: [any Service] = []
         var closers: [@Sendable () async -> Void] = [{ await database.close() }]
         var points: PointsPool?
@@ -184,7 +186,8 @@ struct SchedulerCommand: AsyncParsableCommand {
             .merging(MaintenanceJobs.handlers(store: store)) { first, _ in first }
             .merging([FlashSaleStore.expireJob: PublishJobHandler(broker: broker),
                       FlashSaleStore.loadJob: PublishJobHandler(broker: broker),
-                      PushPool.retryJob: PublishJobHandler(broker: broker)]) { first, _ in first }
+                      PushPool.retryJob: PublishJobHandler(broker: broker), PushPool.sendJob: PublishJobHandler(broker: broker),
+                      PushPool.broadcastJob: PublishJobHandler(broker: broker)]) { first, _ in first }
         let runner = JobRunner(store: store, handlers: handlers, configuration: runnerConfiguration, metrics: metrics, logger: logger)
         var services: [any Service] = [
             LeaderElection(databaseURL: configuration.databaseURL, logger: logger) { periodic.setLeading($0) }, periodic, runner,

@@ -24,14 +24,23 @@ struct PushPoolTests {
 
     /// A live gateway, a fake WeChat on its own port with `app` registered in both, and a push pool
     /// built as `fanflow worker --pool push` builds it (rate `rate` per second).
-    static func withPushes(rate: Int = 0, maxAttempts: Int = 6,
-                           _ body: @Sendable (any TestClientProtocol, FakeWeChat, PushPool, String, PostgresPool) async throws -> Void) async throws {
+    struct Setup: Sendable {
+        let client: any TestClientProtocol
+        let fake: FakeWeChat
+        let pool: PushPool
+        let app: String
+        let database: PostgresPool
+        /// The fake platform's address, for a worker process of the test's.
+        let base: String
+    }
+
+    static func withPushes(rate: Int = 0, maxAttempts: Int = 6, _ body: @Sendable (Setup) async throws -> Void) async throws {
         let fake = FakeWeChat()
         let app = TestEnvironment.unique("wxp"), secret = "secret-\(app)"
         fake.register(app: app, secret: secret)
         let router = Router()
         fake.addRoutes(to: router)
-        let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
+        let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 8)
         let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 2)
         do {
             try await Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0))).test(.live) { platform in
@@ -43,7 +52,7 @@ struct PushPoolTests {
                                     logger: logger, maxAttempts: maxAttempts, baseBackoffSeconds: 0.2)
                 try await GatewayHarness.run { gateway, _, _ in
                     try await GatewayHarness.register(gateway, "wechat", app, ["token": "tok-\(app)", "appSecret": secret])
-                    try await body(gateway, fake, pool, app, database)
+                    try await body(Setup(client: gateway, fake: fake, pool: pool, app: app, database: database, base: "http://127.0.0.1:\(port)"))
                 }
             }
         } catch {
@@ -83,7 +92,8 @@ struct PushPoolTests {
 
     @Test("templates checked when saved; a welcome per QR scene through a signed follow and the push queue; receipts; the pushes view")
     func welcomes() async throws {
-        try await Self.withPushes { client, fake, pool, app, database in
+        try await Self.withPushes { setup in
+            let (client, fake, pool, app, database) = (setup.client, setup.fake, setup.pool, setup.app, setup.database)
             let welcome = TestEnvironment.unique("welcome"), store = TestEnvironment.unique("welcome-store")
             // Refused when saved: a name FanFlow does not fill in, broken Mustache, partials.
             var (status, json) = try await Self.put(client, "/admin/v1/templates/\(welcome)",
@@ -155,7 +165,8 @@ struct PushPoolTests {
 
     @Test("43004 is recorded and not retried; 5xx retried through scheduler jobs with growing delays, then dead and dead-lettered; a level change reaches the member's openid")
     func outcomes() async throws {
-        try await Self.withPushes(maxAttempts: 3) { client, fake, pool, app, database in
+        try await Self.withPushes(maxAttempts: 3) { setup in
+            let (client, fake, pool, app, database) = (setup.client, setup.fake, setup.pool, setup.app, setup.database)
             let code = TestEnvironment.unique("level")
             _ = try await Self.put(client, "/admin/v1/templates/\(code)",
                                    #"{"appId":"\#(app)","templateId":"TPL-L","fields":{"first":"Now {{level}} (was {{previousLevel}})","keyword1":"{{balance}}"}}"#)
@@ -220,4 +231,131 @@ struct PushPoolTests {
             try await database.query("DELETE FROM jobs WHERE kind = $1 AND payload->>'pushId' LIKE $2", [PushPool.retryJob.rawValue, trigger + ":%"])
         }
     }
+
+    /// `count` members with an identity on `app`, tagged `tag`.
+    static func tagged(_ count: Int, app: String, tag: String, database: PostgresPool) async throws -> [Int64] {
+        var ids: [Int64] = []
+        for chunk in stride(from: 0, to: count, by: 2000) {
+            let identities = (chunk..<min(chunk + 2000, count)).map { Identity(platform: .wechat, app: app, openid: "\(tag)-\($0)") }
+            let resolved = try await MemberDirectory(database: database).resolve(Dictionary(uniqueKeysWithValues: identities.map { ($0, String?.none) }))
+            ids += identities.compactMap { resolved[$0] }
+        }
+        try await database.query("INSERT INTO member_tags (member_id, tag) SELECT unnest($1::bigint[]), $2 ON CONFLICT DO NOTHING",
+                                 [PostgresArray(ids.map(String.init)), tag])
+        return ids
+    }
+
+    /// The scheduler's part for pushes, as `fanflow scheduler` runs it, looping until cancelled.
+    static func scheduler(_ database: PostgresPool) async throws -> (Task<Void, any Error>, ManagedAMQPConnection) {
+        var amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
+        amqp.connectionName = "test-push-scheduler"
+        let broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { try await $0.enableConfirms() }
+        try await broker.start()
+        let handler = PublishJobHandler(broker: broker)
+        let runner = JobRunner(store: JobStore(database: database), handlers: Dictionary(uniqueKeysWithValues: PushPool.jobKinds.map { ($0, handler) }),
+                               logger: logger)
+        return (Task {
+            while !Task.isCancelled {
+                if try await runner.runOnce() == 0 { try await Task.sleep(for: .milliseconds(20)) }
+            }
+        }, broker)
+    }
+
+    @Test("a broadcast to a tag of 2,000 members sends each one push, at the configured pace (within 5%); progress and counts; cancel")
+    func broadcast() async throws {
+        let rate = 100
+        try await Self.withPushes(rate: rate) { setup in
+            let (client, fake, app, database) = (setup.client, setup.fake, setup.app, setup.database)
+            let tag = TestEnvironment.unique("vip"), code = TestEnvironment.unique("news")
+            _ = try await Self.put(client, "/admin/v1/templates/\(code)",
+                                   #"{"appId":"\#(app)","templateId":"TPL-N","fields":{"first":"Hi {{#nickname}}{{nickname}}{{/nickname}}{{^nickname}}friend{{/nickname}}","keyword1":"{{balance}}"}}"#)
+            let members = try await Self.tagged(2_000, app: app, tag: tag, database: database)
+            #expect(members.count == 2_000)
+            // Tagged but not on this app, and on this app but not tagged: neither receives it.
+            _ = try await Self.tagged(5, app: TestEnvironment.unique("wx-other"), tag: tag, database: database)
+            _ = try await MemberDirectory(database: database).resolve([Identity(platform: .wechat, app: app, openid: "untagged"): nil])
+
+            var (status, json) = try await PointsAdminTests.call(client, .post, "/admin/v1/broadcasts", #"{"template":"\#(code)","tags":[]}"#)
+            #expect((status, FlashSaleTests.code(json)) == (.badRequest, "invalid_broadcast"))
+            (status, json) = try await PointsAdminTests.call(client, .post, "/admin/v1/broadcasts",
+                                                             #"{"template":"\#(code)","tags":["\#(tag)","\#(tag)-none"]}"#)
+            #expect(status == .created)
+            let id = try #require(json["id"] as? Int)
+
+            let consumer = try Self.consume(setup.pool)
+            let (scheduler, broker) = try await Self.scheduler(database)
+            try await FlashSaleTests.waitFor("2,000 pushes", timeout: .seconds(120)) { fake.sent.filter { $0.app == app }.count >= 2_000 }
+            try await Task.sleep(for: .milliseconds(500))
+            let sent = fake.sent.filter { $0.app == app }
+            #expect(sent.count == 2_000)
+            #expect(Set(sent.map(\.toUser)).count == 2_000, "a member got two")
+            #expect(!sent.contains { $0.toUser == "untagged" })
+            #expect("\(sent.first?.body["data"] ?? "")".contains("Hi friend"))
+            let times = sent.map(\.at).sorted()
+            let measured = Double(times.count - 1) / (times.last ?? Date()).timeIntervalSince(times.first ?? Date())
+            #expect(abs(measured - Double(rate)) / Double(rate) <= 0.05, "measured \(measured)/s against \(rate)/s")
+
+            (status, json) = try await PointsAdminTests.call(client, .get, "/admin/v1/broadcasts/\(id)")
+            #expect(json["status"] as? String == "fanned_out")
+            #expect(json["recipients"] as? Int == 2_000)
+            #expect((json["counts"] as? [String: Int])?["sent"] == 2_000)
+            (status, json) = try await PointsAdminTests.call(client, .post, "/admin/v1/broadcasts/\(id)/cancel")
+            #expect(status == .ok)
+            (status, json) = try await PointsAdminTests.call(client, .post, "/admin/v1/broadcasts/\(id)/cancel")
+            #expect((status, FlashSaleTests.code(json)) == (.conflict, "already_cancelled"))
+            (status, json) = try await PointsAdminTests.call(client, .get, "/admin/v1/broadcasts/999999999")
+            #expect((status, FlashSaleTests.code(json)) == (.notFound, "unknown_broadcast"))
+
+            scheduler.cancel()
+            _ = await scheduler.result
+            await broker.close()
+            consumer.cancel()
+            _ = await consumer.result
+        }
+    }
+
+    @Test("a push worker process SIGKILLed mid-broadcast and started again: no member gets two, and all but the sends it was cut off in arrive")
+    func workerKilledMidBroadcast() async throws {
+        guard FileManager.default.isExecutableFile(atPath: SchedulerProcessTests.binary.path) else {
+            Issue.record("no fanflow binary at \(SchedulerProcessTests.binary.path): build it first"); return
+        }
+        try await Self.withPushes { setup in
+            let (client, fake, app, database) = (setup.client, setup.fake, setup.app, setup.database)
+            let tag = TestEnvironment.unique("vip"), code = TestEnvironment.unique("news")
+            _ = try await Self.put(client, "/admin/v1/templates/\(code)", #"{"appId":"\#(app)","templateId":"TPL-K","fields":{"first":"Hello"}}"#)
+            let count = 3000
+            _ = try await Self.tagged(count, app: app, tag: tag, database: database)
+            let (status, json) = try await PointsAdminTests.call(client, .post, "/admin/v1/broadcasts", #"{"template":"\#(code)","tags":["\#(tag)"]}"#)
+            #expect(status == .created)
+            let id = try #require(json["id"] as? Int)
+            let environment = ["FANFLOW_WECHAT_API_BASE": setup.base, "FANFLOW_PUSH_RATE_PER_APP": "300"]
+            let (scheduler, broker) = try await Self.scheduler(database)
+            let first = try FlashSaleProcessTests.start(["worker", "--pool", "push=1", "--prefetch", "50"], environment: environment, log: "push-worker-1")
+            try await FlashSaleTests.waitFor("some pushes", timeout: .seconds(60)) { fake.sent.filter { $0.app == app }.count >= 600 }
+            FlashSaleProcessTests.kill(first)
+            let second = try FlashSaleProcessTests.start(["worker", "--pool", "push=1", "--prefetch", "50"], environment: environment, log: "push-worker-2")
+            func settled() async throws -> (sent: Int, sending: Int) {
+                let rows = try await database.query("SELECT status, count(*) AS n FROM pushes WHERE broadcast_id = $1 GROUP BY status", [id])
+                let counts = Dictionary(uniqueKeysWithValues: rows.compactMap { row in row.string("status").map { ($0, row.int("n") ?? 0) } })
+                return (counts["sent"] ?? 0, counts["sending"] ?? 0)
+            }
+            try await FlashSaleTests.waitFor("every push settled", timeout: .seconds(90)) {
+                let (sent, sending) = try await settled()
+                return sent + sending == count
+            }
+            try await Task.sleep(for: .milliseconds(500))
+            FlashSaleProcessTests.stop(second)
+            scheduler.cancel()
+            _ = await scheduler.result
+            await broker.close()
+
+            let sent = fake.sent.filter { $0.app == app }
+            #expect(Set(sent.map(\.toUser)).count == sent.count, "a member got two pushes")
+            let (recorded, cutOff) = try await settled()
+            // Cut off mid-call: at most the sends the killed worker had in flight, each arrived at most once.
+            #expect(cutOff <= 50)
+            #expect(sent.count >= recorded && sent.count <= recorded + cutOff)
+        }
+    }
+
 }

@@ -64,6 +64,47 @@ extension Gateway {
             return Response(status: .noContent)
         }
 
+        admin.post("/broadcasts") { request, _ in
+            let body = try await request.collectBody(upTo: 16 * 1024)
+            guard case .object(let object)? = try? JSONValue.parse(body) else {
+                throw GatewayError.badRequest("malformed_json", #"body must be {"template","tags":[…],"at"?}"#)
+            }
+            guard let template = object["template"]?.string, PushTemplate.isValidCode(template) else {
+                throw GatewayError.badRequest("invalid_broadcast", "template must be a template's code")
+            }
+            guard case .array(let list)? = object["tags"], (1...20).contains(list.count),
+                  case let tags = list.compactMap(\.string), tags.count == list.count, tags.allSatisfy({ (1...64).contains($0.count) }) else {
+                throw GatewayError.badRequest("invalid_broadcast", "tags must be 1-20 tags; members with any of them receive it")
+            }
+            var at = Date()
+            if let given = object["at"], given != .null {
+                guard let text = given.string, let date = RFC3339.parse(text) else {
+                    throw GatewayError.badRequest("invalid_broadcast", "at must be an RFC 3339 time")
+                }
+                at = max(at, date)
+            }
+            let due = at
+            let created = try await stored {
+                try await store.createBroadcast(template: template, tags: tags, at: due) { PushJobs.broadcastBatch($0, after: 0, at: due) }
+            }
+            guard let created else { throw GatewayError(.conflict, "unknown_template", "no template \(template): save it first") }
+            return Response.json(created.json, status: .created)
+        }
+        admin.get("/broadcasts/:id") { _, context in
+            let id = try Self.broadcastID(context)
+            guard let broadcast = try await stored({ try await store.broadcast(id) }) else { throw Self.unknownBroadcast(id) }
+            return Response.json(broadcast.json)
+        }
+        admin.post("/broadcasts/:id/cancel") { _, context in
+            let id = try Self.broadcastID(context)
+            guard try await stored({ try await store.cancelBroadcast(id) }) else {
+                guard try await stored({ try await store.broadcast(id) }) != nil else { throw Self.unknownBroadcast(id) }
+                throw GatewayError(.conflict, "already_cancelled", "broadcast \(id) is already cancelled")
+            }
+            guard let broadcast = try await stored({ try await store.broadcast(id) }) else { throw Self.unknownBroadcast(id) }
+            return Response.json(broadcast.json)
+        }
+
         admin.get("/pushes") { request, _ in
             let query = request.uri.queryParameters
             let member = try Self.integerParameter(query["member"].map(String.init), name: "member", range: 1...Int.max)
@@ -84,8 +125,17 @@ extension Gateway {
         }
     }
 
-    static let pushStatuses: Set<String> = ["pending", "sent", "delivered", "user_block", "system_failed", "unsubscribed", "refused",
+    static let pushStatuses: Set<String> = ["pending", "sending", "cancelled", "sent", "delivered", "user_block", "system_failed", "unsubscribed", "refused",
                                             "deferred", "dead"]
+
+    static func broadcastID(_ context: GatewayRequestContext) throws(GatewayError) -> Int64 {
+        guard let id = context.parameters.get("id").flatMap({ Int64($0) }), id > 0 else {
+            throw GatewayError.badRequest("invalid_id", "a broadcast id is a positive integer")
+        }
+        return id
+    }
+
+    static func unknownBroadcast(_ id: Int64) -> GatewayError { GatewayError(.notFound, "unknown_broadcast", "no broadcast \(id)") }
 
     static func unknownTemplate(_ code: String) -> GatewayError { GatewayError(.notFound, "unknown_template", "no template \(code)") }
 }
