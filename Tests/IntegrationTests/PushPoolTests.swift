@@ -163,7 +163,7 @@ struct PushPoolTests {
         }
     }
 
-    @Test("43004 is recorded and not retried; 5xx retried through scheduler jobs with growing delays, then dead and dead-lettered; a level change reaches the member's openid")
+    @Test("43004 is recorded and not retried; 45009 deferred to the quota reset, then sent; 5xx retried through scheduler jobs with growing delays, then dead and dead-lettered; a level change reaches the member's openid")
     func outcomes() async throws {
         try await Self.withPushes(maxAttempts: 3) { setup in
             let (client, fake, pool, app, database) = (setup.client, setup.fake, setup.pool, setup.app, setup.database)
@@ -199,6 +199,21 @@ struct PushPoolTests {
             #expect(try await Self.status(database, "\(trigger):\(gone.id)") == "unsubscribed")
             let retryJobs = try await JobStore(database: database).list(kind: PushPool.retryJob.rawValue, limit: 500)
             #expect(!retryJobs.contains { $0.payload["pushId"] == .string("\(trigger):\(gone.id)") })
+
+            // Quota spent (45009): deferred to just after midnight in Beijing; once it resets, the retry sends it.
+            fake.setQuota(app: app, limit: 0)
+            let quota = try levelChange("gold-fan")
+            let quotaID = "\(trigger):\(quota.id)"
+            try await pool.process([quota])
+            #expect(try await Self.status(database, quotaID) == "deferred")
+            let deferred = try #require(try await JobStore(database: database).list(kind: PushPool.retryJob.rawValue, limit: 500)
+                .first { $0.payload["pushId"] == .string(quotaID) })
+            let midnight = PushPace.nextBeijingMidnight(after: Date())
+            #expect(deferred.dueAt >= midnight && deferred.dueAt <= midnight.addingTimeInterval(600))
+            fake.setQuota(app: app, limit: nil)
+            try await pool.process([PublishJobHandler.envelope(for: deferred)])
+            #expect(try await Self.status(database, quotaID) == "sent")
+            #expect(fake.sent.filter { $0.toUser == "gold-fan" }.count == 2)
 
             // 5xx three times: two retries at growing delays, then dead, its retry message refused (dead-lettered).
             fake.inject(status: 503, times: 3)
