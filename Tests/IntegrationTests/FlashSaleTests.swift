@@ -47,6 +47,24 @@ struct FlashSaleTests {
                                         headers: [.authorization: "Bearer \(token)", .contentType: "application/json"])
     }
 
+    /// Every member reserving `tries` times, all at once: (member, status, reservation id or refusal code).
+    static func reserveAll(_ client: any TestClientProtocol, sale: String, members: [(id: Int64, token: String)],
+                           tries: Int) async throws -> [(Int64, HTTPResponse.Status, String?)] {
+        try await withThrowingTaskGroup(of: (Int64, HTTPResponse.Status, String?).self) { group in
+            for member in members {
+                for _ in 0..<tries {
+                    group.addTask {
+                        let (status, json) = try await reserve(client, sale: sale, token: member.token)
+                        return (member.id, status, status == .created ? json["reservationId"] as? String : code(json))
+                    }
+                }
+            }
+            var all: [(Int64, HTTPResponse.Status, String?)] = []
+            for try await outcome in group { all.append(outcome) }
+            return all
+        }
+    }
+
     static func code(_ json: [String: Any]) -> String? { SchedulerAdminTests.error(json, "code") }
 
     /// The orders pool on `fanflow.orders`, as `fanflow worker --pool orders=1` runs it.
@@ -108,19 +126,7 @@ struct FlashSaleTests {
             let members = try await Self.members(2000, database: database)
             let pool = try Self.ordersPool(database: database, redis: redis)
 
-            let outcomes = try await withThrowingTaskGroup(of: (Int64, HTTPResponse.Status, String?).self) { group in
-                for member in members {
-                    for _ in 0..<2 {
-                        group.addTask {
-                            let (status, json) = try await Self.reserve(client, sale: id, token: member.token)
-                            return (member.id, status, status == .created ? json["reservationId"] as? String : Self.code(json))
-                        }
-                    }
-                }
-                var all: [(Int64, HTTPResponse.Status, String?)] = []
-                for try await outcome in group { all.append(outcome) }
-                return all
-            }
+            let outcomes = try await Self.reserveAll(client, sale: id, members: members, tries: 2)
             let won = outcomes.filter { $0.1 == .created }
             #expect(won.count == 100)
             #expect(Set(won.map(\.0)).count == 100, "a member got more than the limit")
@@ -540,19 +546,7 @@ struct FlashSaleTests {
             #expect(json["stockSlots"] as? Int == 8)
             #expect(try await stock.stripeInventories(id, slots: 8).map { $0?.remaining } == [13, 13, 13, 13, 12, 12, 12, 12])
             let members = try await Self.members(1000, database: database)
-            let outcomes = try await withThrowingTaskGroup(of: (Int64, HTTPResponse.Status, String?).self) { group in
-                for member in members {
-                    for _ in 0..<2 {
-                        group.addTask {
-                            let (status, json) = try await Self.reserve(client, sale: id, token: member.token)
-                            return (member.id, status, status == .created ? json["reservationId"] as? String : Self.code(json))
-                        }
-                    }
-                }
-                var all: [(Int64, HTTPResponse.Status, String?)] = []
-                for try await outcome in group { all.append(outcome) }
-                return all
-            }
+            let outcomes = try await Self.reserveAll(client, sale: id, members: members, tries: 2)
             let won = outcomes.filter { $0.1 == .created }
             #expect(won.count == 100)
             #expect(Set(won.map(\.0)).count == 100, "a member got more than the limit")
