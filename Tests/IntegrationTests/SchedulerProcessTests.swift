@@ -19,7 +19,7 @@ struct SchedulerProcessTests {
     static func startScheduler(databaseURL: String, log: URL) throws -> Process {
         let process = Process()
         process.executableURL = binary
-        process.arguments = ["scheduler", "--batch-size", "200", "--lease-seconds", "5", "--poll-milliseconds", "50"]
+        process.arguments = ["scheduler", "--batch-size", "200", "--lease-seconds", "10", "--poll-milliseconds", "50"]
         var environment = ProcessInfo.processInfo.environment
         environment["FANFLOW_DATABASE_URL"] = databaseURL
         environment["FANFLOW_SCHEDULER_PORT"] = "0"
