@@ -25,14 +25,15 @@ public struct PushPace: Sendable {
     }
 
     /// KEYS: bucket, daily counter. ARGV: rate per second, now (ms), daily quota, counter TTL (s).
-    /// The bucket holds 50 ms of messages (at least one), so a burst cannot run ahead of the pace by
-    /// more than that; an empty one says how long until a token.
+    /// The bucket holds 250 ms of messages (at least one): a burst runs ahead of the pace by no
+    /// more than that, and a worker that stalled for up to that long makes the time up. An empty
+    /// one says how long until a token.
     static let script = RedisScript("""
         local rate = tonumber(ARGV[1])
         local now = tonumber(ARGV[2])
         if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then return -1 end
         if rate > 0 then
-          local capacity = math.max(1, rate / 20)
+          local capacity = math.max(1, rate / 4)
           local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
           local tokens = tonumber(b[1] or capacity)
           local at = tonumber(b[2] or now)
