@@ -16,6 +16,16 @@ public struct FlashSaleStore: Sendable {
     /// (again: the admin API loads it when it is saved), so tags given since and a Redis that
     /// lost it are both covered by the opening second.
     public static let loadJob = JobKind("flashsale.load")
+    /// The reminder before a reservation's pay-by time, for the push pool (a trigger on
+    /// `fanflow.push.flashsale_reminder` sends it while the order is still unpaid). Routed to the
+    /// push queue only, not the orders pool.
+    public static let reminderJob = JobKind("push.flashsale_reminder")
+
+    /// Five minutes before the pay-by time, or halfway there for a shorter payment window.
+    public static func reminderDue(payBy: Date, now: Date) -> Date {
+        payBy.addingTimeInterval(-min(300, max(0, payBy.timeIntervalSince(now)) / 2))
+    }
+
     public static let loadKind = EventKind("flashsale.load")
     public static let reservedKind = EventKind("flashsale.reserved")
     public static let expireKind = EventKind("flashsale.expire")
@@ -118,8 +128,8 @@ public struct FlashSaleStore: Sendable {
         }
     }
 
-    /// Creates the orders of reservations not seen before, each with its expiry job, in one
-    /// transaction. Returns how many were new.
+    /// Creates the orders of reservations not seen before, each with its expiry job and its
+    /// payment reminder job, in one transaction. Returns how many were new.
     @discardableResult
     public func createOrders(_ reservations: [ReservationEvent]) async throws -> Int {
         guard !reservations.isEmpty else { return 0 }
@@ -136,9 +146,12 @@ public struct FlashSaleStore: Sendable {
                 VALUES \(rows.joined(separator: ",")) ON CONFLICT (reservation_id) DO NOTHING RETURNING reservation_id
                 """, parameters)
             let new = Set(inserted.compactMap { $0.string("reservation_id") })
-            try JobStore.enqueue(reservations.filter { new.contains($0.reservationID) }.map { r in
-                NewJob(kind: Self.expireJob, payload: ["saleId": .string(r.sale), "reservationId": .string(r.reservationID)],
-                       dueAt: r.payBy, uniqueKey: "flashsale.expire:\(r.reservationID)", maxAttempts: 20)
+            let now = Date()
+            try JobStore.enqueue(reservations.filter { new.contains($0.reservationID) }.flatMap { r in
+                [NewJob(kind: Self.expireJob, payload: ["saleId": .string(r.sale), "reservationId": .string(r.reservationID)],
+                        dueAt: r.payBy, uniqueKey: "flashsale.expire:\(r.reservationID)", maxAttempts: 20),
+                 NewJob(kind: Self.reminderJob, payload: r.envelope(requestID: "").attributes.filter { $0.key != "requestId" },
+                        dueAt: Self.reminderDue(payBy: r.payBy, now: now), uniqueKey: "flashsale.reminder:\(r.reservationID)", maxAttempts: 20)]
             }, on: connection)
             return new.count
         }
@@ -253,5 +266,13 @@ public struct FlashSaleStore: Sendable {
         return FlashSale(id: id, sku: sku, title: title, price: Int64(price), stock: stock, perMemberLimit: limit, startAt: start,
                          endAt: end, paymentTimeoutSeconds: timeout, audienceTag: row.string("audience_tag"),
                          stockSlots: row.int("stock_slots") ?? 1)
+    }
+}
+
+extension FlashSaleStore {
+    /// Whether a reservation's order still waits for its payment (a reminder is only for those).
+    public func awaitingPayment(_ reservationID: String) async throws -> Bool {
+        try await !database.query("SELECT 1 FROM flash_orders WHERE reservation_id = $1 AND status = 'reserved' AND pay_by > now()",
+                                  [reservationID]).isEmpty
     }
 }

@@ -4,7 +4,7 @@ import PostgresClient
 
 /// Templates, triggers and pushes in PostgreSQL.
 public struct PushStore: Sendable {
-    let database: PostgresPool
+    public let database: PostgresPool
 
     public init(database: PostgresPool) { self.database = database }
 

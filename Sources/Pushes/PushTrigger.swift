@@ -28,7 +28,7 @@ public struct PushTrigger: Sendable, Equatable {
         "wechat.subscribe": "scene (the QR scene, when the follow came through one)",
         "fanflow.member.level_changed": "level, previousLevel",
         "fanflow.flashsale.reserved": "saleId, campaign, quantity, amount, amountYuan, payBy, reservationId",
-        "fanflow.flashsale.reminder": "the reservation's fields, sent before its pay-by time",
+        "fanflow.push.flashsale_reminder": "the reservation's fields, 5 minutes before its pay-by time while unpaid",
         "fanflow.points.granted": "points (granted), balance",
         "fanflow.points.matured": "points (matured), balance",
     ]

@@ -1,4 +1,5 @@
 import Contracts
+import FlashSales
 import Foundation
 import Logging
 import Pushes
@@ -28,12 +29,14 @@ public struct PushPool: EnvelopeProcessor {
     static let sendKey = "fanflow.push.send"
     static let broadcastKey = "fanflow.push.broadcast"
     static let receiptKey = "wechat.templatesendjobfinish"
+    static let reminderKey = "fanflow.\(FlashSaleStore.reminderJob.rawValue)"
     let broadcastBatch: Int
 
     let store: PushStore
     let sender: PushSender
     let pace: PushPace
     let jobs: JobStore
+    let orders: FlashSaleStore
     let catalog: PushCatalog
     let logger: Logger
     let maxAttempts: Int
@@ -47,6 +50,7 @@ public struct PushPool: EnvelopeProcessor {
         self.sender = sender
         self.pace = pace
         self.jobs = jobs
+        self.orders = FlashSaleStore(database: store.database)
         self.catalog = PushCatalog(store: store)
         self.logger = logger
         self.maxAttempts = maxAttempts
@@ -83,6 +87,9 @@ public struct PushPool: EnvelopeProcessor {
     /// Each app's most specific trigger for `event` fires: a platform event (a follow) only on its own
     /// app, a FanFlow event (a level change) on every app whose templates a trigger names.
     func trigger(_ event: Envelope) async throws {
+        if event.routingKey == Self.reminderKey {
+            guard let reservation = event.attributes["reservationId"]?.string, try await orders.awaitingPayment(reservation) else { return }
+        }
         var byApp: [String: [(PushTrigger, PushTemplate)]] = [:]
         for trigger in try await catalog.triggers() where trigger.matches(event) {
             guard let template = try await catalog.template(trigger.template) else {
@@ -150,7 +157,7 @@ public struct PushPool: EnvelopeProcessor {
         return values.filter { !$0.value.isEmpty }
     }
 
-    static func beijing(_ date: Date) -> String {
+    public static func beijing(_ date: Date) -> String {
         let formatter = DateFormatter()
         formatter.locale = Locale(identifier: "en_US_POSIX")
         formatter.timeZone = TimeZone(identifier: "Asia/Shanghai")

@@ -113,7 +113,7 @@ struct FlashSaleProcessTests {
             #expect(try await FlashSaleTests.count(database, """
                 SELECT count(*) AS n FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1
                 """, [id]) == 250)
-            try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
+            try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [id])
         }
     }
 
@@ -212,7 +212,7 @@ struct FlashSaleProcessTests {
             #expect(try await Self.orders(database, sale: id) == stockSize)
             pool.cancel()
             _ = await pool.result
-            try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
+            try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [id])
         }
     }
 }

@@ -163,7 +163,7 @@ struct FlashSaleTests {
 
             pool.cancel()
             _ = await pool.result
-            try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
+            try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [id])
         }
     }
 
@@ -213,7 +213,7 @@ struct FlashSaleTests {
             pool.cancel()
             _ = await pool.result
             await broker.close()
-            try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
+            try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [id])
         }
     }
 
@@ -379,7 +379,7 @@ struct FlashSaleTests {
 
             pool.cancel()
             _ = await pool.result
-            try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' IN ($1, $2)", [id, late])
+            try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' IN ($1, $2)", [id, late])
         }
     }
 
@@ -445,7 +445,7 @@ struct FlashSaleTests {
             #expect(try await stock.inventory(sale: id, slots: 1) == books)
             // Agreeing books need no repair.
             #expect(try await Reconciler(store: store, stock: stock).reconcile(id, repair: false).repaired == false)
-            try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
+            try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [id])
         }
     }
 
@@ -541,7 +541,7 @@ struct FlashSaleTests {
             #expect(try await stock.inventory(sale: id, slots: 1) == Inventory(initial: 300, remaining: 100, reserved: 200, paid: 0))
             // The member the dead gateway held a unit for may reserve again.
             #expect(try await Self.reserve(client, sale: id, token: lost.token).0 == .created)
-            try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1", [id])
+            try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [id])
         }
     }
 
@@ -626,7 +626,7 @@ struct FlashSaleTests {
                                                                      requestID: UUID().uuidString, ratePerSecond: 0) { reserved += 1 }
             }
             #expect(reserved == 5)
-            try await database.query("DELETE FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' IN ($1, $2)", [id, narrow])
+            try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' IN ($1, $2)", [id, narrow])
         }
     }
 

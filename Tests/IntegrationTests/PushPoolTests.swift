@@ -2,6 +2,7 @@ import AMQPClient
 import AsyncHTTPClient
 import Contracts
 import FakePlatform
+import FlashSales
 import Foundation
 import Hummingbird
 import HummingbirdTesting
@@ -376,6 +377,45 @@ struct PushPoolTests {
             // Cut off mid-call: at most the sends the killed worker had in flight, each arrived at most once.
             #expect(cutOff <= 50)
             #expect(sent.count >= recorded && sent.count <= recorded + cutOff)
+        }
+    }
+
+
+    @Test("a flash-sale reservation gets its payment reminder 5 minutes before its pay-by time, rendered; a paid one gets none")
+    func reservationReminder() async throws {
+        try await Self.withPushes { setup in
+            let (client, fake, pool, app, database) = (setup.client, setup.fake, setup.pool, setup.app, setup.database)
+            let code = TestEnvironment.unique("remind"), trigger = TestEnvironment.unique("t-remind")
+            _ = try await Self.put(client, "/admin/v1/templates/\(code)",
+                                   #"{"appId":"\#(app)","templateId":"TPL-R","fields":{"first":"Pay {{amountYuan}} for {{quantity}} of {{campaign}} by {{payBy}}"}}"#)
+            let (status, _) = try await Self.put(client, "/admin/v1/push-triggers/\(trigger)",
+                                                 #"{"event":"fanflow.push.flashsale_reminder","template":"\#(code)"}"#)
+            #expect(status == .created)
+            let sale = TestEnvironment.unique("fs")
+            _ = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(sale)", FlashSaleTests.sale(stock: 5, limit: 2))
+            let ids = try await MemberDirectory(database: database).resolve([Identity(platform: .wechat, app: app, openid: "buyer"): nil])
+            let member = try #require(ids.values.first)
+            let payBy = Date().addingTimeInterval(900)
+            let store = FlashSaleStore(database: database)
+            let open = FlashSaleStore.ReservationEvent(reservationID: UUID().uuidString, sale: sale, member: member, quantity: 2, amount: 19800, payBy: payBy)
+            let paid = FlashSaleStore.ReservationEvent(reservationID: UUID().uuidString, sale: sale, member: member, quantity: 1, amount: 9900, payBy: payBy)
+            #expect(try await store.createOrders([open, paid]) == 2)
+            guard case .paid = try await store.pay(reservationID: paid.reservationID, amount: 9900, paidAt: Date(), reference: "t") else {
+                Issue.record("not paid"); return
+            }
+            let jobs = try await JobStore(database: database).list(kind: FlashSaleStore.reminderJob.rawValue, limit: 500)
+            for reservation in [open, paid] {
+                let job = try #require(jobs.first { $0.payload["reservationId"] == .string(reservation.reservationID) })
+                #expect(abs(job.dueAt.timeIntervalSince(payBy.addingTimeInterval(-300))) < 1)
+                let envelope = PublishJobHandler.envelope(for: job)
+                #expect(envelope.routingKey == "fanflow.push.flashsale_reminder")
+                try await pool.process([envelope])
+            }
+            let sent = fake.sent.filter { $0.app == app }
+            #expect(sent.count == 1, "the paid reservation got a reminder too")
+            #expect("\(sent.first?.body["data"] ?? "")".contains("Pay 198.00 for 2 of \(sale) by \(PushPool.beijing(payBy))"))
+            _ = try await PointsAdminTests.call(client, .delete, "/admin/v1/push-triggers/\(trigger)")
+            try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [sale])
         }
     }
 
