@@ -63,7 +63,7 @@ let package = Package(
         // Pushes: templates (Mustache), triggers, the platforms' message APIs and their shared access
         // tokens, pace and quota.
         .target(name: "Pushes",
-                dependencies: ["Contracts", "PostgresClient", "RedisClient",
+                dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler",
                                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "Mustache", package: "swift-mustache"),

@@ -41,6 +41,11 @@ public final class AccessTokenBroker: Sendable {
     /// The platform's daily allowance of forced refreshes (stable token: 20 a day).
     let forcedBudget: Int
     public let counters = Counters()
+    /// The token as this process last read or made it, trusted for a few seconds: a send then
+    /// costs no Redis round trip for its token. A token another worker replaced meanwhile fails
+    /// with 40001, and ``refresh(app:replacing:force:)`` reads Redis again.
+    private let memory = Mutex<[String: (value: String, expiresAt: Date, readAt: ContinuousClock.Instant)]>([:])
+    static let memoryFor = Duration.seconds(5)
 
     public final class Counters: Sendable {
         public let refreshes = Atomic<Int>(0)
@@ -70,6 +75,10 @@ public final class AccessTokenBroker: Sendable {
 
     /// The app's current token, refreshed first when it is missing or near its expiry.
     public func token(app: String) async throws -> String {
+        if let known = memory.withLock({ $0[app] }), ContinuousClock.now - known.readAt < Self.memoryFor,
+           known.expiresAt.timeIntervalSinceNow > margin {
+            return known.value
+        }
         if let current = try await stored(app), current.expiresAt.timeIntervalSinceNow > margin { return current.value }
         return try await refresh(app: app, replacing: nil, force: false)
     }
@@ -111,6 +120,7 @@ public final class AccessTokenBroker: Sendable {
         let expiresAt = Int64((Date().timeIntervalSince1970 + Double(token.expiresIn)) * 1000)
         _ = try await redis.connection.command(["SET", Self.tokenKey(app), "\(expiresAt)|\(token.value)", "PX",
                                                 String(max(1, token.expiresIn) * 1000)])
+        remember(app, token.value, Date(timeIntervalSince1970: Double(expiresAt) / 1000))
         logger.info("access token refreshed", metadata: ["app": "\(app)", "forced": "\(force)", "expiresIn": "\(token.expiresIn)"])
         return token.value
     }
@@ -138,7 +148,13 @@ public final class AccessTokenBroker: Sendable {
     private func stored(_ app: String) async throws -> (value: String, expiresAt: Date)? {
         guard let text = try await redis.connection.command(["GET", Self.tokenKey(app)]).string,
               let bar = text.firstIndex(of: "|"), let milliseconds = Int64(text[..<bar]) else { return nil }
-        return (String(text[text.index(after: bar)...]), Date(timeIntervalSince1970: Double(milliseconds) / 1000))
+        let token = (value: String(text[text.index(after: bar)...]), expiresAt: Date(timeIntervalSince1970: Double(milliseconds) / 1000))
+        remember(app, token.value, token.expiresAt)
+        return token
+    }
+
+    private func remember(_ app: String, _ value: String, _ expiresAt: Date) {
+        memory.withLock { $0[app] = (value, expiresAt, .now) }
     }
 
     /// WeChat's quotas reset at midnight in Beijing.

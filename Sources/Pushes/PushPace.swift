@@ -64,12 +64,6 @@ public struct PushPace: Sendable {
         }
     }
 
-    /// Messages sent today for `app`, and what is left of the quota.
-    public func usedToday(app: String, now: Date = Date()) async throws -> Int {
-        Int(try await redis.connection.command(["GET", "fanflow:{wx:\(app)}:sent:\(AccessTokenBroker.beijingDay(now))"]).string
-            .flatMap { Int($0) } ?? 0)
-    }
-
     public static func nextBeijingMidnight(after date: Date) -> Date {
         var calendar = Calendar(identifier: .gregorian)
         calendar.timeZone = TimeZone(identifier: "Asia/Shanghai") ?? TimeZone(secondsFromGMT: 8 * 3600) ?? .current

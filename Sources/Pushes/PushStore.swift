@@ -1,6 +1,7 @@
 import Contracts
 import Foundation
 import PostgresClient
+import Scheduler
 
 /// Templates, triggers and pushes in PostgreSQL.
 public struct PushStore: Sendable {
@@ -316,35 +317,16 @@ extension PushStore {
         }
     }
 
-    /// A new broadcast and the scheduler job that starts its fan-out at `at`.
-    public func createBroadcast(template: String, tags: [String], at: Date, firstBatch: @escaping @Sendable (Int64) -> NewJobRow) async throws -> Broadcast? {
+    /// A new broadcast and the scheduler job that starts its fan-out at `at`, in one transaction;
+    /// nil when the template is unknown.
+    public func createBroadcast(template: String, tags: [String], at: Date) async throws -> Broadcast? {
         try await database.transaction { connection in
             guard try !connection.query("SELECT 1 FROM push_templates WHERE code = $1", [template]).isEmpty else { return nil }
-            guard let row = try connection.query("""
-                INSERT INTO broadcasts (template, tags, due_at, status) VALUES ($1, $2::text[], $3, 'scheduled')
-                RETURNING id, extract(epoch FROM due_at)::float8 AS due_at
-                """, [template, PostgresArray(tags), at]).first, let id = row.int("id") else { return nil }
-            let job = firstBatch(Int64(id))
-            try connection.query("""
-                INSERT INTO jobs (kind, payload, unique_key, due_at, max_attempts) VALUES ($1, $2::jsonb, $3, $4, 20)
-                ON CONFLICT (unique_key) DO NOTHING
-                """, [job.kind, job.payload, job.uniqueKey, job.dueAt])
+            guard let id = try connection.query("""
+                INSERT INTO broadcasts (template, tags, due_at, status) VALUES ($1, $2::text[], $3, 'scheduled') RETURNING id
+                """, [template, PostgresArray(tags), at]).first?.int("id") else { return nil }
+            try JobStore.enqueue([PushJobs.broadcastBatch(Int64(id), after: 0, at: at)], on: connection)
             return Broadcast(id: Int64(id), template: template, tags: tags, dueAt: at, status: "scheduled", recipients: 0, cursor: 0)
-        }
-    }
-
-    /// A job row, written in the broadcast's own transaction (the scheduler's `jobs` table).
-    public struct NewJobRow: Sendable {
-        public let kind: String
-        public let payload: String
-        public let uniqueKey: String
-        public let dueAt: Date
-
-        public init(kind: String, payload: JSONValue, uniqueKey: String, dueAt: Date) {
-            self.kind = kind
-            self.payload = String(decoding: payload.jsonBytes, as: UTF8.self)
-            self.uniqueKey = uniqueKey
-            self.dueAt = dueAt
         }
     }
 
@@ -394,46 +376,31 @@ extension PushStore {
     }
 
     /// One batch of a broadcast, in one transaction: its pushes, a send job for each new one, the
-    /// cursor moved, and the next batch's job (or the broadcast marked fanned out). A batch done
-    /// twice (a redelivered job) finds the cursor moved and does nothing.
-    public func fanOut(broadcast id: Int64, from cursor: Int64, pushes: [NewPush], sendJob: @escaping @Sendable (String) -> NewJobRow, nextBatch: NewJobRow?) async throws -> Bool {
-        try await database.transaction { connection in
+    /// cursor moved, and the next batch's job when `more` (or the broadcast marked fanned out). A
+    /// batch done twice (a redelivered job) finds the cursor moved and does nothing.
+    public func fanOut(broadcast id: Int64, from cursor: Int64, pushes: [NewPush], more: Bool, at now: Date) async throws -> Bool {
+        let last = pushes.last?.member ?? cursor
+        return try await database.transaction { connection in
             guard try !connection.query("""
                 UPDATE broadcasts SET cursor = $3, recipients = recipients + $4, updated_at = now(),
                     status = CASE WHEN $5 THEN 'fanning_out' ELSE 'fanned_out' END
                 WHERE id = $1 AND cursor = $2 AND status IN ('scheduled', 'fanning_out') RETURNING id
-                """, [id, cursor, pushes.last.flatMap(\.member) ?? cursor, pushes.count, nextBatch != nil]).isEmpty else { return false }
+                """, [id, cursor, last, pushes.count, more]).isEmpty else { return false }
+            var jobs: [NewJob] = more ? [PushJobs.broadcastBatch(id, after: last, at: now)] : []
             for chunk in stride(from: 0, to: pushes.count, by: 500) {
-                let part = pushes[chunk..<min(chunk + 500, pushes.count)]
                 var rows: [String] = [], parameters: [any PostgresEncodable] = []
-                for push in part {
+                for push in pushes[chunk..<min(chunk + 500, pushes.count)] {
                     let b = parameters.count
                     rows.append("($\(b + 1),$\(b + 2)::bigint,$\(b + 3),$\(b + 4),$\(b + 5),$\(b + 6),'pending',$\(b + 7)::jsonb,$\(b + 8)::bigint)")
                     parameters += [push.id, push.member, push.platform, push.app, push.openid, push.template,
                                    String(decoding: push.message.json.jsonBytes, as: UTF8.self), id] as [any PostgresEncodable]
                 }
-                let inserted = try connection.query("""
+                jobs += try connection.query("""
                     INSERT INTO pushes (id, member_id, platform, app_id, openid, template, status, message, broadcast_id)
                     VALUES \(rows.joined(separator: ",")) ON CONFLICT (id) DO NOTHING RETURNING id
-                    """, parameters).compactMap { $0.string("id") }
-                guard !inserted.isEmpty else { continue }
-                var jobRows: [String] = [], jobParameters: [any PostgresEncodable] = []
-                for pushID in inserted {
-                    let job = sendJob(pushID), b = jobParameters.count
-                    jobRows.append("($\(b + 1),$\(b + 2)::jsonb,$\(b + 3),$\(b + 4)::timestamptz,20)")
-                    jobParameters += [job.kind, job.payload, job.uniqueKey, job.dueAt] as [any PostgresEncodable]
-                }
-                try connection.query("""
-                    INSERT INTO jobs (kind, payload, unique_key, due_at, max_attempts) VALUES \(jobRows.joined(separator: ","))
-                    ON CONFLICT (unique_key) DO NOTHING
-                    """, jobParameters)
+                    """, parameters).compactMap { $0.string("id") }.map { PushJobs.attempt($0, attempt: 0, at: now) }
             }
-            if let nextBatch {
-                try connection.query("""
-                    INSERT INTO jobs (kind, payload, unique_key, due_at, max_attempts) VALUES ($1, $2::jsonb, $3, $4, 20)
-                    ON CONFLICT (unique_key) DO NOTHING
-                    """, [nextBatch.kind, nextBatch.payload, nextBatch.uniqueKey, nextBatch.dueAt])
-            }
+            try JobStore.enqueue(jobs, on: connection)
             return true
         }
     }

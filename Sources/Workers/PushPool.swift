@@ -20,16 +20,11 @@ import Synchronization
 /// with exponential backoff and jitter, and after `maxAttempts` the push is `dead` with its last
 /// error and its retry message dead-lettered to `fanflow.push.dead`.
 public struct PushPool: EnvelopeProcessor {
-    public static let retryJob = JobKind(PushJobs.retry)
-    public static let sendJob = JobKind(PushJobs.send)
-    public static let broadcastJob = JobKind(PushJobs.broadcast)
-    /// Jobs the scheduler publishes for this pool.
-    public static let jobKinds = [retryJob, sendJob, broadcastJob]
-    static let retryKey = "fanflow.push.retry"
-    static let sendKey = "fanflow.push.send"
-    static let broadcastKey = "fanflow.push.broadcast"
+    static let retryKey = PushJobs.routingKey(PushJobs.retry)
+    static let sendKey = PushJobs.routingKey(PushJobs.send)
+    static let broadcastKey = PushJobs.routingKey(PushJobs.broadcast)
+    static let reminderKey = PushJobs.routingKey(FlashSaleStore.reminderJob)
     static let receiptKey = "wechat.templatesendjobfinish"
-    static let reminderKey = "fanflow.\(FlashSaleStore.reminderJob.rawValue)"
     let broadcastBatch: Int
 
     let store: PushStore
@@ -157,12 +152,17 @@ public struct PushPool: EnvelopeProcessor {
         return values.filter { !$0.value.isEmpty }
     }
 
+    static let beijingCalendar: Calendar = {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "Asia/Shanghai") ?? TimeZone(secondsFromGMT: 8 * 3600) ?? .current
+        return calendar
+    }()
+
+    /// `yyyy-MM-dd HH:mm` in Beijing time, as members read it (a broadcast renders it once a
+    /// member, so no formatter is made each time).
     public static func beijing(_ date: Date) -> String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "Asia/Shanghai")
-        formatter.dateFormat = "yyyy-MM-dd HH:mm"
-        return formatter.string(from: date)
+        let p = beijingCalendar.dateComponents([.year, .month, .day, .hour, .minute], from: date)
+        return String(format: "%04d-%02d-%02d %02d:%02d", p.year ?? 0, p.month ?? 0, p.day ?? 0, p.hour ?? 0, p.minute ?? 0)
     }
 
     // MARK: Sending
@@ -172,20 +172,18 @@ public struct PushPool: EnvelopeProcessor {
     /// goes to the dead-letter queue.
     func attempt(id: String, app: String, openid: String, message: RenderedMessage, attempt: Int) async throws {
         guard try await store.claim(id, attempt: attempt) else { return }
-        while true {
+        pacing: while true {
             switch try await pace.take(app: app) {
             case .go:
-                break
+                break pacing
             case .wait(let milliseconds):
                 try await Task.sleep(for: .milliseconds(max(1, milliseconds)))
-                continue
             case .quotaSpent(let resetsAt):
                 metrics.count("deferred")
                 try await store.record(id, status: "deferred", error: "daily quota spent")
                 try await scheduleRetry(id, attempt: attempt + 1, at: resetsAt.addingTimeInterval(Double.random(in: 0...600)))
                 return
             }
-            break
         }
         switch await sender.sendTemplate(app: app, message.templateMessage(to: openid)) {
         case .sent(let messageID):
@@ -216,8 +214,7 @@ public struct PushPool: EnvelopeProcessor {
     }
 
     func scheduleRetry(_ id: String, attempt: Int, at due: Date) async throws {
-        try await jobs.enqueue(NewJob(kind: Self.retryJob, payload: ["pushId": .string(id), "pushAttempt": .integer(Int64(attempt))],
-                                      dueAt: due, uniqueKey: "push.retry:\(id):\(attempt)", maxAttempts: 20))
+        try await jobs.enqueue(PushJobs.attempt(id, attempt: attempt, at: due))
     }
 
     func retry(_ event: Envelope) async throws {
@@ -252,11 +249,7 @@ public struct PushPool: EnvelopeProcessor {
                               openid: member.openid, template: template.code, trigger: nil,
                               message: template.render(Self.values(fanned, member)))
         }
-        let next = members.count == broadcastBatch ? members.last?.member : nil
-        _ = try await store.fanOut(broadcast: id, from: cursor, pushes: pushes, sendJob: { pushID in
-            PushStore.NewJobRow(kind: Self.sendJob.rawValue, payload: .object(["pushId": .string(pushID), "pushAttempt": .integer(0)]),
-                                uniqueKey: "push.send:\(pushID)", dueAt: now)
-        }, nextBatch: next.map { PushJobs.broadcastBatch(id, after: $0, at: now) })
+        _ = try await store.fanOut(broadcast: id, from: cursor, pushes: pushes, more: members.count == broadcastBatch, at: now)
     }
 
     // MARK: Receipts
@@ -294,16 +287,18 @@ final class PushCatalog: Sendable {
         self.refresh = refresh
     }
 
+    /// Triggers, and the templates read since, are forgotten together once `refresh` has passed.
+    private var isFresh: Bool { cache.withLock { state in state.at.map { ContinuousClock.now - $0 < refresh } == true } }
+
     func triggers() async throws -> [PushTrigger] {
-        if let cached = cache.withLock({ state in state.at.map { ContinuousClock.now - $0 < refresh } == true ? state.triggers : nil }) {
-            return cached
-        }
+        if isFresh { return cache.withLock { $0.triggers } }
         let triggers = try await store.triggers()
         cache.withLock { $0 = (triggers, [:], .now) }
         return triggers
     }
 
     func template(_ code: String) async throws -> PushTemplate? {
+        if !isFresh { _ = try await triggers() }
         if let cached = cache.withLock({ $0.templates[code] }) { return cached }
         let template = try await store.template(code)
         cache.withLock { $0.templates[code] = template }

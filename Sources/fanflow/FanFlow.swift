@@ -186,9 +186,8 @@ struct SchedulerCommand: AsyncParsableCommand {
             .merging(MaintenanceJobs.handlers(store: store)) { first, _ in first }
             .merging([FlashSaleStore.expireJob: PublishJobHandler(broker: broker),
                       FlashSaleStore.loadJob: PublishJobHandler(broker: broker),
-                      PushPool.retryJob: PublishJobHandler(broker: broker), PushPool.sendJob: PublishJobHandler(broker: broker),
-                      PushPool.broadcastJob: PublishJobHandler(broker: broker),
                       FlashSaleStore.reminderJob: PublishJobHandler(broker: broker)]) { first, _ in first }
+            .merging(PushJobs.kinds.map { ($0, PublishJobHandler(broker: broker)) }) { first, _ in first }
         let runner = JobRunner(store: store, handlers: handlers, configuration: runnerConfiguration, metrics: metrics, logger: logger)
         var services: [any Service] = [
             LeaderElection(databaseURL: configuration.databaseURL, logger: logger) { periodic.setLeading($0) }, periodic, runner,

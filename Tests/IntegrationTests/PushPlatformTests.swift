@@ -68,6 +68,14 @@ struct PushPlatformTests {
             #expect(broker.counters.forced.load(ordering: .relaxed) == 1)
             #expect(fake.sent.count == 40)
             #expect(fake.sent.first?.templateID == "TPL-points")
+
+            // Forced refreshes past the platform's 20 a day are counted as over budget (and logged as errors).
+            for index in 0..<20 {
+                fake.invalidateTokens()
+                if case .sent = await sender.sendTemplate(app: app, Self.message("again-\(index)")) {} else { Issue.record("not sent after a forced refresh") }
+            }
+            #expect(fake.forcedRefreshes == 21)
+            #expect(broker.counters.overBudget.load(ordering: .relaxed) == 1)
         }
     }
 

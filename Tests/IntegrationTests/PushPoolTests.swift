@@ -198,7 +198,7 @@ struct PushPoolTests {
             let gone = try levelChange("gone-fan")
             try await pool.process([gone])
             #expect(try await Self.status(database, "\(trigger):\(gone.id)") == "unsubscribed")
-            let retryJobs = try await JobStore(database: database).list(kind: PushPool.retryJob.rawValue, limit: 500)
+            let retryJobs = try await JobStore(database: database).list(kind: PushJobs.retry.rawValue, limit: 500)
             #expect(!retryJobs.contains { $0.payload["pushId"] == .string("\(trigger):\(gone.id)") })
 
             // Quota spent (45009): deferred to just after midnight in Beijing; once it resets, the retry sends it.
@@ -207,7 +207,7 @@ struct PushPoolTests {
             let quotaID = "\(trigger):\(quota.id)"
             try await pool.process([quota])
             #expect(try await Self.status(database, quotaID) == "deferred")
-            let deferred = try #require(try await JobStore(database: database).list(kind: PushPool.retryJob.rawValue, limit: 500)
+            let deferred = try #require(try await JobStore(database: database).list(kind: PushJobs.retry.rawValue, limit: 500)
                 .first { $0.payload["pushId"] == .string(quotaID) })
             let midnight = PushPace.nextBeijingMidnight(after: Date())
             #expect(deferred.dueAt >= midnight && deferred.dueAt <= midnight.addingTimeInterval(600))
@@ -226,7 +226,7 @@ struct PushPoolTests {
             try await pool.process([flaky])
             var after = Date()
             for attempt in 1...2 {
-                let job = try #require(try await JobStore(database: database).list(kind: PushPool.retryJob.rawValue, limit: 500)
+                let job = try #require(try await JobStore(database: database).list(kind: PushJobs.retry.rawValue, limit: 500)
                     .first { $0.payload["pushId"] == .string(pushID) && $0.payload["pushAttempt"] == .integer(Int64(attempt)) })
                 let full = 0.2 * pow(2, Double(attempt - 1))
                 #expect(job.dueAt >= before.addingTimeInterval(full / 2 - 0.01) && job.dueAt <= after.addingTimeInterval(full + 0.01),
@@ -250,7 +250,7 @@ struct PushPoolTests {
             #expect(fake.sent.filter { $0.toUser == "flaky-fan" }.isEmpty)
 
             _ = try await PointsAdminTests.call(client, .delete, "/admin/v1/push-triggers/\(trigger)")
-            try await database.query("DELETE FROM jobs WHERE kind = $1 AND payload->>'pushId' LIKE $2", [PushPool.retryJob.rawValue, trigger + ":%"])
+            try await database.query("DELETE FROM jobs WHERE kind = $1 AND payload->>'pushId' LIKE $2", [PushJobs.retry.rawValue, trigger + ":%"])
         }
     }
 
@@ -274,7 +274,7 @@ struct PushPoolTests {
         let broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { try await $0.enableConfirms() }
         try await broker.start()
         let handler = PublishJobHandler(broker: broker)
-        let runner = JobRunner(store: JobStore(database: database), handlers: Dictionary(uniqueKeysWithValues: PushPool.jobKinds.map { ($0, handler) }),
+        let runner = JobRunner(store: JobStore(database: database), handlers: Dictionary(uniqueKeysWithValues: PushJobs.kinds.map { ($0, handler) }),
                                logger: logger)
         return (Task {
             while !Task.isCancelled {
@@ -355,6 +355,7 @@ struct PushPoolTests {
             let first = try FlashSaleProcessTests.start(["worker", "--pool", "push=1", "--prefetch", "50"], environment: environment, log: "push-worker-1")
             try await FlashSaleTests.waitFor("some pushes", timeout: .seconds(60)) { fake.sent.filter { $0.app == app }.count >= 600 }
             FlashSaleProcessTests.kill(first)
+            #expect(fake.sent.filter { $0.app == app }.count < count, "the worker finished before it was killed")
             let second = try FlashSaleProcessTests.start(["worker", "--pool", "push=1", "--prefetch", "50"], environment: environment, log: "push-worker-2")
             func settled() async throws -> (sent: Int, sending: Int) {
                 let rows = try await database.query("SELECT status, count(*) AS n FROM pushes WHERE broadcast_id = $1 GROUP BY status", [id])

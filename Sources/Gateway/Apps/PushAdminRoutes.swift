@@ -84,9 +84,7 @@ extension Gateway {
                 at = max(at, date)
             }
             let due = at
-            let created = try await stored {
-                try await store.createBroadcast(template: template, tags: tags, at: due) { PushJobs.broadcastBatch($0, after: 0, at: due) }
-            }
+            let created = try await stored { try await store.createBroadcast(template: template, tags: tags, at: due) }
             guard let created else { throw GatewayError(.conflict, "unknown_template", "no template \(template): save it first") }
             return Response.json(created.json, status: .created)
         }
