@@ -1,4 +1,5 @@
 import AMQPClient
+import AsyncHTTPClient
 import Contracts
 import FlashSales
 import Foundation
@@ -6,6 +7,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import NIOCore
+import NIOHTTP1
 import PostgresClient
 import RedisClient
 import Runtime
@@ -94,8 +96,8 @@ struct FlashSaleProcessTests {
         // A vhost of the test's own: the suite's in-process orders pools share `fanflow.orders` on the
         // default one and would drain the queue before the kill.
         let vhost = TestEnvironment.unique("fanflow-test-orders")
-        try Self.rabbitmqctl(["add_vhost", vhost])
-        try Self.rabbitmqctl(["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"])
+        try await Self.management(.PUT, "vhosts/\(vhost)")
+        try await Self.management(.PUT, "permissions/\(vhost)/guest", body: #"{"configure":".*","write":".*","read":".*"}"#)
         let url = TestEnvironment.amqpURL
         let isolated = String(url[..<(url.lastIndex(of: "/") ?? url.endIndex)]) + "/" + vhost
         try await FlashSaleTests.withServers { client, database, _ in
@@ -133,19 +135,21 @@ struct FlashSaleProcessTests {
                 """, [id]) == 250)
             try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [id])
         }
-        try Self.rabbitmqctl(["delete_vhost", vhost])
+        try await Self.management(.DELETE, "vhosts/\(vhost)")
     }
 
-    /// The local broker's `rabbitmqctl`, as `scripts/services` exports it.
-    static func rabbitmqctl(_ arguments: [String]) throws {
-        let command = ProcessInfo.processInfo.environment["FANFLOW_LOCAL_RABBITMQCTL"] ?? "rabbitmqctl"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", command + " " + arguments.map { "'\($0)'" }.joined(separator: " ")]
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "rabbitmqctl \(arguments.joined(separator: " "))")
+    /// A call to the broker's management API (`FANFLOW_AMQP_MANAGEMENT_URL`, default the local one).
+    static func management(_ method: NIOHTTP1.HTTPMethod, _ path: String, body: String? = nil) async throws {
+        let base = ProcessInfo.processInfo.environment["FANFLOW_AMQP_MANAGEMENT_URL"] ?? "http://guest:guest@127.0.0.1:15672"
+        guard let url = URL(string: base), let host = url.host else { Issue.record("bad management URL \(base)"); return }
+        var request = HTTPClientRequest(url: "\(url.scheme ?? "http")://\(host):\(url.port ?? 15672)/api/\(path)")
+        request.method = method
+        let credentials = Data("\(url.user ?? "guest"):\(url.password ?? "guest")".utf8).base64EncodedString()
+        request.headers.add(name: "Authorization", value: "Basic \(credentials)")
+        request.headers.add(name: "Content-Type", value: "application/json")
+        if let body { request.body = .bytes(ByteBuffer(string: body)) }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        #expect((200..<300).contains(Int(response.status.code)), "\(method) /api/\(path): \(response.status)")
     }
 
     @Test("a gateway SIGKILLed mid-sale: every 201 has its order, none beyond the stock; after reconcile --repair a new gateway sells exactly the rest")
