@@ -58,4 +58,8 @@ public struct EventKind: RawRepresentable, Codable, Sendable, Hashable, CustomSt
 
     // Emitted by FanFlow.
     public static let levelChanged: EventKind = "member.level_changed"
+    /// Points a member earned from one event, every rule's share summed.
+    public static let pointsGranted: EventKind = "points.granted"
+    /// Purchase points that matured after their pending period.
+    public static let pointsMatured: EventKind = "points.matured"
 }

@@ -64,6 +64,19 @@ public struct LedgerReversal: Sendable {
     }
 }
 
+/// Points a member earned from one event (kind `points.granted`) or that matured from a pending
+/// purchase grant (kind `points.matured`), as published: every rule's share summed, so the member
+/// hears of it once.
+struct PointsNews {
+    var member: Int64
+    var cause: String
+    var kind: EventKind
+    var points: Int64 = 0
+    var growth: Int64 = 0
+    var rules: [String] = []
+    var subject: Identity?
+}
+
 /// A member whose level changed, as published (kind `member.level_changed`).
 public struct LevelChange: Sendable, Equatable {
     public let member: Int64
@@ -98,6 +111,7 @@ public struct Ledger: Sendable {
         guard !grants.isEmpty || !reversals.isEmpty else { return [] }
         return try await database.transaction { connection in
             var deltas: [Int64: Delta] = [:]
+            var news = PointsNewsBuilder()
             if !grants.isEmpty {
                 var rows: [String] = []
                 var parameters: [any PostgresEncodable] = []
@@ -110,7 +124,7 @@ public struct Ledger: Sendable {
                 let inserted = try connection.query("""
                     INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at, due_at, expires_at)
                     VALUES \(rows.joined(separator: ",")) ON CONFLICT DO NOTHING
-                    RETURNING id, member_id, kind, points, growth, event_id, extract(epoch FROM due_at)::float8 AS due_at
+                    RETURNING id, member_id, kind, rule, points, growth, event_id, extract(epoch FROM due_at)::float8 AS due_at
                     """, parameters)
                 // Each pending entry matures through a job committed with it: neither exists without the other.
                 try JobStore.enqueue(inserted.compactMap { row in
@@ -123,15 +137,18 @@ public struct Ledger: Sendable {
                     guard let member = row.int("member_id").map(Int64.init) else { continue }
                     let points = Int64(row.int("points") ?? 0), growth = Int64(row.int("growth") ?? 0)
                     var delta = deltas[member] ?? Delta()
+                    let cause = row.string("event_id") ?? ""
                     if row.string("kind") == LedgerGrant.Kind.pending.rawValue {
                         delta.pendingPoints += points
                         delta.pendingGrowth += growth
                     } else {
                         delta.points += points
                         delta.growth += growth
+                        news.add(member: member, cause: cause, kind: .pointsGranted, points: points, growth: growth,
+                                 rule: row.string("rule"), subject: subjects[member]?.0)
                     }
                     delta.subject = subjects[member]?.0
-                    delta.cause = row.string("event_id") ?? ""
+                    delta.cause = cause
                     deltas[member] = delta
                 }
             }
@@ -147,7 +164,9 @@ public struct Ledger: Sendable {
                 total.cause = reversal.eventID
                 deltas[reversal.member] = total
             }
-            return try Self.updateBalances(deltas, levels: levels, on: connection)
+            let update = try Self.updateBalances(deltas, levels: levels, on: connection)
+            try news.publish(balances: update.balances, on: connection)
+            return update.changes
         }
     }
 
@@ -171,9 +190,10 @@ public struct Ledger: Sendable {
                 INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at, expires_at)
                 SELECT member_id, 'matured', rule, points, growth, reason, event_id, ref, occurred_at, expires_at FROM settled
                 ON CONFLICT DO NOTHING
-                RETURNING member_id, points, growth, event_id
+                RETURNING member_id, rule, points, growth, event_id
                 """, [PostgresArray(ids)])
             var deltas: [Int64: Delta] = [:]
+            var news = PointsNewsBuilder()
             for row in matured {
                 guard let member = row.int("member_id").map(Int64.init) else { continue }
                 let points = Int64(row.int("points") ?? 0), growth = Int64(row.int("growth") ?? 0)
@@ -184,8 +204,11 @@ public struct Ledger: Sendable {
                 delta.pendingGrowth -= growth
                 delta.cause = row.string("event_id") ?? ""
                 deltas[member] = delta
+                news.add(member: member, cause: delta.cause, kind: .pointsMatured, points: points, growth: growth,
+                         rule: row.string("rule"), subject: nil)
             }
-            _ = try Self.updateBalances(deltas, levels: levels, on: connection)
+            let update = try Self.updateBalances(deltas, levels: levels, on: connection)
+            try news.publish(balances: update.balances, on: connection)
             return matured.count
         }
     }
@@ -210,7 +233,7 @@ public struct Ledger: Sendable {
                     SELECT m.points AS balance,
                            (SELECT coalesce(sum(points), 0) FROM ledger l WHERE l.member_id = m.id AND l.id > $2
                               AND l.kind IN ('grant', 'matured') AND l.points > 0 AND l.settled_at IS NULL) AS newer
-                    FROM members m WHERE m.id = $1 FOR UPDATE
+                    FROM members m WHERE m.id = $1 FOR NO KEY UPDATE
                     """, [member, id])
                 let balance = Int64(state.first?.int("balance") ?? 0) + (deltas[member]?.points ?? 0)
                 let newer = Int64(state.first?.int("newer") ?? 0)
@@ -265,30 +288,42 @@ public struct Ledger: Sendable {
         return delta
     }
 
+    struct BalanceUpdate {
+        var changes: [LevelChange] = []
+        /// Each touched member's spendable balance after the update.
+        var balances: [Int64: Int64] = [:]
+    }
+
     /// Adds the deltas to the members' balances (in id order) and moves levels with growth. With
     /// `force`, members with an empty delta are looked at too (their balances changed otherwise).
+    @discardableResult
     static func updateBalances(_ deltas: [Int64: Delta], levels: LevelTable, on connection: isolated PostgresConnection,
-                               force: Bool = false) throws -> [LevelChange] {
+                               force: Bool = false) throws -> BalanceUpdate {
         let touched = deltas.filter { force || !$0.value.isEmpty }.sorted { $0.key < $1.key }
-        guard !touched.isEmpty else { return [] }
+        guard !touched.isEmpty else { return BalanceUpdate() }
         // Row locks in id order first, then one UPDATE for all: concurrent batches cannot deadlock.
+        // NO KEY UPDATE, as the UPDATE itself takes: the ledger rows just inserted hold KEY SHARE
+        // locks on their members (the foreign key), and FOR UPDATE would wait on another batch's
+        // while that batch waits on ours.
         // The locked rows give each member's growth and level, so new levels are decided here and
         // written by the same UPDATE instead of one more statement per member.
         let ids = PostgresArray(touched.map(\.key))
-        let locked = try connection.query("SELECT id, growth, level FROM members WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
-                                          [ids])
+        let locked = try connection.query("""
+            SELECT id, points, growth, level FROM members WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+            """, [ids])
         guard locked.count == touched.count else { throw PostgresError(.usage, "a member of the batch does not exist") }
-        var current: [Int64: (growth: Int64, level: String)] = [:]
+        var current: [Int64: (points: Int64, growth: Int64, level: String)] = [:]
         for row in locked {
             guard let id = row.int("id") else { continue }
-            current[Int64(id)] = (Int64(row.int("growth") ?? 0), row.string("level") ?? "")
+            current[Int64(id)] = (Int64(row.int("points") ?? 0), Int64(row.int("growth") ?? 0), row.string("level") ?? "")
         }
         var rows: [String] = []
         var parameters: [any PostgresEncodable] = []
-        var changes: [LevelChange] = []
+        var update = BalanceUpdate()
         var envelopes: [Envelope] = []
         for (index, (member, delta)) in touched.enumerated() {
-            let (growthBefore, old) = current[member] ?? (0, "")
+            let (pointsBefore, growthBefore, old) = current[member] ?? (0, 0, "")
+            update.balances[member] = pointsBefore + delta.points
             let growth = growthBefore + delta.growth
             let new = levels.level(forGrowth: growth)
             let b = index * 6
@@ -298,7 +333,7 @@ public struct Ledger: Sendable {
             let before = old.isEmpty ? levels.level(forGrowth: growthBefore) : old
             guard new != before else { continue }
             let change = LevelChange(member: member, from: before, to: new, growth: growth)
-            changes.append(change)
+            update.changes.append(change)
             envelopes.append(levelChangeEnvelope(change, subject: delta.subject, cause: delta.cause))
         }
         try connection.query("""
@@ -308,7 +343,7 @@ public struct Ledger: Sendable {
             WHERE m.id = d.id
             """, parameters)
         try Outbox.insert(envelopes, on: connection)
-        return changes
+        return update
     }
 
     static func levelChangeEnvelope(_ change: LevelChange, subject: Identity?, cause: String) -> Envelope {
@@ -321,5 +356,42 @@ public struct Ledger: Sendable {
         return Envelope(id: "fanflow:level:\(change.member):\(change.to):\(cause)", platform: .fanflow,
                         app: subject?.app ?? "", kind: .levelChanged, subject: .init(openid: subject?.openid),
                         occurredAt: now, receivedAt: now, attributes: attributes)
+    }
+}
+
+/// The `points.granted` and `points.matured` news of one transaction, one per member and causing
+/// event, written to the outbox with the balances the transaction left.
+struct PointsNewsBuilder {
+    private var news: [String: PointsNews] = [:]
+
+    mutating func add(member: Int64, cause: String, kind: EventKind, points: Int64, growth: Int64, rule: String?, subject: Identity?) {
+        guard points != 0 || growth != 0 else { return }
+        let key = "\(kind.rawValue):\(member):\(cause)"
+        if news[key] == nil { news[key] = PointsNews(member: member, cause: cause, kind: kind, subject: subject) }
+        news[key]?.points += points
+        news[key]?.growth += growth
+        if let rule { news[key]?.rules.append(rule) }
+    }
+
+    /// In key order: two transactions writing the same news (a redelivery racing the original)
+    /// take the unique index's locks in one order and cannot deadlock.
+    func publish(balances: [Int64: Int64], on connection: isolated PostgresConnection) throws {
+        try Outbox.insert(news.sorted { $0.key < $1.key }.map { $0.value.envelope(balance: balances[$0.value.member]) }, on: connection)
+    }
+}
+
+extension PointsNews {
+    /// Its id is fixed by what caused it, so a redelivered or re-run grant cannot announce twice.
+    func envelope(balance: Int64?) -> Envelope {
+        let now = Date()
+        var attributes: [String: JSONValue] = [
+            "memberId": .integer(member), "points": .integer(points), "growth": .integer(growth),
+            "rules": .array(rules.sorted().map(JSONValue.string)), "causeEventId": .string(cause),
+        ]
+        if let balance { attributes["balance"] = .integer(balance) }
+        if let subject { attributes["memberPlatform"] = .string(subject.platform.rawValue) }
+        let tag = kind == .pointsMatured ? "matured" : "granted"
+        return Envelope(id: "fanflow:\(tag):\(member):\(cause)", platform: .fanflow, app: subject?.app ?? "", kind: kind,
+                        subject: .init(openid: subject?.openid), occurredAt: now, receivedAt: now, attributes: attributes)
     }
 }

@@ -159,7 +159,7 @@ struct PointsPoolTests {
         await h.close()
     }
 
-    @Test("a level change is written to the outbox with the grant and relayed to fanflow.events")
+    @Test("a level change and the grant's news are written to the outbox with the grant and relayed to fanflow.events")
     func levelChangeRelayed() async throws {
         let h = try await PointsHarness.open()
         let kind = h.kind("verify")
@@ -178,9 +178,14 @@ struct PointsPoolTests {
         for _ in 0..<20 where relayed == 0 {
             relayed += try await relay.relayOnce()
         }
-        let published = try await tap.wait(app: h.app, count: 1)
-        #expect(published.count == 1)
-        let change = try #require(published.first)
+        // The grant is news of its own (points.granted), beside the level change it caused.
+        let published = try await tap.wait(app: h.app, count: 2)
+        #expect(published.map(\.routingKey).sorted() == ["fanflow.member.level_changed", "fanflow.points.granted"])
+        let news = try #require(published.first { $0.routingKey == "fanflow.points.granted" })
+        #expect(news.envelope.attributes["points"] == .integer(1))
+        #expect(news.envelope.attributes["balance"] == .integer(1))
+        #expect(news.envelope.attributes["memberId"] == .integer(view.id))
+        let change = try #require(published.first { $0.routingKey == "fanflow.member.level_changed" })
         #expect(change.routingKey == "fanflow.member.level_changed")
         #expect(change.envelope.kind == .levelChanged)
         #expect(change.envelope.subject.openid == "o1")

@@ -420,4 +420,53 @@ struct PushPoolTests {
         }
     }
 
+    @Test("points granted (every rule's share of one event summed) and purchase points matured reach the member through the outbox, relay and push queue, once each")
+    func pointsNews() async throws {
+        try await Self.withPushes { setup in
+            let (client, fake, app, database) = (setup.client, setup.fake, setup.app, setup.database)
+            let code = TestEnvironment.unique("pts")
+            _ = try await Self.put(client, "/admin/v1/templates/\(code)",
+                                   #"{"appId":"\#(app)","templateId":"TPL-P","fields":{"first":"{{event}}: +{{points}}","keyword1":"{{balance}}"}}"#)
+            let granted = TestEnvironment.unique("t-granted"), matured = TestEnvironment.unique("t-matured")
+            _ = try await Self.put(client, "/admin/v1/push-triggers/\(granted)", #"{"event":"fanflow.points.granted","template":"\#(code)"}"#)
+            _ = try await Self.put(client, "/admin/v1/push-triggers/\(matured)", #"{"event":"fanflow.points.matured","template":"\#(code)"}"#)
+            let fan = Identity(platform: .wechat, app: app, openid: "earner")
+            let member = try #require(try await MemberDirectory(database: database).resolve([fan: nil])[fan])
+            let checkin = "wechat:\(UUID().uuidString)", purchase = "server:\(UUID().uuidString)"
+            func grant(_ rule: String, _ points: Int64, _ kind: LedgerGrant.Kind, event: String) -> LedgerGrant {
+                LedgerGrant(member: member, kind: kind, rule: rule, points: points, growth: 0, reason: rule, eventID: event, ref: nil,
+                            occurredAt: Date(), dueAt: kind == .pending ? Date().addingTimeInterval(86_400) : nil, subject: fan)
+            }
+            let ledger = Ledger(database: database)
+            let grants = [grant("checkin", 10, .grant, event: checkin), grant("streak", 20, .grant, event: checkin),
+                          grant("purchase", 50, .pending, event: purchase)]
+            try await ledger.apply(grants: grants, reversals: [], levels: .standard)
+            try await ledger.apply(grants: grants, reversals: [], levels: .standard)  // redelivered: no second news
+            let pending = try #require(try await database.query("SELECT id FROM ledger WHERE member_id = $1 AND kind = 'pending'", [member]).first?.int("id"))
+            #expect(try await ledger.mature(ids: [Int64(pending)], levels: .standard) == 1)
+            #expect(try await ledger.mature(ids: [Int64(pending)], levels: .standard) == 0)
+
+            let broker = ManagedAMQPConnection(configuration: try AMQPConfiguration(url: TestEnvironment.amqpURL),
+                                               logger: Self.logger) { connection in try await connection.enableConfirms() }
+            try await broker.start()
+            let relay = Task { try await OutboxRelay(outbox: Outbox(database: database), broker: broker, logger: Self.logger).run() }
+            let consumer = try Self.consume(setup.pool)
+            try await FlashSaleTests.waitFor("two pushes", timeout: .seconds(60)) { fake.sent.filter { $0.app == app }.count >= 2 }
+            try await Task.sleep(for: .milliseconds(500))
+            let texts = fake.sent.filter { $0.app == app }.map { "\($0.body["data"] ?? "")" }
+            #expect(texts.count == 2)
+            #expect(texts.contains { $0.contains("points.granted: +30") }, "\(texts)")
+            #expect(texts.contains { $0.contains("points.matured: +50") && $0.contains("80") }, "\(texts)")
+            #expect(try await Self.status(database, "\(granted):fanflow:granted:\(member):\(checkin)") == "sent")
+            #expect(try await Self.status(database, "\(matured):fanflow:matured:\(member):\(purchase)") == "sent")
+
+            consumer.cancel()
+            relay.cancel()
+            _ = await consumer.result
+            _ = await relay.result
+            await broker.close()
+            for trigger in [granted, matured] { _ = try await PointsAdminTests.call(client, .delete, "/admin/v1/push-triggers/\(trigger)") }
+            try await database.query("DELETE FROM jobs WHERE unique_key = $1", ["loyalty.mature:\(pending)"])
+        }
+    }
 }
