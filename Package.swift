@@ -60,10 +60,17 @@ let package = Package(
                 resources: [.copy("Migrations")],
                 swiftSettings: swiftSettings),
 
+        // Alipay's RSA2 signatures: the gateway checks notifications with them, the push pool signs
+        // its requests, and the fake platform plays Alipay's side.
+        .target(name: "PlatformSigning",
+                dependencies: [.product(name: "Crypto", package: "swift-crypto"),
+                               .product(name: "_CryptoExtras", package: "swift-crypto")],
+                swiftSettings: swiftSettings),
+
         // Pushes: templates (Mustache), triggers, the platforms' message APIs and their shared access
         // tokens, pace and quota.
         .target(name: "Pushes",
-                dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler",
+                dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler", "PlatformSigning",
                                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "Mustache", package: "swift-mustache"),
@@ -72,7 +79,8 @@ let package = Package(
         // A stand-in for WeChat's message APIs (token, stable token, template and custom messages) with
         // their real request and answer shapes and faults on demand: for tests, demos and benches.
         .target(name: "FakePlatform",
-                dependencies: [.product(name: "Hummingbird", package: "hummingbird")],
+                dependencies: ["PlatformSigning", .product(name: "Hummingbird", package: "hummingbird"),
+                               .product(name: "_CryptoExtras", package: "swift-crypto")],
                 swiftSettings: swiftSettings),
 
         // Process plumbing shared by gateway, workers and scheduler.
@@ -83,7 +91,7 @@ let package = Package(
 
         .target(name: "Gateway",
                 dependencies: ["Contracts", "Runtime", "Loyalty", "Scheduler", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
-                               "PostgresClient", "Storage",
+                               "PostgresClient", "Storage", "PlatformSigning",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "_CryptoExtras", package: "swift-crypto"),
                                .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -109,7 +117,7 @@ let package = Package(
 
         .executableTarget(name: "fanflow",
                           dependencies: ["Contracts", "Runtime", "Gateway", "Workers", "Scheduler", "Storage", "Loyalty", "FlashSales",
-                                         "Pushes", "FakePlatform", "AMQPClient", "PostgresClient", "RedisClient",
+                                         "Pushes", "FakePlatform", "PlatformSigning", "AMQPClient", "PostgresClient", "RedisClient",
                                          .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log"),
@@ -121,13 +129,13 @@ let package = Package(
                           swiftSettings: swiftSettings),
 
         .testTarget(name: "UnitTests",
-                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "Gateway", "Loyalty", "Scheduler", "FlashSales",
+                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "Gateway", "Loyalty", "Scheduler", "FlashSales", "PlatformSigning",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto")],
                     swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
                     dependencies: ["Contracts", "Runtime", "Workers", "Gateway", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
-                                   "RedisClient", "Pushes", "FakePlatform",
+                                   "RedisClient", "Pushes", "FakePlatform", "PlatformSigning",
                                    "PostgresClient", "Storage",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto"),

@@ -37,6 +37,8 @@ public struct FanFlowConfiguration: Sendable, Equatable {
     public var schedulerPort: Int = 8090
     /// Push pool: where WeChat's APIs are (a fake platform's address in tests and demos).
     public var wechatAPIBase: String = "https://api.weixin.qq.com"
+    /// Push pool: where Alipay's OpenAPI gateway is (`/gateway.do` under it).
+    public var alipayAPIBase: String = "https://openapi.alipay.com"
     /// Push pool: messages per second per app (0: unlimited) and per app and day (WeChat's template quota).
     public var pushRatePerApp: Int = 50
     public var pushDailyQuota: Int = 100_000
@@ -62,6 +64,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         ("FANFLOW_FLASHSALE_RATE_PER_IP", "gateway: flash-sale reservation attempts per second per client IP, 0 = none (default 0)"),
         ("FANFLOW_SCHEDULER_PORT", "scheduler: port of /metrics and /health on FANFLOW_HTTP_HOST, 0 = none (default 8090)"),
         ("FANFLOW_WECHAT_API_BASE", "push pool: base URL of WeChat's APIs (default https://api.weixin.qq.com)"),
+        ("FANFLOW_ALIPAY_API_BASE", "push pool: base URL of Alipay's OpenAPI gateway, /gateway.do under it (default https://openapi.alipay.com)"),
         ("FANFLOW_PUSH_RATE_PER_APP", "push pool: messages per second per app, 0 = unlimited (default 50)"),
         ("FANFLOW_PUSH_DAILY_QUOTA", "push pool: messages per app and Beijing day before deferring (default 100000)"),
     ]
@@ -154,10 +157,15 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         let flashPerIP = integer("FANFLOW_FLASHSALE_RATE_PER_IP", default: 0, range: 0...10_000_000)
         let pushRate = integer("FANFLOW_PUSH_RATE_PER_APP", default: 50, range: 0...100_000)
         let pushQuota = integer("FANFLOW_PUSH_DAILY_QUOTA", default: 100_000, range: 1...100_000_000)
-        let wechatBase = value("FANFLOW_WECHAT_API_BASE") ?? "https://api.weixin.qq.com"
-        if !(wechatBase.hasPrefix("http://") || wechatBase.hasPrefix("https://")) {
-            problems.append(ConfigurationError(variable: "FANFLOW_WECHAT_API_BASE", problem: "expected an http(s) URL, got \(wechatBase)"))
+        func baseURL(_ variable: String, default fallback: String) -> String {
+            let url = value(variable) ?? fallback
+            if !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
+                problems.append(ConfigurationError(variable: variable, problem: "expected an http(s) URL, got \(url)"))
+            }
+            return url
         }
+        let wechatBase = baseURL("FANFLOW_WECHAT_API_BASE", default: "https://api.weixin.qq.com")
+        let alipayBase = baseURL("FANFLOW_ALIPAY_API_BASE", default: "https://openapi.alipay.com")
 
         guard problems.isEmpty, let zone else { throw ConfigurationErrors(problems: problems) }
         var configuration = FanFlowConfiguration(amqpURL: amqp, redisURL: redis, databaseURL: database, httpHost: host,
@@ -173,6 +181,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         configuration.pushRatePerApp = pushRate
         configuration.pushDailyQuota = pushQuota
         configuration.wechatAPIBase = wechatBase
+        configuration.alipayAPIBase = alipayBase
         return configuration
     }
 

@@ -54,7 +54,7 @@ public struct Topology: Sendable {
         Queue(name: .behavior, bindings: ["#"], deliveryLimit: 10),
         Queue(name: .points, bindings: ["wechat.#", "alipay.#", "weibo.#", "qq.#", "server.#"], deliveryLimit: 10),
         Queue(name: .orders, bindings: ["fanflow.flashsale.#"], deliveryLimit: 10),
-        Queue(name: .push, bindings: ["wechat.subscribe", "wechat.templatesendjobfinish", "fanflow.member.#",
+        Queue(name: .push, bindings: ["wechat.subscribe", "alipay.subscribe", "wechat.templatesendjobfinish", "fanflow.member.#",
                                       "fanflow.points.#", "fanflow.flashsale.#", "fanflow.push.#"], deliveryLimit: 10),
     ])
 

@@ -127,7 +127,7 @@ public final class AccessTokenBroker: Sendable {
 
     private func countForced(_ app: String) async throws {
         counters.forced.add(1, ordering: .relaxed)
-        let day = Self.beijingDay(Date())
+        let day = BeijingTime.day(Date())
         let replies = try await redis.connection.pipeline([["INCR", Self.forcedKey(app, day: day)],
                                                            ["EXPIRE", Self.forcedKey(app, day: day), String(2 * 86_400)]])
         let used = replies.first?.int ?? 0
@@ -155,13 +155,5 @@ public final class AccessTokenBroker: Sendable {
 
     private func remember(_ app: String, _ value: String, _ expiresAt: Date) {
         memory.withLock { $0[app] = (value, expiresAt, .now) }
-    }
-
-    /// WeChat's quotas reset at midnight in Beijing.
-    static func beijingDay(_ date: Date) -> String {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(identifier: "Asia/Shanghai") ?? TimeZone(secondsFromGMT: 8 * 3600) ?? .current
-        let parts = calendar.dateComponents([.year, .month, .day], from: date)
-        return String(format: "%04d%02d%02d", parts.year ?? 0, parts.month ?? 0, parts.day ?? 0)
     }
 }

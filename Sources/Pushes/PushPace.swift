@@ -52,21 +52,15 @@ public struct PushPace: Sendable {
 
     /// Takes one message's place for `app`, or says how long to wait.
     public func take(app: String, now: Date = Date()) async throws -> Decision {
-        let day = AccessTokenBroker.beijingDay(now)
+        let day = BeijingTime.day(now)
         let reply = try await redis.evalSHA([(Self.script, ["fanflow:{wx:\(app)}:bucket", "fanflow:{wx:\(app)}:sent:\(day)"],
                                               [String(ratePerSecond), String(Int64(now.timeIntervalSince1970 * 1000)), String(dailyQuota),
                                                String(2 * 86_400)])]).first ?? .null
         if case .error(let message) = reply { throw RedisError(.server, message) }
         switch reply.int ?? 0 {
         case 0: return .go
-        case -1: return .quotaSpent(resetsAt: Self.nextBeijingMidnight(after: now))
+        case -1: return .quotaSpent(resetsAt: BeijingTime.nextMidnight(after: now))
         case let wait: return .wait(Int(wait))
         }
-    }
-
-    public static func nextBeijingMidnight(after date: Date) -> Date {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(identifier: "Asia/Shanghai") ?? TimeZone(secondsFromGMT: 8 * 3600) ?? .current
-        return calendar.nextDate(after: date, matching: DateComponents(hour: 0, minute: 0, second: 0), matchingPolicy: .nextTime) ?? date
     }
 }

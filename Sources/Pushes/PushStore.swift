@@ -147,6 +147,7 @@ public struct PushStore: Sendable {
     /// A push waiting to be sent, as a retry finds it.
     public struct PendingPush: Sendable, Equatable {
         public let id: String
+        public let platform: String
         public let app: String
         public let openid: String
         public let status: String
@@ -155,12 +156,14 @@ public struct PushStore: Sendable {
     }
 
     public func push(_ id: String) async throws -> PendingPush? {
-        try await database.query("SELECT id, app_id, openid, status, attempts, message::text AS message FROM pushes WHERE id = $1", [id])
+        try await database.query("""
+            SELECT id, platform, app_id, openid, status, attempts, message::text AS message FROM pushes WHERE id = $1
+            """, [id])
             .first.flatMap { row in
-                guard let app = row.string("app_id"), let openid = row.string("openid"), let status = row.string("status"),
+                guard let platform = row.string("platform"), let app = row.string("app_id"), let openid = row.string("openid"), let status = row.string("status"),
                       let attempts = row.int("attempts"), let bytes = row.bytes("message"),
                       let message = try? JSONValue.parse(bytes), let rendered = RenderedMessage(message) else { return nil }
-                return PendingPush(id: id, app: app, openid: openid, status: status, attempts: attempts, message: rendered)
+                return PendingPush(id: id, platform: platform, app: app, openid: openid, status: status, attempts: attempts, message: rendered)
             }
     }
 
@@ -293,6 +296,11 @@ public struct RenderedMessage: Sendable, Equatable {
     public func templateMessage(to openid: String) -> WeChatClient.TemplateMessage {
         let mini = miniProgramAppID.flatMap { app in miniProgramPage.map { (appID: app, pagePath: $0) } }
         return WeChatClient.TemplateMessage(toUser: openid, templateID: templateID, url: url, miniProgram: mini, data: fields)
+    }
+
+    /// For Alipay's service window, `openid` being the member's Alipay user id.
+    public func alipayMessage(to openid: String) -> AlipayClient.TemplateMessage {
+        AlipayClient.TemplateMessage(toUser: openid, templateID: templateID, url: url, fields: fields)
     }
 }
 

@@ -26,6 +26,7 @@ public struct PushTrigger: Sendable, Equatable {
     /// for templates beside the member's own fields.
     public static let events: [String: String] = [
         "wechat.subscribe": "scene (the QR scene, when the follow came through one)",
+        "alipay.subscribe": "nothing beyond the member's fields (a follow of the Alipay service window)",
         "fanflow.member.level_changed": "level, previousLevel",
         "fanflow.flashsale.reserved": "saleId, campaign, quantity, amount, amountYuan, payBy, reservationId",
         "fanflow.push.flashsale_reminder": "the reservation's fields, 5 minutes before its pay-by time while unpaid",

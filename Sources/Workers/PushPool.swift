@@ -112,7 +112,7 @@ public struct PushPool: EnvelopeProcessor {
                                      app: template.app, openid: recipient.openid, template: template.code, trigger: trigger.code,
                                      message: message)
         try await store.begin(push)
-        try await attempt(id: push.id, app: push.app, openid: push.openid, message: message, attempt: 0)
+        try await attempt(id: push.id, platform: push.platform, app: push.app, openid: push.openid, message: message, attempt: 0)
     }
 
     func recipient(of event: Envelope, on template: PushTemplate) async throws -> PushStore.Recipient? {
@@ -128,7 +128,7 @@ public struct PushPool: EnvelopeProcessor {
         var values: [String: String] = [
             "nickname": recipient.nickname, "openid": recipient.openid, "memberId": recipient.member.map(String.init) ?? "",
             "balance": String(recipient.balance), "growth": String(recipient.growth), "level": recipient.level,
-            "event": event.kind.rawValue, "occurredAt": beijing(event.occurredAt),
+            "event": event.kind.rawValue, "occurredAt": BeijingTime.minutes(event.occurredAt),
         ]
         let a = event.attributes
         func text(_ name: String) -> String? {
@@ -147,22 +147,9 @@ public struct PushPool: EnvelopeProcessor {
             values["amount"] = String(amount)
             values["amountYuan"] = String(format: "%d.%02d", amount / 100, amount % 100)
         }
-        if let payBy = text("payBy").flatMap(RFC3339.parse) { values["payBy"] = beijing(payBy) }
+        if let payBy = text("payBy").flatMap(RFC3339.parse) { values["payBy"] = BeijingTime.minutes(payBy) }
         // Unknown stays absent rather than empty, so `{{^nickname}}…{{/nickname}}` can stand in for it.
         return values.filter { !$0.value.isEmpty }
-    }
-
-    static let beijingCalendar: Calendar = {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(identifier: "Asia/Shanghai") ?? TimeZone(secondsFromGMT: 8 * 3600) ?? .current
-        return calendar
-    }()
-
-    /// `yyyy-MM-dd HH:mm` in Beijing time, as members read it (a broadcast renders it once a
-    /// member, so no formatter is made each time).
-    public static func beijing(_ date: Date) -> String {
-        let p = beijingCalendar.dateComponents([.year, .month, .day, .hour, .minute], from: date)
-        return String(format: "%04d-%02d-%02d %02d:%02d", p.year ?? 0, p.month ?? 0, p.day ?? 0, p.hour ?? 0, p.minute ?? 0)
     }
 
     // MARK: Sending
@@ -170,7 +157,7 @@ public struct PushPool: EnvelopeProcessor {
     /// One attempt, `attempt` earlier ones having failed; the outcome recorded and, where it says
     /// so, a retry scheduled. Throws ``EventRefused`` when the push is dead, so a retry message
     /// goes to the dead-letter queue.
-    func attempt(id: String, app: String, openid: String, message: RenderedMessage, attempt: Int) async throws {
+    func attempt(id: String, platform: String, app: String, openid: String, message: RenderedMessage, attempt: Int) async throws {
         guard try await store.claim(id, attempt: attempt) else { return }
         pacing: while true {
             switch try await pace.take(app: app) {
@@ -185,19 +172,21 @@ public struct PushPool: EnvelopeProcessor {
                 return
             }
         }
-        switch await sender.sendTemplate(app: app, message.templateMessage(to: openid)) {
+        let outcome = platform == Platform.alipay.rawValue
+            ? await sender.sendAlipayTemplate(app: app, message.alipayMessage(to: openid))
+            : await sender.sendTemplate(app: app, message.templateMessage(to: openid))
+        switch outcome {
         case .sent(let messageID):
             metrics.count("sent")
             try await store.record(id, status: "sent", messageID: messageID)
-        case .refused(let code, let reason):
-            let status = code == 43004 ? "unsubscribed" : code == 43101 ? "user_block" : "refused"
+        case .refused(let status, let detail):
             metrics.count(status)
-            try await store.record(id, status: status, error: "errcode \(code): \(reason)")
+            try await store.record(id, status: status, error: detail)
         case .deferred(let reason):
             metrics.count("deferred")
             try await store.record(id, status: "deferred", error: reason)
             try await scheduleRetry(id, attempt: attempt + 1,
-                                    at: PushPace.nextBeijingMidnight(after: Date()).addingTimeInterval(Double.random(in: 0...600)))
+                                    at: BeijingTime.nextMidnight(after: Date()).addingTimeInterval(Double.random(in: 0...600)))
         case .retry(let reason):
             guard attempt + 1 < maxAttempts else {
                 metrics.count("dead")
@@ -224,7 +213,7 @@ public struct PushPool: EnvelopeProcessor {
         guard let push = try await store.push(id) else { throw EventRefused("push retry for an unknown push \(id)") }
         if push.status == "dead" { throw EventRefused("push \(id) is dead") }
         // The claim admits only the attempt this job was made for: a redelivered job sends nothing.
-        try await self.attempt(id: id, app: push.app, openid: push.openid, message: push.message, attempt: Int(attempt))
+        try await self.attempt(id: id, platform: push.platform, app: push.app, openid: push.openid, message: push.message, attempt: Int(attempt))
     }
 
     // MARK: Broadcasts

@@ -7,6 +7,7 @@ import Gateway
 import AsyncHTTPClient
 import Logging
 import Loyalty
+import PlatformSigning
 import PostgresClient
 import Pushes
 import RedisClient
@@ -381,8 +382,9 @@ struct ReconcileCommand: AsyncParsableCommand {
     }
 }
 
-/// The push pool as `fanflow worker --pool push=N` runs it: WeChat's API (or the fake) through
-/// AsyncHTTPClient, app secrets from the registered apps, tokens shared through Redis.
+/// The push pool as `fanflow worker --pool push=N` runs it: WeChat's and Alipay's APIs (or the
+/// fake) through AsyncHTTPClient, app secrets and keys from the registered apps, WeChat tokens
+/// shared through Redis.
 func pushPool(configuration: FanFlowConfiguration, database: PostgresPool, redis: RedisPool, logger: Logger) throws -> PushPool {
     let apps = AppRegistry(database: database, box: try SecretBox(base64Key: configuration.secretKey), logger: logger)
     let client = WeChatClient(http: HTTPClient.shared, base: configuration.wechatAPIBase)
@@ -390,7 +392,13 @@ func pushPool(configuration: FanFlowConfiguration, database: PostgresPool, redis
         guard case .wechat(let credentials)? = try await apps.fetch(.wechat, app)?.credentials else { return nil }
         return credentials.appSecret
     }, logger: logger)
-    return PushPool(store: PushStore(database: database), sender: PushSender(client: client, broker: broker),
+    let alipayKeys = AlipayKeyring { app in
+        guard case .alipay(let credentials)? = try await apps.fetch(.alipay, app)?.credentials else { return nil }
+        return try AlipayCrypto(alipayPublicKey: credentials.alipayPublicKey, appPrivateKey: credentials.appPrivateKey)
+    }
+    let sender = PushSender(client: client, broker: broker, alipay: AlipayClient(http: HTTPClient.shared, base: configuration.alipayAPIBase),
+                            alipayKeys: alipayKeys)
+    return PushPool(store: PushStore(database: database), sender: sender,
                     pace: PushPace(redis: redis, ratePerSecond: configuration.pushRatePerApp, dailyQuota: configuration.pushDailyQuota),
                     jobs: JobStore(database: database), logger: logger)
 }

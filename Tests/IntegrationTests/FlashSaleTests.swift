@@ -1,6 +1,7 @@
 import AMQPClient
 import Contracts
 import Crypto
+import PlatformSigning
 import _CryptoExtras
 import FlashSales
 import Foundation

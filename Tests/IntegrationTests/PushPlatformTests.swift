@@ -1,10 +1,12 @@
+@preconcurrency import _CryptoExtras
 import AsyncHTTPClient
 import FakePlatform
 import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Logging
-import Pushes
+import PlatformSigning
+@testable import Pushes
 import RedisClient
 import Testing
 
@@ -85,8 +87,8 @@ struct PushPlatformTests {
             fake.refuse(openid: "gone", errcode: 43004)
             fake.refuse(openid: "blocking", errcode: 43101)
             let before = fake.sent.count
-            if case .refused(43004, _) = await sender.sendTemplate(app: app, Self.message("gone")) {} else { Issue.record("43004 not refused") }
-            if case .refused(43101, _) = await sender.sendTemplate(app: app, Self.message("blocking")) {} else { Issue.record("43101 not refused") }
+            if case .refused("unsubscribed", let detail) = await sender.sendTemplate(app: app, Self.message("gone")), detail.hasPrefix("errcode 43004") {} else { Issue.record("43004 not refused") }
+            if case .refused("user_block", _) = await sender.sendTemplate(app: app, Self.message("blocking")) {} else { Issue.record("43101 not refused") }
             #expect(fake.sent.count == before)
 
             fake.setQuota(app: app, limit: 0)
@@ -103,7 +105,7 @@ struct PushPlatformTests {
 
             var bad = Self.message("c")
             bad.templateID = ""
-            if case .refused(40037, _) = await sender.sendTemplate(app: app, bad) {} else { Issue.record("bad template id not refused") }
+            if case .refused("refused", let detail) = await sender.sendTemplate(app: app, bad), detail.hasPrefix("errcode 40037") {} else { Issue.record("bad template id not refused") }
             #expect(await sender.sendText(app: app, toUser: "d", content: "Welcome!") == .sent(messageID: 0))
             #expect(fake.sent.last?.kind == "custom")
         }
@@ -115,5 +117,102 @@ struct PushPlatformTests {
             Issue.record("a dead platform is not a retry")
         }
         await redis.close()
+    }
+
+    // MARK: Alipay
+
+    /// An Alipay app's key pair, as a brand generates it for the Alipay console.
+    static func appKeys() throws -> (privateKey: String, publicKey: String) {
+        let key = try _RSA.Signing.PrivateKey(keySize: .bits2048)
+        return (key.derRepresentation.base64EncodedString(), key.publicKey.derRepresentation.base64EncodedString())
+    }
+
+    /// A fake Alipay gateway on a port of its own, `app` registered there with its public key, and a
+    /// sender whose keyring holds the app's private key and the fake's public key (`alipayPublicKey`).
+    static func withAlipay(_ body: @Sendable (FakeAlipay, PushSender, String, _ base: String) async throws -> Void) async throws {
+        let fake = try FakeAlipay()
+        let app = "2021" + String(TestEnvironment.unique("").filter(\.isNumber).prefix(12))
+        let keys = try appKeys()
+        try fake.register(app: app, publicKey: keys.publicKey)
+        let router = Router()
+        fake.addRoutes(to: router)
+        let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
+        do {
+            try await Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0))).test(.live) { client in
+                let base = "http://127.0.0.1:\(try #require(client.port))"
+                let wechat = WeChatClient(http: HTTPClient.shared, base: base)
+                let broker = AccessTokenBroker(redis: redis, client: wechat, secrets: { _ in nil }, logger: logger)
+                let keyring = AlipayKeyring { candidate in
+                    candidate == app ? try AlipayCrypto(alipayPublicKey: fake.alipayPublicKey, appPrivateKey: keys.privateKey) : nil
+                }
+                let sender = PushSender(client: wechat, broker: broker, alipay: AlipayClient(http: HTTPClient.shared, base: base), alipayKeys: keyring)
+                try await body(fake, sender, app, base)
+            }
+        } catch {
+            await redis.close()
+            throw error
+        }
+        await redis.close()
+    }
+
+    static func alipayMessage(_ user: String) -> AlipayClient.TemplateMessage {
+        AlipayClient.TemplateMessage(toUser: user, templateID: "TM-points", url: "https://brand.example/points",
+                                     fields: ["first": "积分到账 +20", "keyword1": "20", "remark": "谢谢 & see you"])
+    }
+
+    @Test("Alipay: a signed single-send arrives with its context; unfollowed users are refused, limits deferred, 20000 and 5xx retried, unknown apps and bad signatures refused")
+    func alipayOutcomes() async throws {
+        try await Self.withAlipay { fake, sender, app, base in
+            #expect(await sender.sendAlipayTemplate(app: app, Self.alipayMessage("2088000000000001")) == .sent(messageID: nil))
+            let sent = try #require(fake.sent.last)
+            #expect(sent.app == app && sent.toUser == "2088000000000001" && sent.templateID == "TM-points")
+            #expect(sent.context["first"] == "积分到账 +20" && sent.context["remark"] == "谢谢 & see you")
+            #expect(sent.context["url"] == "https://brand.example/points" && sent.context["action_name"] == "查看详情")
+
+            fake.refuse(user: "2088000000000002", subCode: "USER_NOT_FOLLOW", subMessage: "用户未关注生活号")
+            if case .refused("unsubscribed", let detail) = await sender.sendAlipayTemplate(app: app, Self.alipayMessage("2088000000000002")),
+               detail.contains("USER_NOT_FOLLOW") {} else { Issue.record("an unfollowed user not refused as unsubscribed") }
+            fake.refuse(user: "2088000000000003", subCode: "MSG_SEND_LIMIT_EXCEEDED", subMessage: "超过发送上限")
+            if case .deferred = await sender.sendAlipayTemplate(app: app, Self.alipayMessage("2088000000000003")) {} else {
+                Issue.record("a sending limit not deferred")
+            }
+            fake.inject(code: "20000")
+            if case .retry = await sender.sendAlipayTemplate(app: app, Self.alipayMessage("2088000000000004")) {} else { Issue.record("20000 not retried") }
+            fake.inject(status: 502)
+            if case .retry = await sender.sendAlipayTemplate(app: app, Self.alipayMessage("2088000000000004")) {} else { Issue.record("502 not retried") }
+            #expect(fake.sent.count == 1)
+
+            // An app the gateway does not know, and one whose registered key is not the one it signs with.
+            if case .refused("refused", let detail) = await sender.sendAlipayTemplate(app: "2021000000000000", Self.alipayMessage("2088000000000001")),
+               detail.contains("not registered") {} else { Issue.record("an app without keys not refused") }
+            try fake.register(app: app, publicKey: try Self.appKeys().publicKey)
+            if case .refused("refused", let detail) = await sender.sendAlipayTemplate(app: app, Self.alipayMessage("2088000000000001")),
+               detail.contains("isv.invalid-signature") {} else { Issue.record("a bad request signature not refused") }
+            #expect(fake.sent.count == 1)
+            _ = base
+        }
+    }
+
+    @Test("Alipay: an answer signed with another key is not believed, and a success without a signature neither")
+    func alipayForgedAnswer() async throws {
+        try await Self.withAlipay { fake, _, app, base in
+            let keys = try Self.appKeys()
+            try fake.register(app: app, publicKey: keys.publicKey)
+            let client = AlipayClient(http: HTTPClient.shared, base: base)
+            // FanFlow holds the wrong Alipay public key: the fake's genuine answer does not verify.
+            let wrong = try AlipayCrypto(alipayPublicKey: try Self.appKeys().publicKey, appPrivateKey: keys.privateKey)
+            await #expect(throws: AlipayClient.Failure.self) { try await client.sendTemplate(app: app, keys: wrong, Self.alipayMessage("2088000000000009")) }
+            let right = try AlipayCrypto(alipayPublicKey: fake.alipayPublicKey, appPrivateKey: keys.privateKey)
+            try await client.sendTemplate(app: app, keys: right, Self.alipayMessage("2088000000000009"))
+            #expect(fake.sent.count == 2, "the fake took both; only the second answer was believed")
+            // What the client reads, byte for byte: a signed object found past nested braces and quoted braces.
+            let body = Array(#"{"alipay_open_public_message_single_send_response":{"code":"10000","msg":"a } \" {","x":{"y":1}},"sign":"abc"}"#.utf8)
+            #expect(AlipayClient.signedText(in: body, key: "alipay_open_public_message_single_send_response")
+                == Array(#"{"code":"10000","msg":"a } \" {","x":{"y":1}}"#.utf8))
+            #expect(throws: AlipayClient.Failure.unverified("a success without a signature")) {
+                try AlipayClient.check(answer: Array(#"{"alipay_open_public_message_single_send_response":{"code":"10000","msg":"Success"}}"#.utf8),
+                                       keys: right)
+            }
+        }
     }
 }

@@ -209,7 +209,7 @@ struct PushPoolTests {
             #expect(try await Self.status(database, quotaID) == "deferred")
             let deferred = try #require(try await JobStore(database: database).list(kind: PushJobs.retry.rawValue, limit: 500)
                 .first { $0.payload["pushId"] == .string(quotaID) })
-            let midnight = PushPace.nextBeijingMidnight(after: Date())
+            let midnight = BeijingTime.nextMidnight(after: Date())
             #expect(deferred.dueAt >= midnight && deferred.dueAt <= midnight.addingTimeInterval(600))
             fake.setQuota(app: app, limit: nil)
             try await pool.process([PublishJobHandler.envelope(for: deferred)])
@@ -414,7 +414,7 @@ struct PushPoolTests {
             }
             let sent = fake.sent.filter { $0.app == app }
             #expect(sent.count == 1, "the paid reservation got a reminder too")
-            #expect("\(sent.first?.body["data"] ?? "")".contains("Pay 198.00 for 2 of \(sale) by \(PushPool.beijing(payBy))"))
+            #expect("\(sent.first?.body["data"] ?? "")".contains("Pay 198.00 for 2 of \(sale) by \(BeijingTime.minutes(payBy))"))
             _ = try await PointsAdminTests.call(client, .delete, "/admin/v1/push-triggers/\(trigger)")
             try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [sale])
         }

@@ -3,6 +3,7 @@
 import Contracts
 import Foundation
 @testable import Gateway
+import PlatformSigning
 import Testing
 
 @Suite("Platform signatures and encryption")

@@ -1,6 +1,7 @@
 @preconcurrency import Crypto
 import Foundation
 import Logging
+import PlatformSigning
 import PostgresClient
 import Synchronization
 

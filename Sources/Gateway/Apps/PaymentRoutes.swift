@@ -2,6 +2,7 @@ import Contracts
 import FlashSales
 import Foundation
 import Hummingbird
+import PlatformSigning
 
 /// `POST /v1/payments/notify/{wechatpay|alipay}`: payment notifications for flash-sale orders, in
 /// the shapes WeChat Pay (API v3: signed headers, AES-GCM resource) and Alipay (RSA2-signed form)

@@ -1,6 +1,7 @@
 @preconcurrency import Crypto
 @preconcurrency import _CryptoExtras
 import Foundation
+import PlatformSigning
 
 /// WeChat Pay API v3 notifications, as the merchant documentation specifies them: the body is
 /// signed with SHA256-RSA (PKCS#1 v1.5) by WeChat Pay's platform key over

@@ -29,7 +29,7 @@ public struct AlipayCrypto: Sendable {
         appPublicKeyBase64 = self.appPrivateKey.publicKey.derRepresentation.base64EncodedString()
     }
 
-    static func publicKey(_ text: String) throws -> _RSA.Signing.PublicKey {
+    public static func publicKey(_ text: String) throws -> _RSA.Signing.PublicKey {
         try parse(text, pem: _RSA.Signing.PublicKey.init(unsafePEMRepresentation:), der: _RSA.Signing.PublicKey.init(unsafeDERRepresentation:))
     }
 
