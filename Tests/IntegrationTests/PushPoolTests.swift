@@ -8,6 +8,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import Loyalty
+import PlatformSigning
 import PostgresClient
 import Pushes
 import RedisClient
@@ -30,6 +31,9 @@ struct PushPoolTests {
         let fake: FakeWeChat
         let pool: PushPool
         let app: String
+        /// A fake Alipay gateway on the same port, with `alipayApp` registered in it and in the pool's keyring.
+        let alipay: FakeAlipay
+        let alipayApp: String
         let database: PostgresPool
         /// The fake platform's address, for a worker process of the test's.
         let base: String
@@ -39,8 +43,13 @@ struct PushPoolTests {
         let fake = FakeWeChat()
         let app = TestEnvironment.unique("wxp"), secret = "secret-\(app)"
         fake.register(app: app, secret: secret)
+        let alipay = try FakeAlipay()
+        let alipayApp = "2021" + String(TestEnvironment.unique("").filter(\.isNumber).prefix(12))
+        let alipayKeys = try PushPlatformTests.appKeys()
+        try alipay.register(app: alipayApp, publicKey: alipayKeys.publicKey)
         let router = Router()
         fake.addRoutes(to: router)
+        alipay.addRoutes(to: router)
         let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 8)
         let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 2)
         do {
@@ -48,12 +57,18 @@ struct PushPoolTests {
                 let port = try #require(platform.port)
                 let client = WeChatClient(http: HTTPClient.shared, base: "http://127.0.0.1:\(port)")
                 let broker = AccessTokenBroker(redis: redis, client: client, secrets: { $0 == app ? secret : nil }, logger: logger)
-                let pool = PushPool(store: PushStore(database: database), sender: PushSender(client: client, broker: broker),
+                let keyring = AlipayKeyring { candidate in
+                    candidate == alipayApp ? try AlipayCrypto(alipayPublicKey: alipay.alipayPublicKey, appPrivateKey: alipayKeys.privateKey) : nil
+                }
+                let sender = PushSender(client: client, broker: broker, alipay: AlipayClient(http: HTTPClient.shared, base: "http://127.0.0.1:\(port)"),
+                                        alipayKeys: keyring)
+                let pool = PushPool(store: PushStore(database: database), sender: sender,
                                     pace: PushPace(redis: redis, ratePerSecond: rate, dailyQuota: 100_000), jobs: JobStore(database: database),
                                     logger: logger, maxAttempts: maxAttempts, baseBackoffSeconds: 0.2)
                 try await GatewayHarness.run { gateway, _, _ in
                     try await GatewayHarness.register(gateway, "wechat", app, ["token": "tok-\(app)", "appSecret": secret])
-                    try await body(Setup(client: gateway, fake: fake, pool: pool, app: app, database: database, base: "http://127.0.0.1:\(port)"))
+                    try await body(Setup(client: gateway, fake: fake, pool: pool, app: app, alipay: alipay, alipayApp: alipayApp, database: database,
+                                         base: "http://127.0.0.1:\(port)"))
                 }
             }
         } catch {
@@ -467,6 +482,49 @@ struct PushPoolTests {
             await broker.close()
             for trigger in [granted, matured] { _ = try await PointsAdminTests.call(client, .delete, "/admin/v1/push-triggers/\(trigger)") }
             try await database.query("DELETE FROM jobs WHERE unique_key = $1", ["loyalty.mature:\(pending)"])
+        }
+    }
+
+    @Test("an Alipay template: a level change reaches the member's Alipay user id through the service window, rendered; a 20000 is retried through its job and sent; an unfollowed user is recorded")
+    func alipayPushes() async throws {
+        try await Self.withPushes(maxAttempts: 3) { setup in
+            let (client, alipay, pool, app, database) = (setup.client, setup.alipay, setup.pool, setup.alipayApp, setup.database)
+            let code = TestEnvironment.unique("ali-level"), trigger = TestEnvironment.unique("t-ali-level")
+            var (status, _) = try await Self.put(client, "/admin/v1/templates/\(code)",
+                ##"{"platform":"alipay","appId":"\##(app)","templateId":"TM-L","fields":{"first":"升级为 {{level}}","keyword1":"{{balance}}","head_color":"#ff6600"},"url":"https://brand.example/m/{{memberId}}"}"##)
+            #expect(status == .created)
+            (status, _) = try await Self.put(client, "/admin/v1/push-triggers/\(trigger)", #"{"event":"fanflow.member.level_changed","template":"\#(code)"}"#)
+            #expect(status == .created)
+            let fan = Identity(platform: .alipay, app: app, openid: "2088000000000101")
+            let gone = Identity(platform: .alipay, app: app, openid: "2088000000000102")
+            let ids = try await MemberDirectory(database: database).resolve([fan: nil, gone: nil])
+            func levelChange(_ identity: Identity) throws -> Envelope {
+                let member = try #require(ids[identity])
+                return Envelope(id: "fanflow:level:\(member):gold:\(UUID().uuidString)", platform: .fanflow, app: "", kind: .levelChanged,
+                                subject: .init(), occurredAt: Date(), receivedAt: Date(), attributes: ["memberId": .integer(member), "from": "silver", "to": "gold"])
+            }
+            alipay.inject(code: "20000")
+            let change = try levelChange(fan)
+            let pushID = "\(trigger):\(change.id)"
+            try await pool.process([change])
+            #expect(try await Self.status(database, pushID) == "pending")
+            let job = try #require(try await JobStore(database: database).list(kind: PushJobs.retry.rawValue, limit: 500)
+                .first { $0.payload["pushId"] == .string(pushID) })
+            try await pool.process([PublishJobHandler.envelope(for: job)])
+            #expect(try await Self.status(database, pushID) == "sent")
+            let sent = try #require(alipay.sent.last)
+            #expect(sent.toUser == "2088000000000101" && sent.templateID == "TM-L")
+            #expect(sent.context["first"] == "升级为 gold" && sent.context["head_color"] == "#ff6600")
+            #expect(sent.context["url"] == "https://brand.example/m/\(try #require(ids[fan]))")
+
+            alipay.refuse(user: "2088000000000102", subCode: "USER_NOT_FOLLOW", subMessage: "用户未关注")
+            let unfollowed = try levelChange(gone)
+            try await pool.process([unfollowed])
+            #expect(try await Self.status(database, "\(trigger):\(unfollowed.id)") == "unsubscribed")
+            #expect(alipay.sent.count == 1)
+            #expect(setup.fake.sent.filter { $0.app == setup.app }.isEmpty, "an Alipay push went to WeChat")
+
+            _ = try await PointsAdminTests.call(client, .delete, "/admin/v1/push-triggers/\(trigger)")
         }
     }
 }
