@@ -5,6 +5,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import PostgresClient
+import Pushes
 import RedisClient
 import Runtime
 import ServiceLifecycle
@@ -73,7 +74,10 @@ public struct Gateway: Sendable {
         router.get("/ready") { _, _ in await readiness() }
         router.get("/metrics") { _, _ in
             let outstanding = await (try? broker.current())?.outstandingConfirms ?? 0
-            return Response.text(metrics.render(confirmsOutstanding: outstanding), contentType: "text/plain; version=0.0.4")
+            // Push figures are every push worker's, from Redis; without Redis the gateway's own still render.
+            let pushes = (try? await PushStats(redis: redis).today(dailyQuota: configuration.pushDailyQuota))?.apps ?? []
+            return Response.text(metrics.render(confirmsOutstanding: outstanding) + GatewayMetrics.render(pushes: pushes),
+                                 contentType: "text/plain; version=0.0.4")
         }
         addWeChatRoutes(router)
         addAlipayRoutes(router)

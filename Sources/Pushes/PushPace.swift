@@ -10,6 +10,11 @@ public struct PushPace: Sendable {
     public let ratePerSecond: Int
     public let dailyQuota: Int
 
+    static func quotaKey(_ app: String, day: String) -> String { "fanflow:{wx:\(app)}:sent:\(day)" }
+
+    /// Where the outcomes of what this pace let through are counted.
+    public var stats: PushStats { PushStats(redis: redis) }
+
     public init(redis: RedisPool, ratePerSecond: Int, dailyQuota: Int) {
         self.redis = redis
         self.ratePerSecond = ratePerSecond
@@ -53,7 +58,7 @@ public struct PushPace: Sendable {
     /// Takes one message's place for `app`, or says how long to wait.
     public func take(app: String, now: Date = Date()) async throws -> Decision {
         let day = BeijingTime.day(now)
-        let reply = try await redis.evalSHA([(Self.script, ["fanflow:{wx:\(app)}:bucket", "fanflow:{wx:\(app)}:sent:\(day)"],
+        let reply = try await redis.evalSHA([(Self.script, ["fanflow:{wx:\(app)}:bucket", Self.quotaKey(app, day: day)],
                                               [String(ratePerSecond), String(Int64(now.timeIntervalSince1970 * 1000)), String(dailyQuota),
                                                String(2 * 86_400)])]).first ?? .null
         if case .error(let message) = reply { throw RedisError(.server, message) }

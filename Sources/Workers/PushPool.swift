@@ -36,7 +36,6 @@ public struct PushPool: EnvelopeProcessor {
     let logger: Logger
     let maxAttempts: Int
     let baseBackoff: Double
-    public let metrics = PushMetrics()
 
     public init(store: PushStore, sender: PushSender, pace: PushPace, jobs: JobStore, logger: Logger, maxAttempts: Int = 6,
                 baseBackoffSeconds: Double = 2, broadcastBatch: Int = 1000) {
@@ -166,7 +165,7 @@ public struct PushPool: EnvelopeProcessor {
             case .wait(let milliseconds):
                 try await Task.sleep(for: .milliseconds(max(1, milliseconds)))
             case .quotaSpent(let resetsAt):
-                metrics.count("deferred")
+                await count("deferred", app: app)
                 try await store.record(id, status: "deferred", error: "daily quota spent")
                 try await scheduleRetry(id, attempt: attempt + 1, at: resetsAt.addingTimeInterval(Double.random(in: 0...600)))
                 return
@@ -177,28 +176,36 @@ public struct PushPool: EnvelopeProcessor {
             : await sender.sendTemplate(app: app, message.templateMessage(to: openid))
         switch outcome {
         case .sent(let messageID):
-            metrics.count("sent")
+            await count("sent", app: app)
             try await store.record(id, status: "sent", messageID: messageID)
         case .refused(let status, let detail):
-            metrics.count(status)
+            await count(status, app: app)
             try await store.record(id, status: status, error: detail)
         case .deferred(let reason):
-            metrics.count("deferred")
+            await count("deferred", app: app)
             try await store.record(id, status: "deferred", error: reason)
             try await scheduleRetry(id, attempt: attempt + 1,
                                     at: BeijingTime.nextMidnight(after: Date()).addingTimeInterval(Double.random(in: 0...600)))
         case .retry(let reason):
             guard attempt + 1 < maxAttempts else {
-                metrics.count("dead")
+                await count("dead", app: app)
                 try await store.record(id, status: "dead", error: reason)
                 logger.error("push dead after its last attempt", metadata: ["push": "\(id)", "attempts": "\(attempt + 1)", "error": "\(reason)"])
                 throw EventRefused("push \(id) dead after \(attempt + 1) attempts: \(reason)")
             }
-            metrics.count("retried")
+            await count("retried", app: app)
             try await store.record(id, status: "pending", error: reason)
             // Exponential, with full jitter: workers that failed together do not come back together.
             let delay = baseBackoff * pow(2, Double(attempt)) * Double.random(in: 0.5...1.0)
             try await scheduleRetry(id, attempt: attempt + 1, at: Date().addingTimeInterval(delay))
+        }
+    }
+
+    /// Today's outcome counts in Redis (`GET /admin/v1/push-stats`). A count that cannot be written
+    /// is logged, not thrown: the push's own outcome is already recorded in PostgreSQL.
+    func count(_ outcome: String, app: String) async {
+        do { try await pace.stats.record(app: app, outcome: outcome) } catch {
+            logger.warning("push outcome not counted", metadata: ["app": "\(app)", "outcome": "\(outcome)", "error": "\(error)"])
         }
     }
 
@@ -253,15 +260,6 @@ public struct PushPool: EnvelopeProcessor {
             logger.info("receipt for a message FanFlow did not send (or not recorded yet)", metadata: ["msgId": "\(messageID)"])
         }
     }
-}
-
-/// Counts of what the pool did, by outcome.
-public final class PushMetrics: Sendable {
-    private let counts = Mutex<[String: Int]>([:])
-
-    func count(_ outcome: String) { counts.withLock { $0[outcome, default: 0] += 1 } }
-
-    public var snapshot: [String: Int] { counts.withLock { $0 } }
 }
 
 /// Triggers and templates, read from PostgreSQL at most every few seconds: every event the pool

@@ -264,6 +264,19 @@ struct PushPoolTests {
             #expect(dead?.string("last_error") == "HTTP 503")
             #expect(fake.sent.filter { $0.toUser == "flaky-fan" }.isEmpty)
 
+            // Today's figures, summed in Redis for every worker, through the admin API and /metrics.
+            let (status, json) = try await PointsAdminTests.call(client, .get, "/admin/v1/push-stats")
+            #expect(status == .ok)
+            let today = try #require((json["apps"] as? [[String: Any]])?.first { $0["appId"] as? String == app })
+            #expect(today["outcomes"] as? [String: Int] == ["sent": 2, "unsubscribed": 1, "deferred": 1, "retried": 2, "dead": 1])
+            #expect(today["used"] as? Int == 7, "every call that passed the pace counts against the quota")
+            #expect(today["quotaLeft"] as? Int == (json["dailyQuota"] as? Int ?? 0) - 7)
+            try await client.execute(uri: "/metrics", method: .get) { response in
+                let text = String(buffer: response.body)
+                #expect(text.contains("fanflow_push_outcomes_today{app=\"\(app)\",outcome=\"dead\"} 1"))
+                #expect(text.contains("fanflow_push_quota_left{app=\"\(app)\"} "))
+            }
+
             _ = try await PointsAdminTests.call(client, .delete, "/admin/v1/push-triggers/\(trigger)")
             try await database.query("DELETE FROM jobs WHERE kind = $1 AND payload->>'pushId' LIKE $2", [PushJobs.retry.rawValue, trigger + ":%"])
         }

@@ -4,7 +4,8 @@ import Hummingbird
 import Pushes
 
 /// `/admin/v1/templates/{code}` (message templates, checked when saved), `/admin/v1/push-triggers`
-/// (which event sends which template) and `/admin/v1/pushes` (every push and what became of it).
+/// (which event sends which template), `/admin/v1/pushes` (every push and what became of it) and
+/// `/admin/v1/push-stats` (today's outcomes and quota per app).
 extension Gateway {
     func addPushAdminRoutes(_ admin: RouterGroup<GatewayRequestContext>) {
         let store = PushStore(database: database)
@@ -31,6 +32,22 @@ extension Gateway {
             case .inUse(let triggers):
                 throw GatewayError(.conflict, "template_in_use", "triggers \(triggers.joined(separator: ", ")) send this template")
             }
+        }
+
+        admin.get("/push-stats") { _, _ in
+            let quota = configuration.pushDailyQuota
+            let today: (day: String, apps: [PushStats.AppDay])
+            do { today = try await PushStats(redis: redis).today(dailyQuota: quota) } catch {
+                throw GatewayError.unavailable("redis_unavailable", "Redis did not answer: \(error)")
+            }
+            return Response.json([
+                "day": .string(today.day), "dailyQuota": .integer(Int64(quota)),
+                "apps": .array(today.apps.map { app in
+                    .object(["appId": .string(app.app), "outcomes": .object(app.outcomes.mapValues { .integer(Int64($0)) }),
+                             "used": .integer(Int64(app.used)), "quotaLeft": .integer(Int64(app.quotaLeft)),
+                             "forcedRefreshes": .integer(Int64(app.forcedRefreshes))])
+                }),
+            ] as [String: JSONValue])
         }
 
         admin.put("/push-triggers/:code") { request, context in

@@ -1,3 +1,4 @@
+import Pushes
 import Synchronization
 
 /// The gateway's counters, rendered in the Prometheus text format at `/metrics`.
@@ -89,6 +90,27 @@ public final class GatewayMetrics: Sendable {
         out += "# TYPE fanflow_gateway_publish_failures_total counter\nfanflow_gateway_publish_failures_total \(s.publishFailures)\n"
         out += "# HELP fanflow_gateway_confirms_outstanding Published messages awaiting the broker's confirm.\n"
         out += "# TYPE fanflow_gateway_confirms_outstanding gauge\nfanflow_gateway_confirms_outstanding \(confirmsOutstanding)\n"
+        return out
+    }
+
+    /// Every push worker's figures for today (Beijing day), per app, as gauges: they restart at the
+    /// day's start, as the platforms' quotas do.
+    public static func render(pushes: [PushStats.AppDay]) -> String {
+        func label(_ text: String) -> String {
+            text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+        }
+        var out = "# HELP fanflow_push_outcomes_today Push outcomes today by app (sent, unsubscribed, user_block, refused, deferred, retried, dead).\n"
+        out += "# TYPE fanflow_push_outcomes_today gauge\n"
+        for app in pushes {
+            for (outcome, count) in app.outcomes.sorted(by: { $0.key < $1.key }) {
+                out += "fanflow_push_outcomes_today{app=\"\(label(app.app))\",outcome=\"\(label(outcome))\"} \(count)\n"
+            }
+        }
+        out += "# HELP fanflow_push_quota_left Messages an app may still send today.\n# TYPE fanflow_push_quota_left gauge\n"
+        for app in pushes { out += "fanflow_push_quota_left{app=\"\(label(app.app))\"} \(app.quotaLeft)\n" }
+        out += "# HELP fanflow_push_forced_token_refreshes_today Forced access-token refreshes today (WeChat allows 20 a day).\n"
+        out += "# TYPE fanflow_push_forced_token_refreshes_today gauge\n"
+        for app in pushes { out += "fanflow_push_forced_token_refreshes_today{app=\"\(label(app.app))\"} \(app.forcedRefreshes)\n" }
         return out
     }
 }
