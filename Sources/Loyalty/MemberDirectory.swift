@@ -110,6 +110,30 @@ public struct MemberDirectory: Sendable {
         return member
     }
 
+    /// Nicknames the brand's events carried (`nickname`, from its sign-up form or mini-program
+    /// profile: WeChat no longer gives them out), for push templates' `{{nickname}}`. One statement;
+    /// an unchanged name is not written again.
+    public func name(_ nicknames: [Int64: String]) async throws {
+        guard !nicknames.isEmpty else { return }
+        var rows: [String] = []
+        var parameters: [any PostgresEncodable] = []
+        for (index, (member, nickname)) in nicknames.sorted(by: { $0.key < $1.key }).enumerated() {
+            rows.append("($\(index * 2 + 1)::bigint, $\(index * 2 + 2)::text)")
+            parameters += [member, nickname] as [any PostgresEncodable]
+        }
+        try await database.query("""
+            UPDATE members m SET nickname = n.nickname, updated_at = now() FROM (VALUES \(rows.joined(separator: ","))) AS n(id, nickname)
+            WHERE m.id = n.id AND m.nickname IS DISTINCT FROM n.nickname
+            """, parameters)
+    }
+
+    /// A nickname as an event may carry it: trimmed, 1-64 characters.
+    public static func nickname(in event: Envelope) -> String? {
+        guard let text = event.attributes["nickname"]?.string?.trimmingCharacters(in: .whitespacesAndNewlines),
+              (1...64).contains(text.count) else { return nil }
+        return text
+    }
+
     /// The member of an identity if it exists, without creating one.
     public func lookup(_ identity: Identity) async throws -> Int64? {
         let rows = try await database.query("""

@@ -65,6 +65,11 @@ public struct PointsPool: EnvelopeProcessor {
             }
         }
         let memberIDs = try await members.resolve(identities)
+        var nicknames: [Int64: String] = [:]
+        for (event, subject) in zip(events, subjects) {
+            if let subject, let member = memberIDs[subject], let nickname = MemberDirectory.nickname(in: event) { nicknames[member] = nickname }
+        }
+        try await members.name(nicknames)
 
         var grants: [LedgerGrant] = []
         var reversals: [LedgerReversal] = []

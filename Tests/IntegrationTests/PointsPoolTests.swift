@@ -199,6 +199,26 @@ struct PointsPoolTests {
         await h.close()
     }
 
+    @Test("a nickname the brand's event carries is stored for push templates; the latest wins, blank and over-long ones are ignored")
+    func nicknames() async throws {
+        let h = try await PointsHarness.open()
+        let kind = h.kind("signup")
+        let pool = h.pool(.init(rules: [], levels: .standard))
+        try await pool.process([h.event("1", kind, openid: "n1", at: "2026-12-01T10:00:00+08:00", attributes: ["nickname": " 小明 "]),
+                                h.event("2", kind, openid: "n2", at: "2026-12-01T10:00:00+08:00", attributes: ["nickname": "   "])])
+        func nickname(_ openid: String) async throws -> String? {
+            let id = try #require(try await h.member(openid)?.id)
+            return try await h.database.query("SELECT nickname FROM members WHERE id = $1", [id]).first?.string("nickname")
+        }
+        #expect(try await nickname("n1") == "小明")
+        #expect(try await nickname("n2") == "")
+        try await pool.process([h.event("3", kind, openid: "n1", at: "2026-12-01T11:00:00+08:00", attributes: ["nickname": "Ming"]),
+                                h.event("4", kind, openid: "n1", at: "2026-12-01T11:00:00+08:00",
+                                        attributes: ["nickname": .string(String(repeating: "x", count: 65))])])
+        #expect(try await nickname("n1") == "Ming")
+        await h.close()
+    }
+
     @Test("after Redis lost a member's counters, rebuild-counters restores them from the ledger and the caps hold")
     func rebuildCounters() async throws {
         let h = try await PointsHarness.open()
