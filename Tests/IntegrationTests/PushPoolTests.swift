@@ -541,4 +541,44 @@ struct PushPoolTests {
             _ = try await PointsAdminTests.call(client, .delete, "/admin/v1/push-triggers/\(trigger)")
         }
     }
+
+    @Test("the shipped preset: templates and triggers for an app from its template ids, a welcome line per channel scene; refused with a code when wrong")
+    func preset() async throws {
+        try await Self.withPushes { setup in
+            let (client, fake, pool, app) = (setup.client, setup.fake, setup.pool, setup.app)
+            var (status, json) = try await PointsAdminTests.call(client, .post, "/admin/v1/push-triggers/presets/standard",
+                                                                 #"{"appId":"\#(app)","templates":{"birthday":"TPL-B"}}"#)
+            #expect((status, FlashSaleTests.code(json)) == (.badRequest, "invalid_preset"))
+            (status, json) = try await PointsAdminTests.call(client, .post, "/admin/v1/push-triggers/presets/standard",
+                                                             #"{"appId":"\#(app)","templates":{"points-granted":"TPL-P"},"scenes":{"s1":"hi"}}"#)
+            #expect((status, FlashSaleTests.code(json)) == (.badRequest, "invalid_preset"), "scenes without a welcome")
+
+            (status, json) = try await PointsAdminTests.call(client, .post, "/admin/v1/push-triggers/presets/standard", #"""
+                {"appId":"\#(app)","templates":{"welcome":"TPL-W","points-granted":"TPL-P","level-changed":"TPL-L","reservation-made":"TPL-R",
+                 "reservation-expiring":"TPL-X","points-matured":"TPL-M"},"scenes":{"store-42":"欢迎光临 42 号店"},"url":"https://brand.example/m"}
+                """#)
+            #expect(status == .ok)
+            let triggers = (json["triggers"] as? [[String: Any]] ?? []).compactMap { $0["event"] as? String }
+            #expect(Set(triggers) == ["wechat.subscribe", "fanflow.points.granted", "fanflow.member.level_changed", "fanflow.flashsale.reserved",
+                                      "fanflow.push.flashsale_reminder", "fanflow.points.matured"])
+            #expect(triggers.count == 7, "the scene's welcome is a trigger of its own")
+            (status, json) = try await PointsAdminTests.call(client, .get, "/admin/v1/push-triggers/\(app).welcome.store-42")
+            #expect(json["when"] as? [String: String] == ["scene": "store-42"])
+
+            let consumer = try Self.consume(pool)
+            try await Self.subscribe(client, app: app, openid: "fan-42", scene: "store-42")
+            try await Self.subscribe(client, app: app, openid: "fan-any", scene: nil)
+            try await FlashSaleTests.waitFor("two welcomes") { fake.sent.filter { $0.app == app }.count >= 2 }
+            try await Task.sleep(for: .milliseconds(300))
+            let sent = Dictionary(uniqueKeysWithValues: fake.sent.filter { $0.app == app }.map { ($0.toUser, "\($0.body["data"] ?? "")") })
+            #expect(sent.count == 2)
+            #expect(sent["fan-42"]?.contains("欢迎光临 42 号店") == true, "\(sent)")
+            #expect(sent["fan-any"]?.contains("欢迎加入会员") == true, "\(sent)")
+            consumer.cancel()
+            _ = await consumer.result
+            for name in PushPreset.names + ["welcome.store-42"] {
+                _ = try await PointsAdminTests.call(client, .delete, "/admin/v1/push-triggers/\(app).\(name)")
+            }
+        }
+    }
 }

@@ -34,6 +34,19 @@ extension Gateway {
             }
         }
 
+        // The shipped templates and triggers for one app, given its platform template ids.
+        admin.post("/push-triggers/presets/standard") { request, _ in
+            let body = try await request.collectBody(upTo: 16 * 1024)
+            let preset: PushPreset
+            do { preset = try PushPreset.parse(json: body) } catch { throw GatewayError.badRequest("invalid_preset", "\(error)") }
+            try await stored {
+                for template in preset.templates { _ = try await store.put(template) }
+                for trigger in preset.triggers { _ = try await store.put(trigger) }
+            }
+            return Response.json(["templates": .array(preset.templates.map { .object($0.json) }),
+                                  "triggers": .array(preset.triggers.map { .object($0.json) })] as [String: JSONValue])
+        }
+
         admin.get("/push-stats") { _, _ in
             let quota = configuration.pushDailyQuota
             let today: (day: String, apps: [PushStats.AppDay])
