@@ -84,15 +84,16 @@ struct FlashSaleProcessTests {
         try await FlashSaleTests.count(database, "SELECT count(*) AS n FROM flash_orders WHERE sale_id = $1", [sale])
     }
 
-    @Test("an orders worker SIGKILLed mid-drain and started again: each of 250 reservations is one order and one expiry job")
+    @Test("an orders worker SIGKILLed mid-drain, as the queue's only consumer, and started again: each of 600 reservations is one order and one expiry job")
     func workerKilled() async throws {
         guard FileManager.default.isExecutableFile(atPath: SchedulerProcessTests.binary.path) else {
             Issue.record("no fanflow binary at \(SchedulerProcessTests.binary.path): build it first"); return
         }
+        let total = 600
         try await FlashSaleTests.withServers { client, database, _ in
             let id = TestEnvironment.unique("fs")
-            _ = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)", FlashSaleTests.sale(stock: 300, limit: 1))
-            let members = try await FlashSaleTests.members(250, database: database)
+            _ = try await PointsAdminTests.call(client, .put, "/admin/v1/flash-sales/\(id)", FlashSaleTests.sale(stock: total, limit: 1))
+            let members = try await FlashSaleTests.members(total, database: database)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for member in members {
                     group.addTask {
@@ -102,17 +103,26 @@ struct FlashSaleProcessTests {
                 }
                 try await group.waitForAll()
             }
-            let first = try Self.start(["worker", "--pool", "orders=1"], log: "orders-worker-1")
-            try await FlashSaleTests.waitFor("the first orders") { try await Self.orders(database, sale: id) > 0 }
-            Self.kill(first)
-            let second = try Self.start(["worker", "--pool", "orders=1"], log: "orders-worker-2")
-            try await FlashSaleTests.waitFor("250 orders") { try await Self.orders(database, sale: id) >= 250 }
-            try await Task.sleep(for: .milliseconds(500))
-            Self.stop(second)
-            #expect(try await Self.orders(database, sale: id) == 250)
+            // No in-process orders pool consumes meanwhile: the orders made before the kill are the first worker's.
+            let (killedAt, made) = try await OrdersQueueTurns.shared.exclusively {
+                // Small batches: the drain takes many transactions, so the kill lands between them.
+                let first = try Self.start(["worker", "--pool", "orders=1", "--prefetch", "5"], log: "orders-worker-1")
+                let deadline = ContinuousClock.now + .seconds(30)
+                while try await Self.orders(database, sale: id) == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+                Self.kill(first)
+                let killedAt = try await Self.orders(database, sale: id)
+                let second = try Self.start(["worker", "--pool", "orders=1"], log: "orders-worker-2")
+                try await FlashSaleTests.waitFor("every order", timeout: .seconds(60)) { try await Self.orders(database, sale: id) >= total }
+                try await Task.sleep(for: .milliseconds(500))
+                Self.stop(second)
+                return (killedAt, try await Self.orders(database, sale: id))
+            }
+            FlashSaleTests.logger.notice("orders worker killed", metadata: ["ordersByThen": "\(killedAt)", "of": "\(total)"])
+            #expect(killedAt > 0 && killedAt < total, "the kill did not land mid-drain: \(killedAt) orders by then")
+            #expect(made == total)
             #expect(try await FlashSaleTests.count(database, """
                 SELECT count(*) AS n FROM jobs WHERE kind = 'flashsale.expire' AND payload->>'saleId' = $1
-                """, [id]) == 250)
+                """, [id]) == total)
             try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [id])
         }
     }

@@ -86,7 +86,14 @@ struct FlashSaleTests {
                                        handler: EnvelopeBatchHandler(OrdersPool(store: FlashSaleStore(database: database),
                                                                                 stock: FlashSaleStock(redis: redis), logger: logger),
                                                                      logger: logger), logger: logger)
-        return Task { try await consumer.run() }
+        return Task {
+            await OrdersQueueTurns.shared.enterShared()
+            do { try await consumer.run() } catch {
+                await OrdersQueueTurns.shared.leaveShared()
+                throw error
+            }
+            await OrdersQueueTurns.shared.leaveShared()
+        }
     }
 
     /// The scheduler's part, as `fanflow scheduler` runs it: `kind`'s jobs published to the worker pools, confirmed.
@@ -632,3 +639,45 @@ struct FlashSaleTests {
     }
 
 }
+
+/// Who consumes `fanflow.orders` in this test process: the in-process orders pools of the flash-sale
+/// tests together, or the worker-process test alone. Its kill proves something only when its
+/// worker is the queue's only consumer; otherwise another pool may have drained the queue first.
+actor OrdersQueueTurns {
+    static let shared = OrdersQueueTurns()
+    private var sharing = 0
+    private var exclusive = false
+    private var waitingExclusive = 0
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func enterShared() async {
+        while exclusive || waitingExclusive > 0 { await wait() }
+        sharing += 1
+    }
+
+    func leaveShared() {
+        sharing -= 1
+        wakeAll()
+    }
+
+    func exclusively<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+        waitingExclusive += 1
+        while exclusive || sharing > 0 { await wait() }
+        waitingExclusive -= 1
+        exclusive = true
+        defer {
+            exclusive = false
+            wakeAll()
+        }
+        return try await body()
+    }
+
+    private func wait() async { await withCheckedContinuation { waiters.append($0) } }
+
+    private func wakeAll() {
+        let woken = waiters
+        waiters = []
+        for waiter in woken { waiter.resume() }
+    }
+}
+
