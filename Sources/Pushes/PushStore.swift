@@ -160,8 +160,8 @@ public struct PushStore: Sendable {
             SELECT id, platform, app_id, openid, status, attempts, message::text AS message FROM pushes WHERE id = $1
             """, [id])
             .first.flatMap { row in
-                guard let platform = row.string("platform"), let app = row.string("app_id"), let openid = row.string("openid"), let status = row.string("status"),
-                      let attempts = row.int("attempts"), let bytes = row.bytes("message"),
+                guard let platform = row.string("platform"), let app = row.string("app_id"), let openid = row.string("openid"),
+                      let status = row.string("status"), let attempts = row.int("attempts"), let bytes = row.bytes("message"),
                       let message = try? JSONValue.parse(bytes), let rendered = RenderedMessage(message) else { return nil }
                 return PendingPush(id: id, platform: platform, app: app, openid: openid, status: status, attempts: attempts, message: rendered)
             }

@@ -91,15 +91,18 @@ public struct JobStore: Sendable {
     // MARK: Claim and settle
 
     /// Claims up to `limit` due jobs of `kinds` for `lease`, earliest due first. Kinds nobody
-    /// handles stay scheduled (and show in the backlog) rather than failing.
+    /// handles stay scheduled (and show in the backlog) rather than failing. The jobs are picked
+    /// once, in a materialized CTE (see ``Outbox/claim(limit:lease:)`` for what `IN (subquery)` did).
     public func claim(owner: String, kinds: [JobKind], limit: Int, lease: Duration, now: Date? = nil) async throws -> [Job] {
         guard !kinds.isEmpty else { return [] }
         let rows = try await database.query("""
+            WITH picked AS MATERIALIZED (
+                SELECT id AS picked_id FROM jobs WHERE status = 'scheduled' AND due_at <= coalesce($4::timestamptz, now())
+                  AND kind = ANY($5::text[])
+                ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED)
             UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1,
                    locked_until = now() + make_interval(secs => $3), started_at = now(), updated_at = now()
-            WHERE id IN (SELECT id FROM jobs WHERE status = 'scheduled' AND due_at <= coalesce($4::timestamptz, now())
-                           AND kind = ANY($5::text[])
-                         ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+            FROM picked WHERE jobs.id = picked.picked_id
             RETURNING \(Self.columns)
             """, [owner, limit, Self.seconds(lease), now, PostgresArray(kinds.map(\.rawValue))])
         return rows.compactMap(Self.job).sorted { ($0.dueAt, $0.id) < ($1.dueAt, $1.id) }
