@@ -98,18 +98,11 @@ public struct AlipayClient: Sendable {
         request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded;charset=utf-8")
         request.body = .bytes(ByteBuffer(string: form))
         let bytes: [UInt8]
-        do {
-            let response = try await http.execute(request, timeout: timeout)
-            guard response.status.code == 200 else {
-                _ = try? await response.body.collect(upTo: 64 * 1024)
-                throw Failure.http(status: Int(response.status.code))
+        do { bytes = try await PlatformCall.bytes(request, http: http, timeout: timeout) } catch {
+            switch error {
+            case .http(let status): throw .http(status: status)
+            case .network(let reason): throw .network(reason)
             }
-            var buffer = try await response.body.collect(upTo: 1 << 20)
-            bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
-        } catch let failure as Failure {
-            throw failure
-        } catch {
-            throw .network("\(error)")
         }
         try Self.check(answer: bytes, keys: keys)
     }

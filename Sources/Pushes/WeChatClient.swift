@@ -107,18 +107,11 @@ public struct WeChatClient: Sendable {
         request.headers.add(name: "Content-Type", value: "application/json")
         request.body = .bytes(ByteBuffer(bytes: body.jsonBytes))
         let bytes: [UInt8]
-        do {
-            let response = try await http.execute(request, timeout: timeout)
-            guard response.status.code == 200 else {
-                _ = try? await response.body.collect(upTo: 64 * 1024)
-                throw Failure.http(status: Int(response.status.code))
+        do { bytes = try await PlatformCall.bytes(request, http: http, timeout: timeout) } catch {
+            switch error {
+            case .http(let status): throw .http(status: status)
+            case .network(let reason): throw .network(reason)
             }
-            var buffer = try await response.body.collect(upTo: 1 << 20)
-            bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
-        } catch let failure as Failure {
-            throw failure
-        } catch {
-            throw .network("\(error)")
         }
         guard case .object(let answer)? = try? JSONValue.parse(bytes) else {
             throw .malformed(String(decoding: bytes.prefix(200), as: UTF8.self))

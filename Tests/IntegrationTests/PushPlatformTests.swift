@@ -23,13 +23,19 @@ struct PushPlatformTests {
         fake.register(app: app, secret: secret)
         let router = Router()
         fake.addRoutes(to: router)
+        try await serving(router) { base, redis in
+            let client = WeChatClient(http: HTTPClient.shared, base: base)
+            let broker = AccessTokenBroker(redis: redis, client: client, secrets: { $0 == app ? secret : nil }, logger: logger)
+            try await body(fake, PushSender(client: client, broker: broker), broker, app)
+        }
+    }
+
+    /// `router` live on a port of its own (its base URL), beside a Redis pool closed afterwards.
+    static func serving(_ router: Router<BasicRequestContext>, _ body: @Sendable (String, RedisPool) async throws -> Void) async throws {
         let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 2)
         do {
             try await Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0))).test(.live) { client in
-                let port = try #require(client.port)
-                let client = WeChatClient(http: HTTPClient.shared, base: "http://127.0.0.1:\(port)")
-                let broker = AccessTokenBroker(redis: redis, client: client, secrets: { $0 == app ? secret : nil }, logger: logger)
-                try await body(fake, PushSender(client: client, broker: broker), broker, app)
+                try await body("http://127.0.0.1:\(try #require(client.port))", redis)
             }
         } catch {
             await redis.close()
@@ -131,28 +137,20 @@ struct PushPlatformTests {
     /// sender whose keyring holds the app's private key and the fake's public key (`alipayPublicKey`).
     static func withAlipay(_ body: @Sendable (FakeAlipay, PushSender, String, _ base: String) async throws -> Void) async throws {
         let fake = try FakeAlipay()
-        let app = "2021" + String(TestEnvironment.unique("").filter(\.isNumber).prefix(12))
+        let app = "2021" + String(UInt64.random(in: 100_000_000_000...999_999_999_999))
         let keys = try appKeys()
         try fake.register(app: app, publicKey: keys.publicKey)
         let router = Router()
         fake.addRoutes(to: router)
-        let redis = try await RedisPool(url: TestEnvironment.redisURL, size: 1)
-        do {
-            try await Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0))).test(.live) { client in
-                let base = "http://127.0.0.1:\(try #require(client.port))"
-                let wechat = WeChatClient(http: HTTPClient.shared, base: base)
-                let broker = AccessTokenBroker(redis: redis, client: wechat, secrets: { _ in nil }, logger: logger)
-                let keyring = AlipayKeyring { candidate in
-                    candidate == app ? try AlipayCrypto(alipayPublicKey: fake.alipayPublicKey, appPrivateKey: keys.privateKey) : nil
-                }
-                let sender = PushSender(client: wechat, broker: broker, alipay: AlipayClient(http: HTTPClient.shared, base: base), alipayKeys: keyring)
-                try await body(fake, sender, app, base)
+        try await serving(router) { base, redis in
+            let wechat = WeChatClient(http: HTTPClient.shared, base: base)
+            let broker = AccessTokenBroker(redis: redis, client: wechat, secrets: { _ in nil }, logger: logger)
+            let keyring = AlipayKeyring { candidate in
+                candidate == app ? try AlipayCrypto(alipayPublicKey: fake.alipayPublicKey, appPrivateKey: keys.privateKey) : nil
             }
-        } catch {
-            await redis.close()
-            throw error
+            let sender = PushSender(client: wechat, broker: broker, alipay: AlipayClient(http: HTTPClient.shared, base: base), alipayKeys: keyring)
+            try await body(fake, sender, app, base)
         }
-        await redis.close()
     }
 
     static func alipayMessage(_ user: String) -> AlipayClient.TemplateMessage {

@@ -44,7 +44,7 @@ struct PushPoolTests {
         let app = TestEnvironment.unique("wxp"), secret = "secret-\(app)"
         fake.register(app: app, secret: secret)
         let alipay = try FakeAlipay()
-        let alipayApp = "2021" + String(TestEnvironment.unique("").filter(\.isNumber).prefix(12))
+        let alipayApp = "2021" + String(UInt64.random(in: 100_000_000_000...999_999_999_999))
         let alipayKeys = try PushPlatformTests.appKeys()
         try alipay.register(app: alipayApp, publicKey: alipayKeys.publicKey)
         let router = Router()
