@@ -313,7 +313,7 @@ struct PushPoolTests {
 
     @Test("a broadcast to a tag of 10,000 members sends each one push, at the configured pace (within 5%); progress and counts; cancel")
     func broadcast() async throws {
-        let rate = 200, audience = 10_000
+        let rate = 100, audience = 10_000
         try await Self.withPushes(rate: rate) { setup in
             let (client, fake, app, database) = (setup.client, setup.fake, setup.app, setup.database)
             let tag = TestEnvironment.unique("vip"), code = TestEnvironment.unique("news")
@@ -334,7 +334,7 @@ struct PushPoolTests {
 
             let consumer = try Self.consume(setup.pool)
             let (scheduler, broker) = try await Self.scheduler(database)
-            try await FlashSaleTests.waitFor("every push", timeout: .seconds(180)) { fake.sent.filter { $0.app == app }.count >= audience }
+            try await FlashSaleTests.waitFor("every push", timeout: .seconds(240)) { fake.sent.filter { $0.app == app }.count >= audience }
             try await Task.sleep(for: .milliseconds(500))
             let sent = fake.sent.filter { $0.app == app }
             #expect(sent.count == audience)
