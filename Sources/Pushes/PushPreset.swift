@@ -23,7 +23,7 @@ public struct PushPreset: Sendable, Equatable {
     static let messages: [Message] = [
         Message(name: "welcome", event: { "\($0).subscribe" }, fields: [
             "first": "{{#nickname}}{{nickname}}，{{/nickname}}欢迎加入会员！",
-            "keyword1": "{{level}}", "keyword2": "{{balance}} 积分", "remark": "每日签到、发帖、分享都能赚积分",
+            "keyword1": "{{memberId}}", "keyword2": "{{balance}} 积分", "remark": "每日签到、发帖、分享都能赚积分",
         ]),
         Message(name: "points-granted", event: { _ in "fanflow.points.granted" }, fields: [
             "first": "积分到账 +{{points}}", "keyword1": "{{points}}", "keyword2": "{{balance}}", "remark": "{{occurredAt}}",

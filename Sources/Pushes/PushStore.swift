@@ -252,17 +252,6 @@ public struct PushStore: Sendable {
                              growth: Int64(row.int("growth") ?? 0), level: row.string("level") ?? "")
         }
     }
-
-    /// The member behind an openid, when FanFlow has seen them; a bare recipient otherwise (a new
-    /// follower's welcome is sent before the points pool has made them a member).
-    public func recipient(platform: String, app: String, openid: String) async throws -> Recipient {
-        let row = try await database.query("""
-            SELECT m.id, m.nickname, m.points, m.growth, m.level FROM member_identities i JOIN members m ON m.id = i.member_id
-            WHERE i.platform = $1 AND i.app = $2 AND i.openid = $3
-            """, [platform, app, openid]).first
-        return Recipient(member: row?.int("id").map(Int64.init), openid: openid, nickname: row?.string("nickname") ?? "",
-                         balance: Int64(row?.int("points") ?? 0), growth: Int64(row?.int("growth") ?? 0), level: row?.string("level") ?? "")
-    }
 }
 
 /// A push's message after rendering: what is sent, and sent again on a retry.

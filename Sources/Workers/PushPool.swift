@@ -2,6 +2,7 @@ import Contracts
 import FlashSales
 import Foundation
 import Logging
+import Loyalty
 import Pushes
 import Scheduler
 import Synchronization
@@ -32,6 +33,7 @@ public struct PushPool: EnvelopeProcessor {
     let pace: PushPace
     let jobs: JobStore
     let orders: FlashSaleStore
+    let members: MemberDirectory
     let catalog: PushCatalog
     let logger: Logger
     let maxAttempts: Int
@@ -45,6 +47,7 @@ public struct PushPool: EnvelopeProcessor {
         self.pace = pace
         self.jobs = jobs
         self.orders = FlashSaleStore(database: store.database)
+        self.members = MemberDirectory(database: store.database)
         self.catalog = PushCatalog(store: store)
         self.logger = logger
         self.maxAttempts = maxAttempts
@@ -119,7 +122,11 @@ public struct PushPool: EnvelopeProcessor {
             return try await store.recipient(member: member, platform: template.platform, app: template.app)
         }
         guard event.platform.rawValue == template.platform, event.app == template.app, let openid = event.subject.openid else { return nil }
-        return try await store.recipient(platform: template.platform, app: template.app, openid: openid)
+        // A new follower's welcome usually runs before the points pool has seen them: the member is
+        // made here (concurrent first sightings end in one member), so the push is theirs too.
+        let member = try await members.resolve(Identity(platform: event.platform, app: event.app, openid: openid),
+                                               unionid: event.subject.unionid)
+        return try await store.recipient(member: member, platform: template.platform, app: template.app)
     }
 
     /// What a template may name (``PushTemplate/names``), from the member and the event.

@@ -170,6 +170,7 @@ struct PushPoolTests {
             let delivered = (json["pushes"] as? [[String: Any]] ?? []).filter { $0["appId"] as? String == app }
             #expect(delivered.count == 1)
             #expect(delivered.first?["msgId"] as? Int == Int(msgID))
+            #expect(delivered.first?["memberId"] as? Int != nil, "a new follower's welcome belongs to the member the push pool made")
             (status, json) = try await PointsAdminTests.call(client, .get, "/admin/v1/pushes?status=bogus")
             #expect((status, FlashSaleTests.code(json)) == (.badRequest, "invalid_status"))
 
