@@ -41,6 +41,9 @@ public struct FanFlowConfiguration: Sendable, Equatable {
     public var alipayAPIBase: String = "https://openapi.alipay.com"
     /// Push pool: messages per second per app (0: unlimited) and per app and day (WeChat's template quota).
     public var pushRatePerApp: Int = 50
+    /// Points pool and scheduler: publish `fanflow.points.granted` / `fanflow.points.matured`
+    /// (what push triggers for points fire on; one more broker message per grant).
+    public var pointsNews: Bool = true
     public var pushDailyQuota: Int = 100_000
 
     /// Which process is starting: each needs a different set of variables.
@@ -67,6 +70,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         ("FANFLOW_ALIPAY_API_BASE", "push pool: base URL of Alipay's OpenAPI gateway, /gateway.do under it (default https://openapi.alipay.com)"),
         ("FANFLOW_PUSH_RATE_PER_APP", "push pool: messages per second per app, 0 = unlimited (default 50)"),
         ("FANFLOW_PUSH_DAILY_QUOTA", "push pool: messages per app and Beijing day before deferring (default 100000)"),
+        ("FANFLOW_POINTS_NEWS", "points pool and scheduler: publish fanflow.points.granted/matured, on or off (default on)"),
     ]
 
     public init(amqpURL: String, redisURL: String, databaseURL: String, httpHost: String = "127.0.0.1",
@@ -164,6 +168,10 @@ public struct FanFlowConfiguration: Sendable, Equatable {
             }
             return url
         }
+        let news = value("FANFLOW_POINTS_NEWS")?.lowercased() ?? "on"
+        if !["on", "off"].contains(news) {
+            problems.append(ConfigurationError(variable: "FANFLOW_POINTS_NEWS", problem: "expected on or off, got \(news)"))
+        }
         let wechatBase = baseURL("FANFLOW_WECHAT_API_BASE", default: "https://api.weixin.qq.com")
         let alipayBase = baseURL("FANFLOW_ALIPAY_API_BASE", default: "https://openapi.alipay.com")
 
@@ -182,6 +190,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         configuration.pushDailyQuota = pushQuota
         configuration.wechatAPIBase = wechatBase
         configuration.alipayAPIBase = alipayBase
+        configuration.pointsNews = news != "off"
         return configuration
     }
 

@@ -93,8 +93,13 @@ public struct LevelChange: Sendable, Equatable {
 /// concurrent batches touching the same members cannot deadlock.
 public struct Ledger: Sendable {
     let database: PostgresPool
+    /// Whether grants and maturations are published as points news (`FANFLOW_POINTS_NEWS`).
+    let announces: Bool
 
-    public init(database: PostgresPool) { self.database = database }
+    public init(database: PostgresPool, announces: Bool = true) {
+        self.database = database
+        self.announces = announces
+    }
 
     struct Delta {
         var points: Int64 = 0, growth: Int64 = 0, pendingPoints: Int64 = 0, pendingGrowth: Int64 = 0
@@ -165,7 +170,7 @@ public struct Ledger: Sendable {
                 deltas[reversal.member] = total
             }
             let update = try Self.updateBalances(deltas, levels: levels, on: connection)
-            try news.publish(balances: update.balances, on: connection)
+            if announces { try news.publish(balances: update.balances, on: connection) }
             return update.changes
         }
     }
@@ -208,7 +213,7 @@ public struct Ledger: Sendable {
                          rule: row.string("rule"), subject: nil)
             }
             let update = try Self.updateBalances(deltas, levels: levels, on: connection)
-            try news.publish(balances: update.balances, on: connection)
+            if announces { try news.publish(balances: update.balances, on: connection) }
             return matured.count
         }
     }

@@ -27,11 +27,11 @@ public struct PointsPool: EnvelopeProcessor {
         self.ledger = ledger
     }
 
-    public init(database: PostgresPool, redis: RedisPool, timeZone: TimeZone) {
+    public init(database: PostgresPool, redis: RedisPool, timeZone: TimeZone, pointsNews: Bool = true) {
         self.init(rules: RuleBook(store: RuleStore(database: database), calendar: BusinessCalendarStore(database: database),
                                   timeZone: timeZone), members: MemberDirectory(database: database),
                   decider: PointsDecider(redis: redis, calendar: PeriodCalendar(timeZone: timeZone)),
-                  ledger: Ledger(database: database))
+                  ledger: Ledger(database: database, announces: pointsNews))
     }
 
     /// One rule's grant for one member, waiting for its decision.

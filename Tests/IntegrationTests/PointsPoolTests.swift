@@ -199,6 +199,24 @@ struct PointsPoolTests {
         await h.close()
     }
 
+    @Test("with points news off (FANFLOW_POINTS_NEWS=off) a grant still counts and writes no points.granted")
+    func newsOff() async throws {
+        let h = try await PointsHarness.open()
+        let kind = h.kind("quiet")
+        let pool = PointsPool(rules: RuleBook(fixed: .init(rules: [PointsRule(code: "\(h.prefix)-q", kinds: [kind], points: 5, growth: 0, reason: "q")],
+                                                             levels: .standard)),
+                              members: MemberDirectory(database: h.database),
+                              decider: PointsDecider(redis: h.redis, calendar: PeriodCalendar(timeZone: h.timeZone)),
+                              ledger: Ledger(database: h.database, announces: false))
+        try await pool.process([h.event("1", kind, openid: "q1", at: "2026-12-01T10:00:00+08:00")])
+        let member = try #require(try await h.member("q1"))
+        #expect(member.points == 5)
+        // Read at once after the commit: other tests' relays poll every 250 ms, so news written would still be here.
+        let news = try await h.database.query("SELECT count(*) AS n FROM outbox WHERE message_id LIKE $1", ["fanflow:granted:\(member.id):%"])
+        #expect(news.first?.int("n") == 0)
+        await h.close()
+    }
+
     @Test("a nickname the brand's event carries is stored for push templates; the latest wins, blank and over-long ones are ignored")
     func nicknames() async throws {
         let h = try await PointsHarness.open()

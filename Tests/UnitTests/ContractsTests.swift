@@ -105,6 +105,25 @@ struct ConfigurationTests {
         }
     }
 
+    @Test("the push pool's platform addresses and points news: defaults, settings and refusals")
+    func pushSettings() throws {
+        var configuration = try FanFlowConfiguration.load(valid, role: .worker)
+        #expect(configuration.alipayAPIBase == "https://openapi.alipay.com" && configuration.pointsNews)
+        var environment = valid
+        environment["FANFLOW_ALIPAY_API_BASE"] = "http://127.0.0.1:8099"
+        environment["FANFLOW_POINTS_NEWS"] = "OFF"
+        configuration = try FanFlowConfiguration.load(environment, role: .worker)
+        #expect(configuration.alipayAPIBase == "http://127.0.0.1:8099" && !configuration.pointsNews)
+        environment["FANFLOW_ALIPAY_API_BASE"] = "openapi.alipay.com"
+        environment["FANFLOW_POINTS_NEWS"] = "sometimes"
+        do {
+            _ = try FanFlowConfiguration.load(environment, role: .worker)
+            Issue.record("expected problems")
+        } catch {
+            #expect(Set(error.problems.map(\.variable)) == ["FANFLOW_ALIPAY_API_BASE", "FANFLOW_POINTS_NEWS"])
+        }
+    }
+
     @Test("the admin token is required by the gateway only")
     func tokenPerRole() throws {
         var environment = valid
