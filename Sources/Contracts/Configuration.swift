@@ -41,9 +41,8 @@ public struct FanFlowConfiguration: Sendable, Equatable {
     public var alipayAPIBase: String = "https://openapi.alipay.com"
     /// Push pool: messages per second per app (0: unlimited) and per app and day (WeChat's template quota).
     public var pushRatePerApp: Int = 50
-    /// Points pool and scheduler: publish `fanflow.points.granted` / `fanflow.points.matured`
-    /// (what push triggers for points fire on; one more broker message per grant).
-    public var pointsNews: Bool = true
+    /// Points pool and scheduler: when to publish `fanflow.points.granted` / `fanflow.points.matured`.
+    public var pointsNews: PointsNews = .auto
     public var pushDailyQuota: Int = 100_000
 
     /// Which process is starting: each needs a different set of variables.
@@ -70,7 +69,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         ("FANFLOW_ALIPAY_API_BASE", "push pool: base URL of Alipay's OpenAPI gateway, /gateway.do under it (default https://openapi.alipay.com)"),
         ("FANFLOW_PUSH_RATE_PER_APP", "push pool: messages per second per app, 0 = unlimited (default 50)"),
         ("FANFLOW_PUSH_DAILY_QUOTA", "push pool: messages per app and Beijing day before deferring (default 100000)"),
-        ("FANFLOW_POINTS_NEWS", "points pool and scheduler: publish fanflow.points.granted/matured, on or off (default on)"),
+        ("FANFLOW_POINTS_NEWS", "points pool and scheduler: publish fanflow.points.granted/matured: auto (while an enabled push trigger listens), on or off (default auto)"),
     ]
 
     public init(amqpURL: String, redisURL: String, databaseURL: String, httpHost: String = "127.0.0.1",
@@ -168,9 +167,10 @@ public struct FanFlowConfiguration: Sendable, Equatable {
             }
             return url
         }
-        let news = value("FANFLOW_POINTS_NEWS")?.lowercased() ?? "on"
-        if !["on", "off"].contains(news) {
-            problems.append(ConfigurationError(variable: "FANFLOW_POINTS_NEWS", problem: "expected on or off, got \(news)"))
+        let newsText = value("FANFLOW_POINTS_NEWS")?.lowercased() ?? "auto"
+        let news = PointsNews(rawValue: newsText)
+        if news == nil {
+            problems.append(ConfigurationError(variable: "FANFLOW_POINTS_NEWS", problem: "expected auto, on or off, got \(newsText)"))
         }
         let wechatBase = baseURL("FANFLOW_WECHAT_API_BASE", default: "https://api.weixin.qq.com")
         let alipayBase = baseURL("FANFLOW_ALIPAY_API_BASE", default: "https://openapi.alipay.com")
@@ -190,7 +190,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         configuration.pushDailyQuota = pushQuota
         configuration.wechatAPIBase = wechatBase
         configuration.alipayAPIBase = alipayBase
-        configuration.pointsNews = news != "off"
+        configuration.pointsNews = news ?? .auto
         return configuration
     }
 
@@ -211,4 +211,15 @@ public struct ConfigurationErrors: Error, Sendable, CustomStringConvertible {
     public var description: String {
         "invalid configuration:\n" + problems.map { "  \($0)" }.joined(separator: "\n")
     }
+}
+
+/// When the points pool and the scheduler publish points news (`FANFLOW_POINTS_NEWS`). Each is one
+/// more broker message per grant, and the broker is what runs out first, so by default they are
+/// published only while something listens.
+public enum PointsNews: String, Sendable, Equatable {
+    /// While an enabled push trigger names the event.
+    case auto
+    /// Always (the brand's own systems consume `fanflow.events`).
+    case on
+    case off
 }

@@ -93,12 +93,12 @@ public struct LevelChange: Sendable, Equatable {
 /// concurrent batches touching the same members cannot deadlock.
 public struct Ledger: Sendable {
     let database: PostgresPool
-    /// Whether grants and maturations are published as points news (`FANFLOW_POINTS_NEWS`).
-    let announces: Bool
+    /// Whether grants and maturations are published as points news.
+    let news: any PointsNewsPolicy
 
-    public init(database: PostgresPool, announces: Bool = true) {
+    public init(database: PostgresPool, news: any PointsNewsPolicy = AlwaysAnnounce()) {
         self.database = database
-        self.announces = announces
+        self.news = news
     }
 
     struct Delta {
@@ -114,9 +114,10 @@ public struct Ledger: Sendable {
     public func apply(grants: [LedgerGrant], reversals: [LedgerReversal], levels: LevelTable) async throws -> [LevelChange] {
         let grants = grants.filter { $0.points != 0 || $0.growth != 0 }
         guard !grants.isEmpty || !reversals.isEmpty else { return [] }
+        let announcing = await news.announces(.pointsGranted)
         return try await database.transaction { connection in
             var deltas: [Int64: Delta] = [:]
-            var news = PointsNewsBuilder()
+            var pointsNews = PointsNewsBuilder()
             if !grants.isEmpty {
                 var rows: [String] = []
                 var parameters: [any PostgresEncodable] = []
@@ -149,7 +150,7 @@ public struct Ledger: Sendable {
                     } else {
                         delta.points += points
                         delta.growth += growth
-                        news.add(member: member, cause: cause, kind: .pointsGranted, points: points, growth: growth,
+                        pointsNews.add(member: member, cause: cause, kind: .pointsGranted, points: points, growth: growth,
                                  rule: row.string("rule"), subject: subjects[member]?.0)
                     }
                     delta.subject = subjects[member]?.0
@@ -170,7 +171,7 @@ public struct Ledger: Sendable {
                 deltas[reversal.member] = total
             }
             let update = try Self.updateBalances(deltas, levels: levels, on: connection)
-            if announces { try news.publish(balances: update.balances, on: connection) }
+            if announcing { try pointsNews.publish(balances: update.balances, on: connection) }
             return update.changes
         }
     }
@@ -183,6 +184,7 @@ public struct Ledger: Sendable {
     /// never mature. Returns how many matured.
     public func mature(ids: [Int64], levels: LevelTable) async throws -> Int {
         guard !ids.isEmpty else { return 0 }
+        let announcing = await news.announces(.pointsMatured)
         return try await database.transaction { connection in
             let matured = try connection.query("""
                 WITH due AS (
@@ -198,7 +200,7 @@ public struct Ledger: Sendable {
                 RETURNING member_id, rule, points, growth, event_id
                 """, [PostgresArray(ids)])
             var deltas: [Int64: Delta] = [:]
-            var news = PointsNewsBuilder()
+            var pointsNews = PointsNewsBuilder()
             for row in matured {
                 guard let member = row.int("member_id").map(Int64.init) else { continue }
                 let points = Int64(row.int("points") ?? 0), growth = Int64(row.int("growth") ?? 0)
@@ -209,11 +211,11 @@ public struct Ledger: Sendable {
                 delta.pendingGrowth -= growth
                 delta.cause = row.string("event_id") ?? ""
                 deltas[member] = delta
-                news.add(member: member, cause: delta.cause, kind: .pointsMatured, points: points, growth: growth,
+                pointsNews.add(member: member, cause: delta.cause, kind: .pointsMatured, points: points, growth: growth,
                          rule: row.string("rule"), subject: nil)
             }
             let update = try Self.updateBalances(deltas, levels: levels, on: connection)
-            if announces { try news.publish(balances: update.balances, on: connection) }
+            if announcing { try pointsNews.publish(balances: update.balances, on: connection) }
             return matured.count
         }
     }
@@ -399,4 +401,19 @@ extension PointsNews {
         return Envelope(id: "fanflow:\(tag):\(member):\(cause)", platform: .fanflow, app: subject?.app ?? "", kind: kind,
                         subject: .init(openid: subject?.openid), occurredAt: now, receivedAt: now, attributes: attributes)
     }
+}
+
+/// Whether points news of a kind are published now (`FANFLOW_POINTS_NEWS`).
+public protocol PointsNewsPolicy: Sendable {
+    func announces(_ kind: EventKind) async -> Bool
+}
+
+public struct AlwaysAnnounce: PointsNewsPolicy {
+    public init() {}
+    public func announces(_ kind: EventKind) async -> Bool { true }
+}
+
+public struct NeverAnnounce: PointsNewsPolicy {
+    public init() {}
+    public func announces(_ kind: EventKind) async -> Bool { false }
 }

@@ -27,11 +27,11 @@ public struct PointsPool: EnvelopeProcessor {
         self.ledger = ledger
     }
 
-    public init(database: PostgresPool, redis: RedisPool, timeZone: TimeZone, pointsNews: Bool = true) {
+    public init(database: PostgresPool, redis: RedisPool, timeZone: TimeZone, pointsNews: any PointsNewsPolicy = AlwaysAnnounce()) {
         self.init(rules: RuleBook(store: RuleStore(database: database), calendar: BusinessCalendarStore(database: database),
                                   timeZone: timeZone), members: MemberDirectory(database: database),
                   decider: PointsDecider(redis: redis, calendar: PeriodCalendar(timeZone: timeZone)),
-                  ledger: Ledger(database: database, announces: pointsNews))
+                  ledger: Ledger(database: database, news: pointsNews))
     }
 
     /// One rule's grant for one member, waiting for its decision.

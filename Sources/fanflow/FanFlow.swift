@@ -103,7 +103,8 @@ struct WorkerCommand: AsyncParsableCommand {
                     pool = existing
                 } else {
                     let redis = try await RedisPool(url: configuration.redisURL, size: 2)
-                    pool = PointsPool(database: database, redis: redis, timeZone: configuration.timeZone, pointsNews: configuration.pointsNews)
+                    pool = PointsPool(database: database, redis: redis, timeZone: configuration.timeZone,
+                                      pointsNews: configuration.pointsNews.policy(pushes: PushStore(database: database)))
                     points = pool
                     // Level changes leave through the outbox; one relay per process.
                     let broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { connection in
@@ -174,7 +175,8 @@ struct SchedulerCommand: AsyncParsableCommand {
         let database = PostgresPool(url: configuration.databaseURL, maximumConnections: 4)
         let store = JobStore(database: database)
         let metrics = SchedulerMetrics()
-        let ledger = Ledger(database: database, announces: configuration.pointsNews), rules = RuleStore(database: database)
+        let ledger = Ledger(database: database, news: configuration.pointsNews.policy(pushes: PushStore(database: database)))
+        let rules = RuleStore(database: database)
         let zone = configuration.timeZone
         let periodic = PeriodicEnqueuer(database: database,
                                         jobs: try LoyaltyJobs.periodic(timeZone: zone) + MaintenanceJobs.periodic(timeZone: zone),

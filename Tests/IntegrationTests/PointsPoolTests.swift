@@ -207,7 +207,7 @@ struct PointsPoolTests {
                                                              levels: .standard)),
                               members: MemberDirectory(database: h.database),
                               decider: PointsDecider(redis: h.redis, calendar: PeriodCalendar(timeZone: h.timeZone)),
-                              ledger: Ledger(database: h.database, announces: false))
+                              ledger: Ledger(database: h.database, news: NeverAnnounce()))
         try await pool.process([h.event("1", kind, openid: "q1", at: "2026-12-01T10:00:00+08:00")])
         let member = try #require(try await h.member("q1"))
         #expect(member.points == 5)

@@ -582,4 +582,26 @@ struct PushPoolTests {
             }
         }
     }
+
+    @Test("FANFLOW_POINTS_NEWS=auto: points news are published while an enabled push trigger names their event, not otherwise")
+    func pointsNewsWhileListened() async throws {
+        try await Self.withPushes { setup in
+            let (client, app, database) = (setup.client, setup.app, setup.database)
+            let policy = ListenedPointsNews(store: PushStore(database: database), refresh: .zero)
+            func listeners(_ event: String) async throws -> Int {
+                try await database.query("SELECT count(*) AS n FROM push_triggers WHERE enabled AND event = $1", [event]).first?.int("n") ?? -1
+            }
+            // Nothing else listens in a fresh database; whatever does here decides the answer before ours.
+            let before = await policy.announces(.pointsGranted)
+            #expect(before == (try await listeners("fanflow.points.granted") > 0))
+            let code = TestEnvironment.unique("pn"), trigger = TestEnvironment.unique("t-pn")
+            _ = try await Self.put(client, "/admin/v1/templates/\(code)", #"{"appId":"\#(app)","templateId":"TPL-P","fields":{"first":"+{{points}}"}}"#)
+            _ = try await Self.put(client, "/admin/v1/push-triggers/\(trigger)", #"{"event":"fanflow.points.granted","template":"\#(code)"}"#)
+            #expect(await policy.announces(.pointsGranted))
+            _ = try await Self.put(client, "/admin/v1/push-triggers/\(trigger)", #"{"event":"fanflow.points.granted","template":"\#(code)","enabled":false}"#)
+            #expect(await policy.announces(.pointsGranted) == before, "a disabled trigger still counted")
+            #expect(await policy.announces(.pointsMatured) == (try await listeners("fanflow.points.matured") > 0))
+            _ = try await PointsAdminTests.call(client, .delete, "/admin/v1/push-triggers/\(trigger)")
+        }
+    }
 }

@@ -108,12 +108,12 @@ struct ConfigurationTests {
     @Test("the push pool's platform addresses and points news: defaults, settings and refusals")
     func pushSettings() throws {
         var configuration = try FanFlowConfiguration.load(valid, role: .worker)
-        #expect(configuration.alipayAPIBase == "https://openapi.alipay.com" && configuration.pointsNews)
+        #expect(configuration.alipayAPIBase == "https://openapi.alipay.com" && configuration.pointsNews == .auto)
         var environment = valid
         environment["FANFLOW_ALIPAY_API_BASE"] = "http://127.0.0.1:8099"
         environment["FANFLOW_POINTS_NEWS"] = "OFF"
         configuration = try FanFlowConfiguration.load(environment, role: .worker)
-        #expect(configuration.alipayAPIBase == "http://127.0.0.1:8099" && !configuration.pointsNews)
+        #expect(configuration.alipayAPIBase == "http://127.0.0.1:8099" && configuration.pointsNews == .off)
         environment["FANFLOW_ALIPAY_API_BASE"] = "openapi.alipay.com"
         environment["FANFLOW_POINTS_NEWS"] = "sometimes"
         do {
