@@ -333,7 +333,9 @@ struct PushPoolTests {
             #expect(status == .created)
             let id = try #require(json["id"] as? Int)
 
-            let consumer = try Self.consume(setup.pool)
+            // Two consumers, as `--pool push=2` runs them: while one finishes its batch (and acks,
+            // and waits for the next), the other sends, so no batch boundary stalls the pace.
+            let consumers = [try Self.consume(setup.pool), try Self.consume(setup.pool)]
             let (scheduler, broker) = try await Self.scheduler(database)
             try await FlashSaleTests.waitFor("every push", timeout: .seconds(240)) { fake.sent.filter { $0.app == app }.count >= audience }
             try await Task.sleep(for: .milliseconds(500))
@@ -361,8 +363,10 @@ struct PushPoolTests {
             scheduler.cancel()
             _ = await scheduler.result
             await broker.close()
-            consumer.cancel()
-            _ = await consumer.result
+            for consumer in consumers {
+                consumer.cancel()
+                _ = await consumer.result
+            }
         }
     }
 
