@@ -24,8 +24,9 @@ tag="runtest$$"
 vhost="fanflow-$tag" db="fanflow_$tag"
 run_pid=""
 failures=0
+passes=0
 fail() { echo "run-restart: FAIL: $*" >&2; failures=$((failures + 1)); }
-pass() { echo "run-restart: ok: $*" >&2; }
+pass() { echo "run-restart: ok: $*" >&2; passes=$((passes + 1)); }
 
 cleanup() {
   if [ -n "$run_pid" ] && kill -0 "$run_pid" 2>/dev/null; then kill -TERM "$run_pid" 2>/dev/null; wait "$run_pid" 2>/dev/null; fi
@@ -114,5 +115,7 @@ if [ $ended = 0 ]; then
 else fail "scripts/run kept running with a worker that cannot start"; fi
 run_pid=""
 
-if [ $failures -gt 0 ]; then echo "--- scripts/run output" >&2; grep '^\[run\]' "$work/run.log" >&2; echo "run-restart: $failures failure(s)" >&2; exit 1; fi
-echo "run-restart: all passed" >&2
+[ $failures -gt 0 ] && { echo "--- scripts/run output" >&2; grep '^\[run\]' "$work/run.log" >&2; }
+# The plain closing line a CI log reader counts.
+echo "run-restart: $passes passed, $failures failed"
+[ $failures -eq 0 ]
