@@ -158,4 +158,47 @@ struct DeadLetterAdminTests {
             return line.flatMap { $0.split(separator: " ").last.flatMap { Int($0) } } ?? 0
         }
     }
+
+    @Test("a message RabbitMQ dead-lettered itself (a reject, the delivery limit) is kept with the broker's reason and queue")
+    func brokerDeadLettered() async throws {
+        try await GatewayHarness.migrate()
+        let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 2)
+        let q = try await PoisonQueue.make("test.dlq-broker")
+        let event = q.envelope("rejected", openid: "o1")
+        #expect(try await q.publish(event) == .acked)
+        let reader = try await AMQPConnection(url: TestEnvironment.amqpURL)
+        let (tag, stream) = try await reader.consume(queue: q.queue.rawValue, prefetch: 1)
+        for try await batch in stream {
+            guard let delivery = batch.first else { continue }
+            try await reader.cancel(consumerTag: tag)
+            try await delivery.nack(requeue: false) // the queue's own dead-lettering: x-death, no FanFlow headers
+            break
+        }
+        await reader.close()
+        var amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
+        amqp.connectionName = "test-dlq-keeper"
+        let keeper = ConsumerService(amqp: amqp, queue: q.queue.deadLetter, prefetch: 10,
+                                     handler: DeadLetterKeeper(store: DeadLetterStore(database: database), workQueue: .behavior,
+                                                               logger: Logger(label: "test")),
+                                     logger: Logger(label: "test"))
+        let running = Task { try await keeper.run() }
+        var letters: [DeadLetter] = []
+        for _ in 0..<200 {
+            letters = try await DeadLetterStore(database: database).list(queue: q.queue.rawValue, status: .open, limit: 10, before: nil)
+            if !letters.isEmpty { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        running.cancel()
+        _ = await running.result
+        #expect(letters.count == 1)
+        // The queue comes from x-death, not from the keeper's own work queue (behavior here).
+        #expect(letters.first?.queue == q.queue.rawValue)
+        #expect(letters.first?.reason == "rabbitmq: rejected")
+        #expect(letters.first?.messageID == event.id)
+        #expect(letters.first?.body == (try event.encoded()))
+        #expect(try await q.publisher.messageCount(queue: q.queue.deadLetter.rawValue) == 0)
+        try await database.query("DELETE FROM dead_letters WHERE queue = $1", [q.queue.rawValue])
+        try await q.remove(database)
+        await database.close()
+    }
 }
