@@ -55,6 +55,10 @@ let package = Package(
         .target(name: "FlashSales",
                 dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler"],
                 swiftSettings: swiftSettings),
+        // Dead letters an operator can list, replay and drop; knows no broker and no HTTP.
+        .target(name: "DeadLetters",
+                dependencies: ["Contracts", "PostgresClient"],
+                swiftSettings: swiftSettings),
         .target(name: "Storage",
                 dependencies: ["PostgresClient", .product(name: "Logging", package: "swift-log")],
                 resources: [.copy("Migrations")],
@@ -90,7 +94,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .target(name: "Gateway",
-                dependencies: ["Contracts", "Runtime", "Loyalty", "Scheduler", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
+                dependencies: ["DeadLetters", "Contracts", "Runtime", "Loyalty", "Scheduler", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
                                "PostgresClient", "Storage", "PlatformSigning",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -102,8 +106,8 @@ let package = Package(
                 resources: [.copy("Resources/sdk.js")],
                 swiftSettings: swiftSettings),
         .target(name: "Workers",
-                dependencies: ["Contracts", "Runtime", "Loyalty", "Scheduler", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",
-                               "Storage", .product(name: "Logging", package: "swift-log"),
+                dependencies: ["DeadLetters", "Contracts", "Runtime", "Loyalty", "Scheduler", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",
+                               "Storage", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
         // Durable delayed and periodic jobs, the business calendar and leader election: a library
@@ -116,7 +120,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .executableTarget(name: "fanflow",
-                          dependencies: ["Contracts", "Runtime", "Gateway", "Workers", "Scheduler", "Storage", "Loyalty", "FlashSales",
+                          dependencies: ["DeadLetters", "Contracts", "Runtime", "Gateway", "Workers", "Scheduler", "Storage", "Loyalty", "FlashSales",
                                          "Pushes", "FakePlatform", "PlatformSigning", "AMQPClient", "PostgresClient", "RedisClient",
                                          .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -134,7 +138,7 @@ let package = Package(
                                    .product(name: "_CryptoExtras", package: "swift-crypto")],
                     swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
-                    dependencies: ["Contracts", "Runtime", "Workers", "Gateway", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
+                    dependencies: ["DeadLetters", "Contracts", "Runtime", "Workers", "Gateway", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
                                    "RedisClient", "Pushes", "FakePlatform", "PlatformSigning",
                                    "PostgresClient", "Storage",
                                    .product(name: "Crypto", package: "swift-crypto"),

@@ -44,6 +44,8 @@ public struct FanFlowConfiguration: Sendable, Equatable {
     /// Points pool and scheduler: when to publish `fanflow.points.granted` / `fanflow.points.matured`.
     public var pointsNews: PointsNews = .auto
     public var pushDailyQuota: Int = 100_000
+    /// Workers: failures of a message (alone, for its content) before it is dead-lettered.
+    public var deadLetterAfter: Int = 5
 
     /// Which process is starting: each needs a different set of variables.
     public enum Role: Sendable { case gateway, worker, scheduler, tool }
@@ -70,6 +72,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         ("FANFLOW_PUSH_RATE_PER_APP", "push pool: messages per second per app, 0 = unlimited (default 50)"),
         ("FANFLOW_PUSH_DAILY_QUOTA", "push pool: messages per app and Beijing day before deferring (default 100000)"),
         ("FANFLOW_POINTS_NEWS", "points pool and scheduler: publish fanflow.points.granted/matured: auto (while an enabled push trigger listens), on or off (default auto)"),
+        ("FANFLOW_DEAD_LETTER_AFTER", "workers: failures of a message, for its content, before it is dead-lettered, 1-100 (default 5)"),
     ]
 
     public init(amqpURL: String, redisURL: String, databaseURL: String, httpHost: String = "127.0.0.1",
@@ -160,6 +163,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         let flashPerIP = integer("FANFLOW_FLASHSALE_RATE_PER_IP", default: 0, range: 0...10_000_000)
         let pushRate = integer("FANFLOW_PUSH_RATE_PER_APP", default: 50, range: 0...100_000)
         let pushQuota = integer("FANFLOW_PUSH_DAILY_QUOTA", default: 100_000, range: 1...100_000_000)
+        let deadLetterAfter = integer("FANFLOW_DEAD_LETTER_AFTER", default: 5, range: 1...100)
         func baseURL(_ variable: String, default fallback: String) -> String {
             let url = value(variable) ?? fallback
             if !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
@@ -191,6 +195,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         configuration.wechatAPIBase = wechatBase
         configuration.alipayAPIBase = alipayBase
         configuration.pointsNews = news ?? .auto
+        configuration.deadLetterAfter = deadLetterAfter
         return configuration
     }
 

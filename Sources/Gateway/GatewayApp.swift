@@ -76,7 +76,8 @@ public struct Gateway: Sendable {
             let outstanding = await (try? broker.current())?.outstandingConfirms ?? 0
             // Push figures are every push worker's, from Redis; without Redis the gateway's own still render.
             let pushes = (try? await PushStats(redis: redis).today(dailyQuota: configuration.pushDailyQuota))?.apps ?? []
-            return Response.text(metrics.render(confirmsOutstanding: outstanding) + GatewayMetrics.render(pushes: pushes),
+            return Response.text(metrics.render(confirmsOutstanding: outstanding) + GatewayMetrics.render(pushes: pushes)
+                                 + (await deadLetterMetrics()),
                                  contentType: "text/plain; version=0.0.4")
         }
         addWeChatRoutes(router)

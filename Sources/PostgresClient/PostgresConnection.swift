@@ -68,7 +68,7 @@ public actor PostgresConnection {
                       format: PostgresResultFormat = .text) throws(PostgresError) -> PostgresRows {
         let connection = try open()
         let values = parameters.map(\.postgresValue)
-        let result = withParameters(values) { count, pointers, lengths, formats in
+        let result = try withParameters(values) { count, pointers, lengths, formats in
             PQexecParams(connection, sql, count, nil, pointers, lengths, formats, format.rawValue)
         }
         defer { PQclear(result) }
@@ -95,7 +95,7 @@ public actor PostgresConnection {
                       format: PostgresResultFormat = .text) throws(PostgresError) -> PostgresRows {
         let connection = try open()
         let values = parameters.map(\.postgresValue)
-        let result = withParameters(values) { count, pointers, lengths, formats in
+        let result = try withParameters(values) { count, pointers, lengths, formats in
             PQexecPrepared(connection, name, count, pointers, lengths, formats, format.rawValue)
         }
         defer { PQclear(result) }
@@ -231,10 +231,12 @@ public actor PostgresConnection {
     }
 
     /// Lays the parameters out in one buffer and hands libpq pointers into it for the call's duration.
+    /// Text parameters travel NUL-terminated, so a text holding a NUL byte is refused here, before
+    /// anything is sent: libpq would silently send only what precedes it.
     private func withParameters<R>(
         _ values: [PostgresValue],
         _ body: (Int32, UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<Int32>?, UnsafePointer<Int32>?) -> R
-    ) -> R {
+    ) throws(PostgresError) -> R {
         var storage: [UInt8] = []
         var offsets: [Int?] = []
         var lengths: [Int32] = []
@@ -242,8 +244,12 @@ public actor PostgresConnection {
         for value in values {
             switch value {
             case .text(let text):
-                offsets.append(storage.count)
+                let start = storage.count
+                offsets.append(start)
                 storage.append(contentsOf: text.utf8)
+                if storage[start...].contains(0) {
+                    throw PostgresError(.invalidParameter, "text parameter $\(offsets.count) holds a NUL byte, which PostgreSQL text cannot store")
+                }
                 storage.append(0)
                 lengths.append(0)
                 formats.append(0)

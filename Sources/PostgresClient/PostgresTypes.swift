@@ -6,7 +6,7 @@ import Glibc
 /// A failure of the PostgreSQL client, carrying the server's own diagnostics.
 public struct PostgresError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: String { case connect, server, io, usage }
+        private enum Base: String { case connect, server, io, usage, invalidParameter }
         private let base: Base
         private init(_ base: Base) { self.base = base }
         /// The connection could not be opened (bad URL, refused, authentication).
@@ -17,6 +17,10 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
         public static let io = Code(.io)
         /// The call itself was wrong (for example a parameter that libpq cannot send).
         public static let usage = Code(.usage)
+        /// A parameter PostgreSQL cannot store as it is, refused before anything was sent: a text
+        /// with a NUL byte (libpq would cut it there, so `victim\0evil` would arrive as `victim`).
+        /// The value is at fault, never the server.
+        public static let invalidParameter = Code(.invalidParameter)
         public var description: String { base.rawValue }
     }
 

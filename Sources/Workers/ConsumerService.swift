@@ -7,7 +7,7 @@ import ServiceLifecycle
 
 /// Handles the deliveries of one batch and settles every one of them (ack, nack or dead-letter).
 public protocol BatchHandler: Sendable {
-    func handle(_ batch: [AMQPDelivery]) async
+    func handle(_ batch: [AMQPDelivery], from consumer: ConsumerContext) async
 }
 
 /// One consumer on one connection: consumes a queue, hands each batch to its handler, and on
@@ -48,6 +48,11 @@ public struct ConsumerService: Service {
         let connection = try await AMQPConnection(configuration: amqp)
         do {
             try await connection.declare(Topology.standard)
+            // Dead letters are published on the consumer's own channel, confirmed before the
+            // original is acked: one connection per consumer, and the publish and the ack it
+            // waits for travel in order on one socket.
+            try await connection.enableConfirms()
+            let context = ConsumerContext(queue: queue, connection: connection)
             let (tag, deliveries) = try await connection.consume(queue: queue.rawValue, prefetch: prefetch)
             logger.info("consuming", metadata: ["queue": "\(queue)", "prefetch": "\(prefetch)"])
             let buffer = DeliveryBuffer()
@@ -56,7 +61,7 @@ public struct ConsumerService: Service {
             try await withGracefulShutdownHandler {
                 try await withTaskCancellationHandler {
                     while let batch = try await buffer.next() {
-                        await handler.handle(batch)
+                        await handler.handle(batch, from: context)
                     }
                 } onCancel: {
                     filling.cancel()

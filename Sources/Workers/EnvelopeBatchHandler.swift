@@ -1,12 +1,14 @@
 import AMQPClient
 import ClientSupport
 import Contracts
+import Foundation
 import Logging
 import PostgresClient
 
-/// The work a pool does on a batch of decoded events. It throws ``EventRefused`` (or a
-/// PostgreSQL data error, SQLSTATE class 22 or 23) when an event itself is at fault, and any other
-/// error when a server is unavailable.
+/// The work a pool does on a batch of decoded events. It throws ``EventRefused`` when an event
+/// itself is at fault; a server's refusal of an event's content (a PostgreSQL data error, a Redis
+/// error reply) is recognized as such (``ConsumerFailure``); any other error means a server is
+/// unavailable. Processing must be idempotent per event: a batch is retried, and split.
 public protocol EnvelopeProcessor: Sendable {
     func process(_ events: [Envelope]) async throws
 }
@@ -17,53 +19,141 @@ public struct EventRefused: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// Settles every delivery of a batch around an ``EnvelopeProcessor``.
+/// Settles every delivery of a batch around an ``EnvelopeProcessor``, so that no message can stall
+/// its queue and no outage can dead-letter a good one.
 ///
-/// Undecodable messages are dead-lettered at once; the rest are processed together and acked
-/// with one `ack(multiple:)` after the processor returned (for the database pools: after the
-/// commit). While a server is down the batch is held and retried with backoff: burning the
-/// queue's delivery limit on an outage would dead-letter good events. A batch that holds an event
-/// the processor refuses is processed one event at a time, so that only the bad one is
-/// dead-lettered. Cancelled while waiting, it leaves the batch unsettled: the broker redelivers it.
+/// - The batch is processed together and acked with one `ack(multiple:)` after the processor
+///   returned (for the database pools: after the commit).
+/// - While a server is unavailable (connection lost, timeout, a server that answered about its
+///   own state) the batch is held and retried with backoff: burning the queue's delivery limit on
+///   an outage would dead-letter good events.
+/// - When a server refused the batch for its content, the batch is split in halves, and halves
+///   again, until the failing messages stand alone; every half that passes is acked at once, so
+///   the good events behind a bad one carry on (a batch of 500 with one bad message costs about 18
+///   runs). The lone failures are retried in rounds with a short backoff (100 ms, doubling) and a
+///   message that failed `deadLetterAfter` times (counting the broker's earlier deliveries) is
+///   dead-lettered with its error, attempt count, first and last failure time and queue in its
+///   headers (``DeadLetterHeader``), confirmed, then acked. Undecodable messages and
+///   ``EventRefused`` cannot get better and are dead-lettered at once.
+/// - Cancelled while waiting, it leaves what is not settled unsettled: the broker redelivers it.
 public struct EnvelopeBatchHandler<Processor: EnvelopeProcessor>: BatchHandler {
     let processor: Processor
     let logger: Logger
+    let deadLetterAfter: Int
+    let retryMilliseconds: Int
 
-    public init(_ processor: Processor, logger: Logger) {
+    /// `deadLetterAfter` is `FANFLOW_DEAD_LETTER_AFTER` (default 5): with 100 ms doubling between
+    /// rounds a poison message is out of the way within 1.5 s.
+    public init(_ processor: Processor, logger: Logger, deadLetterAfter: Int = 5, retryMilliseconds: Int = 100) {
         self.processor = processor
         self.logger = logger
+        self.deadLetterAfter = max(1, deadLetterAfter)
+        self.retryMilliseconds = max(1, retryMilliseconds)
     }
 
-    public func handle(_ batch: [AMQPDelivery]) async {
-        var events: [(AMQPDelivery, Envelope)] = []
+    typealias Item = (delivery: AMQPDelivery, envelope: Envelope)
+
+    /// A message that failed alone and waits for another round.
+    struct Suspect {
+        let item: Item
+        var note: DeadLetterNote
+        var permanent: Bool
+    }
+
+    public func handle(_ batch: [AMQPDelivery], from consumer: ConsumerContext) async {
+        var items: [Item] = []
         for delivery in batch {
             do {
-                events.append((delivery, try Envelope.decode(delivery.body)))
+                items.append((delivery, try Envelope.decode(delivery.body)))
             } catch {
-                logger.error("dead-lettering an undecodable message",
-                             metadata: ["messageID": "\(delivery.properties.messageID ?? "-")", "error": "\(error)"])
-                try? await delivery.nack(requeue: false)
+                let now = Date()
+                let note = DeadLetterNote(reason: "undecodable: \(error)", attempts: delivery.priorAttempts + 1,
+                                          firstFailure: now, lastFailure: now)
+                guard await consumer.deadLetter(delivery, note, logger: logger) else { return }
             }
         }
-        guard let last = events.last?.0 else { return }
-        switch await run(events.map(\.1)) {
+        guard let last = items.last?.delivery else { return }
+        let failure: ConsumerFailure
+        switch await run(items.map(\.envelope)) {
         case .done:
             try? await last.ack(multiple: true)
             return
         case .interrupted:
             return
-        case .refused:
-            break
+        case .failed(let first):
+            failure = first
         }
-        for (delivery, envelope) in events {
-            switch await run([envelope]) {
+        var suspects: [Suspect] = []
+        guard await isolate(items, failure, into: &suspects) else { return }
+        _ = await settle(suspects, consumer)
+    }
+
+    /// Finds the failing messages of `items` by halving (`known`: the failure `items` already
+    /// gave, so they are not run again); acks every part that passes. False when interrupted.
+    private func isolate(_ items: [Item], _ known: ConsumerFailure?, into suspects: inout [Suspect]) async -> Bool {
+        let failure: ConsumerFailure
+        if let known {
+            failure = known
+        } else {
+            switch await run(items.map(\.envelope)) {
             case .done:
-                try? await delivery.ack()
-            case .refused:
-                logger.error("dead-lettering an event that was refused", metadata: ["eventID": "\(envelope.id)"])
-                try? await delivery.nack(requeue: false)
+                for item in items { try? await item.delivery.ack() }
+                return true
             case .interrupted:
-                return
+                return false
+            case .failed(let found):
+                failure = found
+            }
+        }
+        guard items.count > 1 else {
+            let now = Date()
+            var permanent = false
+            if case .permanent = failure { permanent = true }
+            suspects.append(Suspect(item: items[0], note: DeadLetterNote(reason: failure.reason, attempts: items[0].delivery.priorAttempts + 1,
+                                                                        firstFailure: now, lastFailure: now),
+                                    permanent: permanent))
+            return true
+        }
+        let middle = items.count / 2
+        guard await isolate(Array(items[..<middle]), nil, into: &suspects) else { return false }
+        return await isolate(Array(items[middle...]), nil, into: &suspects)
+    }
+
+    /// Retries lone failures in rounds until each passes (acked) or reaches `deadLetterAfter`
+    /// (dead-lettered). False when interrupted.
+    private func settle(_ suspects: [Suspect], _ consumer: ConsumerContext) async -> Bool {
+        var waiting = suspects
+        var round = 0
+        while true {
+            var next: [Suspect] = []
+            for suspect in waiting {
+                if suspect.permanent || suspect.note.attempts >= deadLetterAfter {
+                    guard await consumer.deadLetter(suspect.item.delivery, suspect.note, logger: logger) else { return false }
+                } else {
+                    next.append(suspect)
+                }
+            }
+            if next.isEmpty { return true }
+            logger.warning("retrying messages that failed alone", metadata: [
+                "queue": "\(consumer.queue)", "count": "\(next.count)", "error": "\(next[0].note.reason.prefix(200))"])
+            // 100, 200, 400, 800 ms: a unique-key race has passed by then, a bad value has not.
+            try? await Task.sleep(for: .milliseconds(min(retryMilliseconds << min(round, 10), 5_000)))
+            if Task.isCancelled { return false }
+            round += 1
+            waiting = []
+            for var suspect in next {
+                switch await run([suspect.item.envelope]) {
+                case .done:
+                    try? await suspect.item.delivery.ack()
+                case .interrupted:
+                    return false
+                case .failed(let failure):
+                    suspect.note.attempts += 1
+                    suspect.note.lastFailure = Date()
+                    suspect.note.reason = failure.reason
+                    if case .permanent = failure { suspect.permanent = true }
+                    waiting.append(suspect)
+                }
             }
         }
     }
@@ -71,12 +161,13 @@ public struct EnvelopeBatchHandler<Processor: EnvelopeProcessor>: BatchHandler {
     enum Outcome {
         /// Processed (or found already processed).
         case done
-        /// An event is at fault, not a server.
-        case refused
+        /// A server refused the events for their content (``ConsumerFailure/countsAgainstMessages``).
+        case failed(ConsumerFailure)
         /// Cancelled while waiting for a server: nothing is known to be wrong with the events.
         case interrupted
     }
 
+    /// Processes `envelopes`, holding them with backoff for as long as servers are unavailable.
     private func run(_ envelopes: [Envelope]) async -> Outcome {
         let backoff = Backoff(initialMilliseconds: 200, maximumMilliseconds: 5_000)
         var attempt = 0
@@ -84,24 +175,15 @@ public struct EnvelopeBatchHandler<Processor: EnvelopeProcessor>: BatchHandler {
             do {
                 try await processor.process(envelopes)
                 return .done
-            } catch let error as EventRefused {
-                if envelopes.count == 1 { logger.warning("event refused", metadata: ["error": "\(error)"]) }
-                return .refused
-            } catch let error as PostgresError where error.code == .server && Self.isDataError(error.sqlState) {
-                if envelopes.count == 1 { logger.warning("event refused by the database", metadata: ["error": "\(error)"]) }
-                return .refused
             } catch {
+                let failure = ConsumerFailure.classify(error)
+                if failure.countsAgainstMessages { return .failed(failure) }
                 if Task.isCancelled { return .interrupted }
-                logger.error("a server is unavailable, holding the batch", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                logger.error("a server is unavailable, holding the batch",
+                             metadata: ["error": "\(failure.reason)", "attempt": "\(attempt)", "events": "\(envelopes.count)"])
                 try? await Task.sleep(for: .milliseconds(backoff.delayMilliseconds(attempt: attempt)))
                 attempt += 1
             }
         }
-    }
-
-    /// SQLSTATE classes 22 (data exception) and 23 (integrity): the row is at fault, not the server.
-    static func isDataError(_ sqlState: String?) -> Bool {
-        guard let sqlState else { return false }
-        return sqlState.hasPrefix("22") || sqlState.hasPrefix("23")
     }
 }

@@ -1,6 +1,7 @@
 import AMQPClient
 import ArgumentParser
 import Contracts
+import DeadLetters
 import FlashSales
 import Foundation
 import Gateway
@@ -25,7 +26,8 @@ struct FanFlow: AsyncParsableCommand {
         discussion: "Configuration comes from the environment:\n"
             + FanFlowConfiguration.variables.map { "  \($0.name)\n      \($0.meaning)" }.joined(separator: "\n"),
         subcommands: [GatewayCommand.self, WorkerCommand.self, SchedulerCommand.self, JobsCommand.self, MigrateCommand.self,
-                       RebuildCountersCommand.self, ReconcileCommand.self, FakePlatformCommand.self])
+                       RebuildCountersCommand.self, ReconcileCommand.self, FakePlatformCommand.self,
+                       DeadLetterCommand.self])
 }
 
 /// Loads the configuration for a role, or stops the process naming every bad variable.
@@ -96,7 +98,7 @@ struct WorkerCommand: AsyncParsableCommand {
             let handler: any BatchHandler
             switch spec.name {
             case .behavior:
-                handler = EnvelopeBatchHandler(BehaviorStore(database: database), logger: logger)
+                handler = EnvelopeBatchHandler(BehaviorStore(database: database), logger: logger, deadLetterAfter: configuration.deadLetterAfter)
             case .points:
                 let pool: PointsPool
                 if let existing = points {
@@ -115,23 +117,25 @@ struct WorkerCommand: AsyncParsableCommand {
                     services.append(OutboxRelay(outbox: Outbox(database: database), broker: broker, logger: logger))
                     closers += [{ await broker.close() }, { await redis.close() }]
                 }
-                handler = EnvelopeBatchHandler(pool, logger: logger)
+                handler = EnvelopeBatchHandler(pool, logger: logger, deadLetterAfter: configuration.deadLetterAfter)
             case .orders:
                 let redis = try await RedisPool(url: configuration.redisURL, size: 1)
                 closers.append({ await redis.close() })
                 handler = EnvelopeBatchHandler(OrdersPool(store: FlashSaleStore(database: database), stock: FlashSaleStock(redis: redis),
-                                                          logger: logger), logger: logger)
+                                                          logger: logger), logger: logger, deadLetterAfter: configuration.deadLetterAfter)
             case .push:
                 let redis = try await RedisPool(url: configuration.redisURL, size: 2)
                 closers.append({ await redis.close() })
                 handler = EnvelopeBatchHandler(try pushPool(configuration: configuration, database: database, redis: redis, logger: logger),
-                                               logger: logger)
+                                               logger: logger, deadLetterAfter: configuration.deadLetterAfter)
             }
             for _ in 0..<spec.consumers {
                 services.append(ConsumerService(amqp: amqp, queue: spec.name.queue, prefetch: prefetch,
                                                 handler: handler, logger: logger))
             }
         }
+        // Every worker keeps every queue's dead letters (stored for `fanflow dlq`), whichever pools it runs.
+        services += DeadLetterKeeper.services(amqp: amqp, store: DeadLetterStore(database: database), logger: logger)
         logger.notice("worker starting", metadata: ["pools": "\(pools.joined(separator: " "))"])
         try await runServices(services, logger: logger)
         for close in closers { await close() }

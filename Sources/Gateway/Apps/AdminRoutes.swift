@@ -10,6 +10,7 @@ extension Gateway {
         addSchedulerAdminRoutes(admin)
         addFlashSaleAdminRoutes(admin)
         addPushAdminRoutes(admin)
+        addDeadLetterRoutes(admin)
         admin.get("/apps") { request, _ in
             let platform = try request.uri.queryParameters["platform"].map { text throws(GatewayError) in
                 try appPlatform(String(text))
