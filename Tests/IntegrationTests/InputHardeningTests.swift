@@ -284,6 +284,41 @@ struct InputHardeningTests {
     }
 }
 
+/// Arithmetic on what the admin API and pages send never traps.
+@Suite("Input arithmetic over HTTP")
+struct InputArithmeticTests {
+    @Test("a gift of 2^62 points redeemed three times is 409 insufficient_points, stock untouched, the gateway alive")
+    func giftCostOverflow() async throws {
+        let h = try await PointsHarness.open()
+        let kind = h.kind("gift")
+        let pool = h.pool(.init(rules: [PointsRule(code: "\(h.prefix)-g", kinds: [kind], points: 25, growth: 0, reason: "gift")],
+                                levels: .standard))
+        try await pool.process([h.event("p1", kind, openid: "dave", at: "2026-12-01T10:00:00+08:00")])
+        let dave = try #require(try await h.member("dave")).id
+        let gift = "\(h.prefix)-gold"
+        try await GatewayHarness.run { client, _, _ in
+            var (status, json) = try await MemberActionTests.call(client, .put, "/admin/v1/gifts/\(gift)",
+                                                                  #"{"name":"gold","points":4611686018427387904,"stock":10}"#)
+            #expect(status == .ok)
+            let auth = try await MemberActionTests.token(client, member: dave)
+            // Before the fix, 2^62 × 3 trapped inside the redemption's transaction.
+            (status, json) = try await MemberActionTests.call(client, .post, "/v1/mall/redemptions",
+                                                              #"{"giftId":"\#(gift)","quantity":3,"requestId":"req-overflow-1"}"#, headers: auth)
+            #expect(status == .conflict)
+            #expect((json["error"] as? [String: Any])?["code"] as? String == "insufficient_points")
+            (status, json) = try await MemberActionTests.call(client, .get, "/admin/v1/gifts/\(gift)")
+            #expect(json["stock"] as? Int == 10)
+            (status, json) = try await MemberActionTests.call(client, .post, "/v1/mall/redemptions",
+                                                              #"{"giftId":"\#(gift)","requestId":"req\u0000-evil"}"#, headers: auth)
+            #expect(status == .badRequest)
+            #expect((json["error"] as? [String: Any])?["code"] as? String == "invalid_request_id")
+            try await InputHardeningTests.health(client)
+        }
+        #expect(try await h.member("dave")?.points == 25)
+        await h.close()
+    }
+}
+
 /// A claimed subject reaches the points pool only through rules that opt in.
 @Suite("Claimed subjects and points")
 struct ClaimedPointsTests {
