@@ -8,15 +8,49 @@ import Foundation
 public struct Envelope: Codable, Sendable, Hashable {
     public static let schemaName = "fanflow.event/1"
 
-    /// Who the event is about, as the platform identifies them.
+    /// Who the event is about, as the platform identifies them, and whether anyone vouched for it.
     public struct Subject: Codable, Sendable, Hashable {
         public var openid: String?
         public var unionid: String?
-        public init(openid: String? = nil, unionid: String? = nil) {
+        /// The FanFlow member, where the sender proved it (a beacon with a member token).
+        public var memberId: Int64?
+        /// Whether the subject was vouched for: a platform-signed webhook, a signed server event
+        /// (`/v1/events`), a beacon with a valid member token. A beacon without one only *claims*
+        /// its openid (any page, or anyone with curl, can send any openid): reward rules grant on
+        /// claimed subjects only where they opt in (``PointsRule``'s `allowClaimed`).
+        ///
+        /// On the wire `"verified": true|false`. An envelope written before the field existed
+        /// (still queued across an upgrade) is read as claimed when its platform is `h5` and as
+        /// verified otherwise: exactly what those envelopes were (``Envelope/legacyVerified(_:)``).
+        public var verified: Bool
+
+        public init(openid: String? = nil, unionid: String? = nil, memberId: Int64? = nil, verified: Bool = true) {
             self.openid = openid
             self.unionid = unionid
+            self.memberId = memberId
+            self.verified = verified
+        }
+
+        enum CodingKeys: String, CodingKey { case openid, unionid, memberId, verified }
+
+        /// A subject on its own: a missing `verified` reads as true. Inside an envelope the
+        /// envelope's platform decides instead (see ``verified``).
+        public init(from decoder: any Decoder) throws {
+            try self.init(from: decoder, platform: nil)
+        }
+
+        init(from decoder: any Decoder, platform: Platform?) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            openid = try c.decodeIfPresent(String.self, forKey: .openid)
+            unionid = try c.decodeIfPresent(String.self, forKey: .unionid)
+            memberId = try c.decodeIfPresent(Int64.self, forKey: .memberId)
+            verified = try c.decodeIfPresent(Bool.self, forKey: .verified) ?? platform.map(Envelope.legacyVerified) ?? true
         }
     }
+
+    /// How an envelope without `subject.verified` (written before it existed) is read: beacons
+    /// (`h5`) were never vouched for, every other platform's subject was.
+    public static func legacyVerified(_ platform: Platform) -> Bool { platform != .h5 }
 
     public var schema: String
     public var id: String
@@ -39,6 +73,24 @@ public struct Envelope: Codable, Sendable, Hashable {
         self.occurredAt = occurredAt
         self.receivedAt = receivedAt
         self.attributes = attributes
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case schema, id, platform, app, kind, subject, occurredAt, receivedAt, attributes
+    }
+
+    /// By hand only so that the subject's missing `verified` can follow the platform.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        schema = try c.decode(String.self, forKey: .schema)
+        id = try c.decode(String.self, forKey: .id)
+        platform = try c.decode(Platform.self, forKey: .platform)
+        app = try c.decode(String.self, forKey: .app)
+        kind = try c.decode(EventKind.self, forKey: .kind)
+        subject = try Subject(from: try c.superDecoder(forKey: .subject), platform: platform)
+        occurredAt = try c.decode(Date.self, forKey: .occurredAt)
+        receivedAt = try c.decode(Date.self, forKey: .receivedAt)
+        attributes = try c.decode([String: JSONValue].self, forKey: .attributes)
     }
 
     /// `<platform>.<kind>`: what topic bindings match on.
@@ -86,9 +138,22 @@ public struct Envelope: Codable, Sendable, Hashable {
             default: throw DecodingProblem.invalid("subject.\(key) must be a string")
             }
         }
+        let memberId: Int64?
+        switch subject["memberId"] {
+        case nil, .null?: memberId = nil
+        case .integer(let value)?: memberId = value
+        default: throw DecodingProblem.invalid("subject.memberId must be an integer")
+        }
+        let verified: Bool
+        switch subject["verified"] {
+        case nil, .null?: verified = legacyVerified(platform)
+        case .bool(let value)?: verified = value
+        default: throw DecodingProblem.invalid("subject.verified must be a boolean")
+        }
         guard case .object(let attributes)? = root["attributes"] else { throw DecodingProblem.invalid("attributes must be an object") }
         return Envelope(id: try text("id"), platform: platform, app: try text("app"), kind: EventKind(try text("kind")),
-                        subject: Subject(openid: try optional("openid"), unionid: try optional("unionid")),
+                        subject: Subject(openid: try optional("openid"), unionid: try optional("unionid"), memberId: memberId,
+                                         verified: verified),
                         occurredAt: try time("occurredAt"), receivedAt: try time("receivedAt"), attributes: attributes)
     }
 
@@ -127,8 +192,15 @@ public struct Envelope: Codable, Sendable, Hashable {
 /// (`Z`, `+08:00`) and any number of fraction digits on input. Written out by hand because it is
 /// on every message's path and must not depend on a locale or a formatter's defaults.
 public enum RFC3339 {
+    /// 0001-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z in milliseconds: the four-digit years
+    /// the format can write.
+    static let firstMillis: Int64 = -62_135_596_800_000, lastMillis: Int64 = 253_402_300_799_999
+
+    /// Never traps: a time beyond years 1-9999 (or NaN, ±infinity) is written as the nearest end
+    /// of that range (NaN as 1970). Times from input are refused at the edge long before that
+    /// (``InputLimits/isPlausible(_:)``); this is the second line, for a process that must not die.
     public static func format(_ date: Date) -> String {
-        let millis = Int64((date.timeIntervalSince1970 * 1000).rounded())
+        let millis = clampedMillis(date.timeIntervalSince1970)
         let days = millis >= 0 ? millis / 86_400_000 : (millis - 86_399_999) / 86_400_000
         let inDay = millis - days * 86_400_000
         let (year, month, day) = civil(fromDays: days)
@@ -138,6 +210,16 @@ public enum RFC3339 {
         }
         return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(inDay / 3_600_000, 2)):"
             + "\(pad(inDay / 60_000 % 60, 2)):\(pad(inDay / 1000 % 60, 2)).\(pad(inDay % 1000, 3))Z"
+    }
+
+    /// Seconds since 1970 as whole milliseconds within years 1-9999; `Int64(Double)` would trap
+    /// beyond ±9.2e18 and on NaN.
+    static func clampedMillis(_ seconds: Double) -> Int64 {
+        guard !seconds.isNaN else { return 0 }
+        let millis = (seconds * 1000).rounded()
+        if millis <= Double(firstMillis) { return firstMillis }
+        if millis >= Double(lastMillis) { return lastMillis }
+        return Int64(millis)
     }
 
     public static func parse(_ text: String) -> Date? {

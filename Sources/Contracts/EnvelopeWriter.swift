@@ -16,12 +16,13 @@ enum EnvelopeWriter {
         out.append(UInt8(ascii: ",")); key("schema", &out); string(envelope.schema, &out)
         out.append(UInt8(ascii: ",")); key("subject", &out)
         out.append(UInt8(ascii: "{"))
-        var first = true
-        if let openid = envelope.subject.openid { key("openid", &out); string(openid, &out); first = false }
-        if let unionid = envelope.subject.unionid {
-            if !first { out.append(UInt8(ascii: ",")) }
-            key("unionid", &out); string(unionid, &out)
+        // Sorted as JSONEncoder sorts them: memberId, openid, unionid, verified (always written).
+        if let memberId = envelope.subject.memberId {
+            key("memberId", &out); out += Array(String(memberId).utf8); out.append(UInt8(ascii: ","))
         }
+        if let openid = envelope.subject.openid { key("openid", &out); string(openid, &out); out.append(UInt8(ascii: ",")) }
+        if let unionid = envelope.subject.unionid { key("unionid", &out); string(unionid, &out); out.append(UInt8(ascii: ",")) }
+        key("verified", &out); out += Array((envelope.subject.verified ? "true" : "false").utf8)
         out.append(UInt8(ascii: "}"))
         out.append(UInt8(ascii: "}"))
         return out

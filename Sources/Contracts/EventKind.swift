@@ -1,7 +1,8 @@
 /// The kind of an event, as a stable wire string (`subscribe`, `community.post`, …).
 ///
-/// An open set: platforms add event types we have not seen, and those pass through with their
-/// own name (lower-cased) rather than being dropped. The well-known kinds are named here once.
+/// An open set: platforms add event types we have not seen, and those pass through under their
+/// own name in the platform's namespace (``passthrough(_:platform:message:)``) rather than being
+/// dropped. The well-known kinds are named here once.
 public struct EventKind: RawRepresentable, Codable, Sendable, Hashable, CustomStringConvertible,
     ExpressibleByStringLiteral {
     public let rawValue: String
@@ -62,4 +63,18 @@ public struct EventKind: RawRepresentable, Codable, Sendable, Hashable, CustomSt
     public static let pointsGranted: EventKind = "points.granted"
     /// Purchase points that matured after their pending period.
     public static let pointsMatured: EventKind = "points.matured"
+
+    /// A platform's own event or message name as a kind, in that platform's namespace:
+    /// `<platform>.event.<name>` or `<platform>.message.<name>` (WeChat's `user_get_card` becomes
+    /// `wechat.event.user_get_card`, routed as `wechat.wechat.event.user_get_card`). The name is
+    /// lower-cased, anything but `[a-z0-9_]` becomes `_`, and it is cut at 64 bytes. Business kinds
+    /// may not begin with a platform's name (``InputLimits/isBusinessKind(_:)``), so a platform
+    /// event named `member.checkin` can never pass for the brand's `member.checkin`, whatever the
+    /// platform sends.
+    public static func passthrough(_ raw: String, platform: Platform, message: Bool = false) -> EventKind {
+        let cleaned = raw.lowercased().unicodeScalars.prefix(64).map { c -> Character in
+            (c >= "a" && c <= "z") || (c >= "0" && c <= "9") || c == "_" ? Character(c) : "_"
+        }
+        return EventKind(platform.rawValue + (message ? ".message." : ".event.") + (cleaned.isEmpty ? "unknown" : String(cleaned)))
+    }
 }

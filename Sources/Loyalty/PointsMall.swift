@@ -65,7 +65,11 @@ public struct PointsMall: Sendable {
                     let known = try !connection.query("SELECT 1 FROM gifts WHERE id = $1", [giftID]).isEmpty
                     throw known ? Refusal.outOfStock : Refusal.unknownGift
                 }
-                let cost = Int64(row.int("points") ?? 0) * Int64(quantity)
+                // A gift's points are any positive Int64 the admin API took: the product could
+                // trap. No balance covers a cost past Int64, so that is insufficient points.
+                guard let cost = Self.cost(points: Int64(row.int("points") ?? 0), quantity: quantity) else {
+                    throw Refusal.insufficientPoints // rolls the stock back too
+                }
                 guard let balance = try connection.query("""
                     UPDATE members SET points = points - $2, updated_at = now() WHERE id = $1 AND points >= $2 RETURNING points
                     """, [member, cost]).first?.int("points") else {
@@ -94,6 +98,13 @@ public struct PointsMall: Sendable {
         } catch let refusal as Refusal {
             return .failure(refusal)
         }
+    }
+
+    /// Points × quantity, or nil where the product would overflow (or quantity is not positive).
+    static func cost(points: Int64, quantity: Int) -> Int64? {
+        guard quantity > 0 else { return nil }
+        let (product, overflow) = points.multipliedReportingOverflow(by: Int64(quantity))
+        return overflow ? nil : product
     }
 
     static func existing(_ member: Int64, _ requestID: String, on connection: isolated PostgresConnection) throws -> Redemption? {

@@ -82,12 +82,15 @@ public struct PointsRule: Codable, Sendable, Equatable {
     /// Also grant the member named by the event's `referredBy` attribute (an openid on the same app).
     public var referral: Bool?
     public var reversal: Reversal?
+    /// Also grant for events whose subject is only claimed (an H5 beacon without a member token:
+    /// any page, or anyone with curl, can name any openid). Absent or false: verified subjects only.
+    public var allowClaimed: Bool?
 
     public init(code: String, kinds: [EventKind], platforms: [Platform]? = nil, conditions: [String: JSONValue]? = nil,
                 frequency: Frequency = .unlimited, points: Int64, growth: Int64, perAmount: PerAmount? = nil,
                 caps: Caps? = nil, enabled: Bool = true, validFrom: Date? = nil, validUntil: Date? = nil,
                 reason: String, maturesAfterDays: Int? = nil, maturesAfterWorkingDays: Int? = nil, pointsExpireAfterDays: Int? = nil,
-                referral: Bool? = nil, reversal: Reversal? = nil) {
+                referral: Bool? = nil, reversal: Reversal? = nil, allowClaimed: Bool? = nil) {
         self.code = code
         self.kinds = kinds
         self.platforms = platforms
@@ -106,11 +109,13 @@ public struct PointsRule: Codable, Sendable, Equatable {
         self.pointsExpireAfterDays = pointsExpireAfterDays
         self.referral = referral
         self.reversal = reversal
+        self.allowClaimed = allowClaimed
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case code, kinds, platforms, conditions, frequency, points, growth, perAmount, caps, enabled, validFrom,
-             validUntil, reason, maturesAfterDays, maturesAfterWorkingDays, pointsExpireAfterDays, referral, reversal
+             validUntil, reason, maturesAfterDays, maturesAfterWorkingDays, pointsExpireAfterDays, referral, reversal,
+             allowClaimed
     }
 
     public init(from decoder: any Decoder) throws {
@@ -133,6 +138,7 @@ public struct PointsRule: Codable, Sendable, Equatable {
         pointsExpireAfterDays = try c.decodeIfPresent(Int.self, forKey: .pointsExpireAfterDays)
         referral = try c.decodeIfPresent(Bool.self, forKey: .referral)
         reversal = try c.decodeIfPresent(Reversal.self, forKey: .reversal)
+        allowClaimed = try c.decodeIfPresent(Bool.self, forKey: .allowClaimed)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -155,6 +161,7 @@ public struct PointsRule: Codable, Sendable, Equatable {
         try c.encodeIfPresent(pointsExpireAfterDays, forKey: .pointsExpireAfterDays)
         try c.encodeIfPresent(referral, forKey: .referral)
         try c.encodeIfPresent(reversal, forKey: .reversal)
+        try c.encodeIfPresent(allowClaimed, forKey: .allowClaimed)
     }
 
     private static func decodeTime(_ c: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys) throws -> Date? {
@@ -212,7 +219,7 @@ extension PointsRule {
     public func validate() throws(RuleProblem) {
         guard Self.isValidCode(code) else { throw RuleProblem("code must be 1-64 characters of [a-z0-9._-]") }
         guard !kinds.isEmpty, kinds.count <= 32 else { throw RuleProblem("kinds must list 1-32 event kinds") }
-        for kind in kinds where kind.rawValue.isEmpty || kind.rawValue.utf8.count > 64 {
+        for kind in kinds where !InputLimits.isKind(kind.rawValue) {
             throw RuleProblem("kinds: \(kind) is not an event kind")
         }
         func amount(_ value: Int64?, _ name: String) throws(RuleProblem) {
@@ -251,9 +258,10 @@ extension PointsRule {
         }
     }
 
-    /// Whether this rule grants for `event` (enabled, in its window, kind, platform and conditions).
+    /// Whether this rule grants for `event` (enabled, in its window, kind, platform and conditions,
+    /// and a verified subject unless the rule allows claimed ones).
     public func matches(_ event: Envelope) -> Bool {
-        guard enabled, kinds.contains(event.kind) else { return false }
+        guard enabled, kinds.contains(event.kind), accepts(event.subject) else { return false }
         if let platforms, !platforms.contains(event.platform) { return false }
         if let validFrom, event.occurredAt < validFrom { return false }
         if let validUntil, event.occurredAt >= validUntil { return false }
@@ -261,6 +269,12 @@ extension PointsRule {
             for (name, value) in conditions where event.attributes[name] != value { return false }
         }
         return true
+    }
+
+    /// Whether the rule acts on this subject: verified always, claimed only with `allowClaimed`.
+    /// Reversals ask the same: a claimed refund must not take back a verified grant.
+    public func accepts(_ subject: Envelope.Subject) -> Bool {
+        subject.verified || allowClaimed == true
     }
 
     /// When a grant for an event at `occurredAt` becomes spendable; nil for at once.

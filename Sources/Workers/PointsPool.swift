@@ -84,7 +84,7 @@ public struct PointsPool: EnvelopeProcessor {
                                                 return (rule, base.points, base.growth)
                                             }))
             pending.append(matched.map { Pending(index: index, event: event, member: member, subject: subject, rule: $0) })
-            for rule in program.reversing(event) {
+            for rule in program.reversing(event) where rule.accepts(event.subject) {
                 guard let key = rule.reversal?.key, let ref = Self.reference(event, key) else { continue }
                 reversals.append(LedgerReversal(member: member, rule: rule.code, ref: ref, reason: "refund: \(rule.reason)",
                                                 eventID: event.id, occurredAt: event.occurredAt, subject: subject))

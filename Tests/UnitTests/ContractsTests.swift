@@ -13,7 +13,7 @@ struct ContractsTests {
             receivedAt: Date(timeIntervalSince1970: 1_700_000_000.25),
             attributes: ["scene": .string("expo-2026"), "qr": .integer(7)])
         let json = String(decoding: try envelope.encoded(), as: UTF8.self)
-        #expect(json == #"{"app":"wx5823bf96d3bd56c7","attributes":{"qr":7,"scene":"expo-2026"},"id":"wx:gh_1:msg:1234567890","kind":"subscribe","occurredAt":"2023-11-14T22:13:20.000Z","platform":"wechat","receivedAt":"2023-11-14T22:13:20.250Z","schema":"fanflow.event/1","subject":{"openid":"oUser","unionid":"uUnion"}}"#)
+        #expect(json == #"{"app":"wx5823bf96d3bd56c7","attributes":{"qr":7,"scene":"expo-2026"},"id":"wx:gh_1:msg:1234567890","kind":"subscribe","occurredAt":"2023-11-14T22:13:20.000Z","platform":"wechat","receivedAt":"2023-11-14T22:13:20.250Z","schema":"fanflow.event/1","subject":{"openid":"oUser","unionid":"uUnion","verified":true}}"#)
         #expect(envelope.routingKey == "wechat.subscribe")
         #expect(try Envelope.decode(Array(json.utf8)) == envelope)
     }

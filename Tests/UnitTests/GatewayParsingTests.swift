@@ -52,7 +52,7 @@ struct GatewayParsingTests {
         let finish = try Self.wechat(base + "<MsgType>event</MsgType><Event>TEMPLATESENDJOBFINISH</Event><MsgID>200163836</MsgID><Status>success</Status>")
         #expect(finish.kind == .templateSendJobFinish && finish.attributes["status"] == .string("success"))
         let other = try Self.wechat(base + "<MsgType>event</MsgType><Event>user_get_card</Event><CardId>c1</CardId>")
-        #expect(other.kind.rawValue == "user_get_card")
+        #expect(other.kind.rawValue == "wechat.event.user_get_card")
         #expect(other.attributes["raw"]?.object?["CardId"] == .string("c1"))
 
         let text = try Self.wechat(base + "<MsgType>text</MsgType><Content>hi</Content><MsgId>1234567890123456</MsgId>")
@@ -75,7 +75,7 @@ struct GatewayParsingTests {
         #expect(try scanBy("alice", "42", "SCAN") != scanBy("bob", "42", "SCAN"))
         #expect(try scanBy("alice", "42", "SCAN") != scanBy("alice", "43", "SCAN"))
         #expect(try scanBy("alice", "42", "SCAN") != scanBy("alice", "42", "CLICK"))
-        let message = "<FromUserName>o</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>a</Content><MsgId>99</MsgId>"
+        let message = "<FromUserName>o</FromUserName><CreateTime>1700000000</CreateTime><MsgType>text</MsgType><Content>a</Content><MsgId>99</MsgId>"
         #expect(try Self.wechat(message).id == Self.wechat(message).id)
         #expect(try Self.wechat(message).id.hasPrefix("wechat:"))
     }

@@ -35,11 +35,13 @@ extension Gateway {
             guard case .object(let object)? = try? JSONValue.parse(body) else {
                 throw GatewayError.badRequest("malformed_json", #"body must be {"giftId":…,"quantity":…,"requestId":…}"#)
             }
-            guard let gift = object["giftId"]?.string, !gift.isEmpty else {
-                throw GatewayError.badRequest("invalid_gift", "giftId is required")
+            guard let gift = object["giftId"]?.string, InputLimits.identityProblem(gift) == nil else {
+                throw GatewayError.badRequest("invalid_gift", "giftId is required: 1-128 visible ASCII characters")
             }
-            guard let requestID = object["requestId"]?.string, (8...64).contains(requestID.utf8.count) else {
-                throw GatewayError.badRequest("invalid_request_id", "requestId is required: 8-64 characters, a uuid is best")
+            // Visible ASCII: a NUL in a text parameter was cut by libpq, so two ids could meet.
+            guard let requestID = object["requestId"]?.string, requestID.utf8.count >= 8,
+                  InputLimits.identityProblem(requestID, maxBytes: 64) == nil else {
+                throw GatewayError.badRequest("invalid_request_id", "requestId is required: 8-64 visible ASCII characters, a uuid is best")
             }
             let quantity = object["quantity"].map { $0.intStrict ?? 0 } ?? 1
             guard (1...100).contains(quantity) else { throw GatewayError.badRequest("invalid_quantity", "quantity must be 1-100") }

@@ -74,7 +74,14 @@ extension Gateway {
               let total = amount["total"]?.intStrict, let reference = transaction["transaction_id"]?.string else {
             return Self.wechatPayAnswer(.badRequest, "out_trade_no, transaction_id and amount.total are required")
         }
-        let paidAt = transaction["success_time"]?.string.flatMap(RFC3339.parse) ?? Date()
+        guard (0...InputLimits.maximumFen).contains(total) else {
+            return Self.wechatPayAnswer(.badRequest, "amount.total must be 0-\(InputLimits.maximumFen) fen")
+        }
+        let paidAt: Date
+        switch Self.paymentTime(transaction["success_time"]?.string, RFC3339.parse) {
+        case .success(let time): paidAt = time
+        case .failure: return Self.wechatPayAnswer(.badRequest, "success_time must be an RFC 3339 time in 2000-01-01..2100-01-01")
+        }
         switch await settlePayment(reservation: reservation, amount: total, paidAt: paidAt, reference: "wechatpay:\(reference)",
                                    store: store, stock: stock) {
         case .settled: return Self.wechatPayAnswer(.ok)
@@ -100,11 +107,17 @@ extension Gateway {
             return answer(.forbidden, "failure: RSA2 signature does not match")
         }
         guard ["TRADE_SUCCESS", "TRADE_FINISHED"].contains(text("trade_status") ?? "") else { return answer(.ok, "success") }
-        guard let reservation = text("out_trade_no"), let reference = text("trade_no"),
-              let total = text("total_amount").flatMap(Self.fen) else {
+        guard let reservation = text("out_trade_no"), let reference = text("trade_no"), let totalText = text("total_amount") else {
             return answer(.badRequest, "failure: out_trade_no, trade_no and total_amount are required")
         }
-        let paidAt = text("gmt_payment").flatMap(Self.beijingTime) ?? Date()
+        guard let total = Self.fen(totalText) else {
+            return answer(.badRequest, "failure: total_amount must be yuan with at most two decimals, at most \(InputLimits.maximumFen / 100)")
+        }
+        let paidAt: Date
+        switch Self.paymentTime(text("gmt_payment"), Self.beijingTime) {
+        case .success(let time): paidAt = time
+        case .failure: return answer(.badRequest, "failure: gmt_payment must be yyyy-MM-dd HH:mm:ss in 2000..2100")
+        }
         switch await settlePayment(reservation: reservation, amount: total, paidAt: paidAt, reference: "alipay:\(reference)",
                                    store: store, stock: stock) {
         case .settled: return answer(.ok, "success")
@@ -154,13 +167,17 @@ extension Gateway {
         return merchants
     }
 
-    /// "99.00" yuan → 9900 fen; nil for anything else.
-    static func fen(_ text: String) -> Int64? {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard (1...2).contains(parts.count), let yuan = Int64(parts[0]), yuan >= 0 else { return nil }
-        guard parts.count == 2 else { return yuan * 100 }
-        guard (1...2).contains(parts[1].count), parts[1].allSatisfy(\.isNumber), let cents = Int64(parts[1]) else { return nil }
-        return yuan * 100 + (parts[1].count == 1 ? cents * 10 : cents)
+    /// "99.00" yuan → 9900 fen; nil for anything else, or for more than ``InputLimits/maximumFen``
+    /// (`yuan * 100` on a 17-digit amount once trapped).
+    static func fen(_ text: String) -> Int64? { InputLimits.fen(fromYuan: text) }
+
+    struct ImplausibleTime: Error {}
+
+    /// A provider's payment time: absent means now; present, it must read and lie in 2000..2100.
+    static func paymentTime(_ text: String?, _ parse: (String) -> Date?) -> Result<Date, ImplausibleTime> {
+        guard let text else { return .success(Date()) }
+        guard let time = parse(text), InputLimits.isPlausible(time) else { return .failure(ImplausibleTime()) }
+        return .success(time)
     }
 
     /// Alipay's `yyyy-MM-dd HH:mm:ss`, Beijing time.

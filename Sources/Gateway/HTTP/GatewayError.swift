@@ -45,11 +45,23 @@ extension Request {
         }
         do {
             var buffer = try await body.collect(upTo: limit)
-            return buffer.readBytes(length: buffer.readableBytes) ?? []
+            return try requireUTF8(buffer.readBytes(length: buffer.readableBytes) ?? [])
+        } catch let error as GatewayError {
+            throw error
         } catch {
             throw GatewayError(.contentTooLarge, "body_too_large", "body is larger than \(limit) bytes")
         }
     }
+}
+
+/// Every body the gateway reads is text (XML, JSON, a percent-encoded form): bytes that are not
+/// UTF-8 are refused with 400 `malformed_body` before anything reads them, so no lenient decoder
+/// downstream turns them into U+FFFD, or a NUL, that a queue or an index then chokes on.
+func requireUTF8(_ bytes: [UInt8]) throws(GatewayError) -> [UInt8] {
+    guard String(validating: bytes, as: UTF8.self) != nil else {
+        throw GatewayError.badRequest("malformed_body", "the body is not valid UTF-8")
+    }
+    return bytes
 }
 
 extension Response {

@@ -12,14 +12,20 @@ extension Gateway {
     func addBeaconRoutes(_ router: Router<GatewayRequestContext>) {
         router.post("/v1/collect") { request, context in
             let body = try await request.collectBody(upTo: Self.beaconBodyLimit)
-            return try await collect(body, siteParameter: request.uri.queryParameters["site"].map(String.init), context)
+            return try await collect(body, siteParameter: request.uri.queryParameters["site"].map(String.init),
+                                     authorization: request.headers[.authorization], context)
         }
         router.get("/v1/collect.gif") { request, context in
             // The pixel carries the same JSON batch, URL-encoded in `d`.
             guard let data = request.uri.queryParameters["d"] else {
                 throw GatewayError.badRequest("missing_data", "d (the JSON batch) is required")
             }
-            var response = try await collect(Array(String(data).utf8), siteParameter: request.uri.queryParameters["site"].map(String.init), context)
+            // The router decodes %FF to U+FFFD without a word; the raw bytes must be UTF-8 like any body.
+            if let raw = FormBody.parse(Array((request.uri.query ?? "").utf8))?.first(where: { $0.name == "d" }) {
+                _ = try requireUTF8(raw.value)
+            }
+            var response = try await collect(Array(String(data).utf8), siteParameter: request.uri.queryParameters["site"].map(String.init),
+                                             authorization: request.headers[.authorization], context)
             response.headers[.contentType] = "image/gif"
             response.headers[.cacheControl] = "no-store"
             response.body = .init(byteBuffer: ByteBuffer(bytes: Self.pixel))
@@ -44,15 +50,18 @@ extension Gateway {
         0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3B,
     ]
 
-    func collect(_ body: [UInt8], siteParameter: String?, _ context: GatewayRequestContext) async throws -> Response {
+    func collect(_ body: [UInt8], siteParameter: String?, authorization: String?, _ context: GatewayRequestContext) async throws -> Response {
         guard let root = try? JSONValue.parse(body), case .object(let batch) = root else {
             throw GatewayError.badRequest("malformed_json", "body must be a JSON object")
         }
         guard let site = batch["site"]?.string ?? siteParameter, !site.isEmpty else {
             throw GatewayError.badRequest("missing_site", "site is required (in the body or as ?site=)")
         }
-        guard let clientID = batch["clientId"]?.string, (1...64).contains(clientID.utf8.count) else {
-            throw GatewayError.badRequest("missing_client_id", "clientId must be a string of 1-64 bytes")
+        guard InputLimits.identityProblem(site, maxBytes: 64) == nil else {
+            throw GatewayError.badRequest("invalid_site", "site must be 1-64 visible ASCII characters")
+        }
+        guard let clientID = batch["clientId"]?.string, InputLimits.identityProblem(clientID, maxBytes: 64) == nil else {
+            throw GatewayError.badRequest("missing_client_id", "clientId must be a string of 1-64 visible ASCII characters")
         }
         guard case .array(let items) = batch["events"], !items.isEmpty else {
             throw GatewayError.badRequest("missing_events", "events must be a non-empty array")
@@ -60,6 +69,7 @@ extension Gateway {
         guard items.count <= Self.beaconBatchLimit else {
             throw GatewayError(.contentTooLarge, "too_many_events", "at most \(Self.beaconBatchLimit) events per beacon")
         }
+        let member = try beaconMember(authorization: authorization, field: batch["token"])
         _ = try await apps.app(.server, site)
         switch beaconLimits.take(site: site, ip: context.clientIP, cost: items.count) {
         case .allowed: break
@@ -75,8 +85,11 @@ extension Gateway {
         var envelopes: [Envelope] = []
         var rejected: [BeaconRejection] = []
         for item in items {
-            switch BeaconEvents.envelope(item, site: site, clientID: clientID, receivedAt: receivedAt) {
+            switch BeaconEvents.envelope(item, site: site, clientID: clientID, member: member, receivedAt: receivedAt) {
             case .success(let envelope): envelopes.append(envelope)
+            case .failure(let rejection) where rejection.invalidSubject:
+                // A page that sends a malformed identity is broken or forging: nothing of the batch goes out.
+                throw GatewayError.badRequest("invalid_subject", "event \(rejection.id): \(rejection.reason)")
             case .failure(let rejection): rejected.append(rejection)
             }
         }
@@ -93,6 +106,30 @@ extension Gateway {
         }
         return .json(BeaconAnswer(accepted: accepted, duplicates: duplicates, rejected: rejected))
     }
+
+    /// The member a beacon's token names (`Authorization: Bearer m1…`, or the batch's `token`
+    /// field where the page cannot set headers: `sendBeacon`, the pixel), nil without one. A token
+    /// that is present but not valid is refused (401), not quietly read as a claim.
+    func beaconMember(authorization: String?, field: JSONValue?) throws(GatewayError) -> Int64? {
+        let token: String
+        if let header = authorization, header.hasPrefix("Bearer ") {
+            token = String(header.dropFirst(7))
+        } else {
+            switch field {
+            case nil, .null?: return nil
+            case .string(let text)?: token = text
+            default: throw GatewayError.unauthorized("bad_token", "token must be a member token (a string)")
+            }
+        }
+        do {
+            return try memberTokens.verify(token)
+        } catch {
+            switch error {
+            case .expired: throw GatewayError.unauthorized("token_expired", "the member token has expired; mint a new one or send none")
+            case .malformed, .badSignature: throw GatewayError.unauthorized("bad_token", "the member token is not valid")
+            }
+        }
+    }
 }
 
 struct BeaconAnswer: Encodable {
@@ -104,13 +141,21 @@ struct BeaconAnswer: Encodable {
 struct BeaconRejection: Error, Encodable {
     let id: String
     let reason: String
+    /// The event's openid is malformed: the whole beacon is refused with 400 `invalid_subject`.
+    var invalidSubject = false
+
+    enum CodingKeys: String, CodingKey { case id, reason }
 }
 
 enum BeaconEvents {
     /// Fields the envelope names; any others the page sends are kept as they are.
     static let textLimits: [String: Int] = ["url": 2048, "title": 512, "referrer": 2048, "openid": 128, "sharedBy": 128]
 
-    static func envelope(_ item: JSONValue, site: String, clientID: String, receivedAt: Date) -> Result<Envelope, BeaconRejection> {
+    /// One beacon event's envelope. With `member` (from a valid member token) the subject is that
+    /// member, verified, and the page's `openid` is not used; without, the page's `openid` is a
+    /// claim (`verified: false`).
+    static func envelope(_ item: JSONValue, site: String, clientID: String, member: Int64? = nil,
+                         receivedAt: Date) -> Result<Envelope, BeaconRejection> {
         guard case .object(let event) = item else { return .failure(BeaconRejection(id: "", reason: "event must be an object")) }
         guard let id = event["id"]?.string, UUID(uuidString: id) != nil else {
             return .failure(BeaconRejection(id: event["id"]?.string ?? "", reason: "id must be a UUID"))
@@ -123,6 +168,12 @@ enum BeaconEvents {
         guard let timeText = event["occurredAt"]?.string, let occurredAt = RFC3339.parse(timeText) else {
             return reject("occurredAt must be an RFC 3339 time")
         }
+        guard InputLimits.isPlausible(occurredAt) else {
+            return reject("malformed_message: occurredAt is outside 2000-01-01..2100-01-01")
+        }
+        if case .string(let openid)? = event["openid"], let problem = InputLimits.identityProblem(openid) {
+            return .failure(BeaconRejection(id: id, reason: "openid \(problem)", invalidSubject: true))
+        }
         var attributes: [String: JSONValue] = [:]
         for (name, value) in event where !["id", "type", "occurredAt"].contains(name) {
             if let limit = textLimits[name] {
@@ -132,11 +183,22 @@ enum BeaconEvents {
             }
             attributes[name] = value
         }
-        attributes["clientId"] = .string(clientID)
         let openid = event["openid"]?.string
         attributes.removeValue(forKey: "openid")
+        // Only a token names a member: a page's own `memberId` is dropped, never passed on.
+        attributes.removeValue(forKey: "memberId")
+        if let problem = InputLimits.attributesProblem(attributes) { return reject(problem) }
+        attributes["clientId"] = .string(clientID)
+        let subject: Envelope.Subject
+        if let member {
+            // Also among the attributes, which the behavior table keeps whole.
+            attributes["memberId"] = .integer(member)
+            subject = Envelope.Subject(memberId: member, verified: true)
+        } else {
+            subject = Envelope.Subject(openid: openid, verified: false)
+        }
         return .success(Envelope(id: EventID.derive(.h5, app: site, ["beacon", id.lowercased()]), platform: .h5, app: site,
-                                 kind: EventKind(type), subject: Envelope.Subject(openid: openid),
+                                 kind: EventKind(type), subject: subject,
                                  occurredAt: occurredAt, receivedAt: receivedAt, attributes: attributes))
     }
 }

@@ -111,34 +111,36 @@ enum ServerEvents {
     /// Checks one event and builds its envelope; the reason names the first problem found.
     static func validate(_ item: JSONValue, serverApp: String, receivedAt: Date) -> Result<Envelope, Rejection> {
         guard case .object(let event) = item else { return .failure(Rejection(id: "", reason: "event must be an object")) }
-        guard let id = event["id"]?.string, (1...128).contains(id.utf8.count) else {
-            return .failure(Rejection(id: "", reason: "id must be a string of 1-128 bytes"))
+        guard let id = event["id"]?.string, InputLimits.identityProblem(id) == nil else {
+            return .failure(Rejection(id: "", reason: "id must be a string of 1-128 visible ASCII characters"))
         }
         func reject(_ reason: String) -> Result<Envelope, Rejection> { .failure(Rejection(id: id, reason: reason)) }
         guard let kindText = event["kind"]?.string, isKind(kindText) else {
-            return reject("kind must be dotted lower-case words, like community.post")
+            return reject("kind must be dotted lower-case words of [a-z0-9_-], at most \(InputLimits.kindMaxBytes) bytes, "
+                + "like community.post, and may not begin with a platform's name (wechat., alipay., weibo., qq., h5., server., fanflow.)")
         }
         guard case .object(let member) = event["member"] else { return reject("member is required") }
         guard let platform = member["platform"]?.string, memberPlatforms.contains(platform),
               let memberPlatform = Platform(rawValue: platform) else {
             return reject("member.platform must be one of wechat, alipay, weibo, qq")
         }
-        guard let memberApp = member["app"]?.string, (1...64).contains(memberApp.utf8.count) else {
-            return reject("member.app must be a string of 1-64 bytes")
+        guard let memberApp = member["app"]?.string, InputLimits.identityProblem(memberApp, maxBytes: 64) == nil else {
+            return reject("member.app must be a string of 1-64 visible ASCII characters")
         }
-        guard let openid = member["openid"]?.string, (1...128).contains(openid.utf8.count) else {
-            return reject("member.openid must be a string of 1-128 bytes")
-        }
+        // The subject's reasons begin with invalid_subject, the code webhooks and beacons answer.
+        guard let openid = member["openid"]?.string else { return reject("invalid_subject: member.openid is required (a string)") }
+        if let problem = InputLimits.identityProblem(openid) { return reject("invalid_subject: member.openid \(problem)") }
         var unionid: String?
         if let value = member["unionid"], value != .null {
-            guard let text = value.string, (1...128).contains(text.utf8.count) else { return reject("member.unionid must be a string") }
+            guard let text = value.string else { return reject("invalid_subject: member.unionid must be a string") }
+            if let problem = InputLimits.identityProblem(text) { return reject("invalid_subject: member.unionid \(problem)") }
             unionid = text
         }
         guard let timeText = event["occurredAt"]?.string, let occurredAt = RFC3339.parse(timeText) else {
             return reject("occurredAt must be an RFC 3339 time")
         }
-        guard occurredAt.timeIntervalSince(receivedAt) <= 300, occurredAt.timeIntervalSince1970 > 946_684_800 else {
-            return reject("occurredAt is in the future or before 2000")
+        guard occurredAt.timeIntervalSince(receivedAt) <= 300, InputLimits.isPlausible(occurredAt) else {
+            return reject("malformed_message: occurredAt is in the future or outside 2000-01-01..2100-01-01")
         }
         var attributes: [String: JSONValue] = [:]
         switch event["attributes"] {
@@ -146,19 +148,18 @@ enum ServerEvents {
         case .object(let given)?: attributes = given
         default: return reject("attributes must be an object")
         }
+        if let problem = InputLimits.attributesProblem(attributes) { return reject(problem) }
         if let problem = attributeProblem(EventKind(kindText), attributes) { return reject(problem) }
         attributes["sourceApp"] = .string(serverApp)
         attributes["sourceEventId"] = .string(id)
         return .success(Envelope(id: EventID.derive(.server, app: serverApp, ["event", id]), platform: memberPlatform,
                                  app: memberApp, kind: EventKind(kindText),
-                                 subject: Envelope.Subject(openid: openid, unionid: unionid),
+                                 subject: Envelope.Subject(openid: openid, unionid: unionid, verified: true),
                                  occurredAt: occurredAt, receivedAt: receivedAt, attributes: attributes))
     }
 
-    static func isKind(_ text: String) -> Bool {
-        guard (1...64).contains(text.utf8.count), text.first != ".", text.last != ".", !text.contains("..") else { return false }
-        return text.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 || $0 == 46 }
-    }
+    /// A business kind: `[a-z0-9._-]` words, fitting a routing key, outside the platforms' namespaces.
+    static func isKind(_ text: String) -> Bool { InputLimits.isBusinessKind(text) }
 
     /// The attributes each business kind must carry, with their types.
     static func attributeProblem(_ kind: EventKind, _ attributes: [String: JSONValue]) -> String? {
@@ -172,11 +173,16 @@ enum ServerEvents {
         switch kind {
         case .orderPaid, .orderDelivered, .orderRefunded:
             if let problem = string("orderId", required: true) { return problem }
-            guard let amount = attributes["amount"]?.intStrict, amount >= 0 else {
-                return "attributes.amount is required: an integer number of fen, not negative"
+            // Bounded so that rules' per-amount arithmetic and any sum of amounts stay far from overflow.
+            guard let amount = attributes["amount"]?.intStrict, (0...InputLimits.maximumFen).contains(amount) else {
+                return "attributes.amount is required: an integer number of fen, 0-\(InputLimits.maximumFen)"
             }
             return nil
         case .memberRegistered:
+            // An openid the points pool makes a member of: an identity like the subject's.
+            if case .string(let referrer)? = attributes["referredBy"], let problem = InputLimits.identityProblem(referrer) {
+                return "invalid_subject: attributes.referredBy \(problem)"
+            }
             return string("referredBy", required: false)
         case .memberPhoneBound:
             guard let phone = attributes["phone"]?.string, (5...20).contains(phone.utf8.count),

@@ -6,6 +6,10 @@
  * /v1/collect with navigator.sendBeacon (fetch keepalive, then an image pixel, as fallbacks).
  * A stable client id lives in localStorage. Shared links carry ff_sb=<sharer>, so a visit through
  * a share records who shared to whom.
+ *
+ * An openid the page names is only a claim (`subject.verified: false`): points rules ignore it
+ * unless they opt in. A page that holds a member token (minted by the brand's server) passes it
+ * with FanFlow.init({ token }) or FanFlow.setToken(token): the beacons are then the member's.
  */
 (function (window, document) {
   "use strict";
@@ -20,6 +24,7 @@
     endpoint: script && script.src ? script.src.replace(/\/v1\/sdk\.js.*$/, "") : "",
     site: script && script.getAttribute("data-site"),
     openid: script && script.getAttribute("data-openid"),
+    token: null,
     queue: [],
     timer: null,
     shownAt: Date.now(),
@@ -76,7 +81,10 @@
   function flush() {
     if (state.timer) { window.clearTimeout(state.timer); state.timer = null; }
     if (!state.queue.length) return;
-    var batch = JSON.stringify({ site: state.site, clientId: clientId(), events: state.queue.splice(0, 50) });
+    var payload = { site: state.site, clientId: clientId(), events: state.queue.splice(0, 50) };
+    // In the body, not a header: sendBeacon and the pixel cannot set headers.
+    if (state.token) payload.token = state.token;
+    var batch = JSON.stringify(payload);
     var url = state.endpoint + "/v1/collect?site=" + encodeURIComponent(state.site);
     var sent = false;
     try {
@@ -136,13 +144,16 @@
 
   window.FanFlow = {
     _loaded: true,
-    /** Overrides the script tag's settings: { endpoint, site, openid }. */
+    /** Overrides the script tag's settings: { endpoint, site, openid, token }. */
     init: function (options) {
       options = options || {};
       if (options.endpoint) state.endpoint = options.endpoint.replace(/\/$/, "");
       if (options.site) state.site = options.site;
       if (options.openid) state.openid = options.openid;
+      if (options.token) state.token = options.token;
     },
+    /** A member token (or null to drop it): beacons sent with it are the member's, verified. */
+    setToken: function (token) { state.token = token || null; },
     identify: function (openid) { state.openid = openid; },
     track: track,
     share: share,

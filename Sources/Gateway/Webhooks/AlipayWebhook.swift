@@ -78,8 +78,16 @@ enum AlipayEvents {
         guard let msgType = biz.value("MsgType"), !msgType.isEmpty else {
             throw GatewayError.badRequest("malformed_message", "MsgType is missing")
         }
+        _ = try WebhookInput.identity(from, "FromUserId")
         let createText = biz.value("CreateTime") ?? ""
-        let createdMillis = Int64(createText)
+        // Milliseconds; absent means now, anything else present must be a time in the window.
+        var occurred = receivedAt
+        if !createText.isEmpty {
+            guard let millis = Int64(createText), let created = InputLimits.time(unixMilliseconds: millis) else {
+                throw GatewayError.badRequest("malformed_message", "CreateTime must be unix milliseconds in 2000-01-01..2100-01-01")
+            }
+            occurred = created
+        }
         var attributes: [String: JSONValue] = ["raw": .object(biz.jsonFields)]
         let actionParam = biz.value("ActionParam") ?? ""
         if let scene = sceneID(actionParam) { attributes["scene"] = .string(scene) }
@@ -93,7 +101,7 @@ enum AlipayEvents {
             case "click":
                 kind = .click
                 if !actionParam.isEmpty { attributes["eventKey"] = .string(actionParam) }
-            default: kind = .passthrough(eventType.isEmpty ? "event" : eventType)
+            default: kind = .passthrough(eventType, platform: .alipay)
             }
         } else if msgType.lowercased() == "text" {
             kind = .text
@@ -101,7 +109,7 @@ enum AlipayEvents {
         } else if msgType.lowercased() == "image" {
             kind = .image
         } else {
-            kind = .passthrough(msgType, prefix: "message.")
+            kind = .passthrough(msgType, platform: .alipay, message: true)
         }
         let id: String
         if let msgID = biz.value("MsgId"), !msgID.isEmpty {
@@ -110,9 +118,8 @@ enum AlipayEvents {
         } else {
             id = EventID.derive(.alipay, app: app, ["event", from, createText, msgType, eventType, actionParam])
         }
-        let occurred = createdMillis.map { Date(timeIntervalSince1970: Double($0) / 1000) } ?? receivedAt
-        return Envelope(id: id, platform: .alipay, app: app, kind: kind, subject: Envelope.Subject(openid: from),
-                        occurredAt: occurred, receivedAt: receivedAt, attributes: attributes)
+        return Envelope(id: id, platform: .alipay, app: app, kind: kind, subject: Envelope.Subject(openid: from, verified: true),
+                        occurredAt: occurred, receivedAt: receivedAt, attributes: try WebhookInput.attributes(attributes))
     }
 
     /// A QR code's scene id from ActionParam (`{"scene":{"sceneId":"…"}}`).

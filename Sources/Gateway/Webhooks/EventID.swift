@@ -1,4 +1,5 @@
 import Contracts
+import Foundation
 @preconcurrency import Crypto
 
 /// Deterministic event ids: derived from the platform's own keys, so a retried webhook gets the
@@ -30,13 +31,32 @@ struct FreshnessWindow: Sendable {
     }
 }
 
-extension EventKind {
-    /// A platform's own event name as a kind: lower-cased, with anything but [a-z0-9_.] made `_`.
-    static func passthrough(_ raw: String, prefix: String = "") -> EventKind {
-        let cleaned = raw.lowercased().unicodeScalars.prefix(64).map { c -> Character in
-            (c >= "a" && c <= "z") || (c >= "0" && c <= "9") || c == "_" || c == "." ? Character(c) : "_"
+/// The edge's checks on what a webhook carries, each refusing with a clear 400: identities
+/// (`invalid_subject`), times and payloads (`malformed_message`). Nothing unchecked reaches a queue.
+enum WebhookInput {
+    /// An identity the platform sends (openid, unionid, user id): visible ASCII, 1-128 bytes.
+    static func identity(_ value: String?, _ field: String) throws(GatewayError) -> String? {
+        guard let value else { return nil }
+        if let problem = InputLimits.identityProblem(value) {
+            throw GatewayError.badRequest("invalid_subject", "\(field) \(problem)")
         }
-        return EventKind(prefix + (cleaned.isEmpty ? "unknown" : String(cleaned)))
+        return value
+    }
+
+    /// A time the platform sends, in 2000-01-01..2100-01-01.
+    static func time(_ date: Date, _ field: String) throws(GatewayError) -> Date {
+        guard InputLimits.isPlausible(date) else {
+            throw GatewayError.badRequest("malformed_message", "\(field) is outside 2000-01-01..2100-01-01")
+        }
+        return date
+    }
+
+    /// The envelope's attributes (the platform's payload kept whole under `raw`): no NUL, sane depth.
+    static func attributes(_ attributes: [String: JSONValue]) throws(GatewayError) -> [String: JSONValue] {
+        if let problem = InputLimits.attributesProblem(attributes, .webhook) {
+            throw GatewayError.badRequest("malformed_message", problem)
+        }
+        return attributes
     }
 }
 
@@ -57,7 +77,7 @@ extension JSONValue {
     var intStrict: Int64? {
         switch self {
         case .integer(let v): v
-        case .number(let v): v == v.rounded() && abs(v) < 9.0e15 ? Int64(v) : nil
+        case .number(let v): InputLimits.wholeNumber(v)
         default: nil
         }
     }

@@ -87,11 +87,19 @@ enum QQEvents {
             if let messageID = data["id"]?.string { attributes["msgId"] = .string(messageID) }
         case "FRIEND_ADD": kind = .subscribe
         case "FRIEND_DEL": kind = .unsubscribe
-        default: kind = .passthrough(type)
+        default: kind = .passthrough(type, platform: .qq)
         }
-        let occurred = (data["timestamp"]?.string).flatMap(RFC3339.parse) ?? receivedAt
+        var occurred = receivedAt
+        if let text = data["timestamp"]?.string {
+            guard let time = RFC3339.parse(text) else {
+                throw GatewayError.badRequest("malformed_message", "d.timestamp is not an RFC 3339 time")
+            }
+            occurred = try WebhookInput.time(time, "d.timestamp")
+        }
         return Envelope(id: EventID.derive(.qq, app: app, ["event", eventID]), platform: .qq, app: app, kind: kind,
-                        subject: Envelope.Subject(openid: openid, unionid: author["union_openid"]?.string),
-                        occurredAt: occurred, receivedAt: receivedAt, attributes: attributes)
+                        subject: Envelope.Subject(openid: try WebhookInput.identity(openid, "openid"),
+                                                  unionid: try WebhookInput.identity(author["union_openid"]?.string, "union_openid"),
+                                                  verified: true),
+                        occurredAt: occurred, receivedAt: receivedAt, attributes: try WebhookInput.attributes(attributes))
     }
 }

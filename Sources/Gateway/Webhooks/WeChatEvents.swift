@@ -8,9 +8,15 @@ enum WeChatEvents {
         guard let from = xml.value("FromUserName"), !from.isEmpty else {
             throw GatewayError.badRequest("malformed_message", "FromUserName is missing")
         }
-        guard let createText = xml.value("CreateTime"), let created = Int64(createText) else {
+        guard let createText = xml.value("CreateTime"), let seconds = Int64(createText) else {
             throw GatewayError.badRequest("malformed_message", "CreateTime is missing or not an integer")
         }
+        // Plain mode signs only the query, so this number is whatever the sender wrote: Int64.max
+        // once trapped while the envelope's time was formatted, and took the gateway down.
+        guard let created = InputLimits.time(unixSeconds: seconds) else {
+            throw GatewayError.badRequest("malformed_message", "CreateTime is outside 2000-01-01..2100-01-01")
+        }
+        _ = try WebhookInput.identity(from, "FromUserName")
         guard let msgType = xml.value("MsgType"), !msgType.isEmpty else {
             throw GatewayError.badRequest("malformed_message", "MsgType is missing")
         }
@@ -20,7 +26,7 @@ enum WeChatEvents {
             if let value = xml.value(field), !value.isEmpty { attributes[name] = .string(value) }
         }
         func number(_ field: String, as name: String) {
-            if let text = xml.value(field), let value = Double(text) { attributes[name] = .number(value) }
+            if let text = xml.value(field), let value = Double(text), value.isFinite { attributes[name] = .number(value) }
         }
 
         let kind: EventKind
@@ -56,7 +62,7 @@ enum WeChatEvents {
                 copy("MsgID", as: "msgId")
                 copy("Status", as: "status")
             default:
-                kind = .passthrough(event.isEmpty ? "event" : event)
+                kind = .passthrough(event, platform: .wechat)
                 if !eventKey.isEmpty { attributes["eventKey"] = .string(eventKey) }
             }
             // Events carry no id of their own. Who, when, which event and which key together tell
@@ -94,7 +100,7 @@ enum WeChatEvents {
                 copy("Description", as: "description")
                 copy("Url", as: "url")
             default:
-                kind = .passthrough(msgType, prefix: "message.")
+                kind = .passthrough(msgType, platform: .wechat, message: true)
             }
             if let msgID = xml.value("MsgId") ?? xml.value("MsgID"), !msgID.isEmpty {
                 attributes["msgId"] = .string(msgID)
@@ -104,8 +110,8 @@ enum WeChatEvents {
             }
         }
         return Envelope(id: id, platform: .wechat, app: app, kind: kind,
-                        subject: Envelope.Subject(openid: from, unionid: xml.value("UnionId")),
-                        occurredAt: Date(timeIntervalSince1970: Double(created)), receivedAt: receivedAt,
-                        attributes: attributes)
+                        subject: Envelope.Subject(openid: from, unionid: try WebhookInput.identity(xml.value("UnionId"), "UnionId"),
+                                                  verified: true),
+                        occurredAt: created, receivedAt: receivedAt, attributes: try WebhookInput.attributes(attributes))
     }
 }

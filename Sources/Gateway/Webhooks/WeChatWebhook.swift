@@ -73,7 +73,8 @@ extension Gateway {
             } catch {
                 throw GatewayError.badRequest("bad_ciphertext", "the message cannot be decrypted with this app's key: \(error)")
             }
-            message = try parseXML(plain)
+            // The ciphertext was signed, the plaintext inside it is still only bytes.
+            message = try parseXML(try requireUTF8(plain))
         } else {
             try checkSignature(query, token: credentials.token)
             message = try parseXML(body)

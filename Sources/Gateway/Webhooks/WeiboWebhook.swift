@@ -97,7 +97,7 @@ enum WeiboEvents {
             kind = .view
             if !key.isEmpty { attributes["url"] = .string(key) }
         case ("event", _):
-            kind = .passthrough(subtype.isEmpty ? "event" : subtype)
+            kind = .passthrough(subtype, platform: .weibo)
         case ("text", _):
             kind = .text
             if let text = field("text") { attributes["content"] = .string(text) }
@@ -108,13 +108,16 @@ enum WeiboEvents {
             if let lat = data["latitude"] { attributes["latitude"] = lat }
             if let lon = data["longitude"] { attributes["longitude"] = lon }
         default:
-            kind = .passthrough(type, prefix: "message.")
+            kind = .passthrough(type, platform: .weibo, message: true)
         }
         let created = field("created_at") ?? ""
         // Weibo sends no message id: sender, time, type, subtype, key and text tell events apart.
         let id = EventID.derive(.weibo, app: app, ["event", field("receiver_id") ?? "", sender, created, type, subtype, key,
                                                    field("text") ?? ""])
-        return Envelope(id: id, platform: .weibo, app: app, kind: kind, subject: Envelope.Subject(openid: sender),
-                        occurredAt: parseTime(created) ?? receivedAt, receivedAt: receivedAt, attributes: attributes)
+        var occurred = receivedAt
+        if let time = parseTime(created) { occurred = try WebhookInput.time(time, "created_at") }
+        return Envelope(id: id, platform: .weibo, app: app, kind: kind,
+                        subject: Envelope.Subject(openid: try WebhookInput.identity(sender, "sender_id"), verified: true),
+                        occurredAt: occurred, receivedAt: receivedAt, attributes: try WebhookInput.attributes(attributes))
     }
 }
