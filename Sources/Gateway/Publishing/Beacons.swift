@@ -60,7 +60,7 @@ extension Gateway {
         guard items.count <= Self.beaconBatchLimit else {
             throw GatewayError(.contentTooLarge, "too_many_events", "at most \(Self.beaconBatchLimit) events per beacon")
         }
-        _ = try await apps.app(.server, site)
+        _ = try await apps.app(.server, site, client: context.clientIP)
         switch beaconLimits.take(site: site, ip: context.clientIP, cost: items.count) {
         case .allowed: break
         case .siteLimited:

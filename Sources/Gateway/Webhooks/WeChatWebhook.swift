@@ -76,6 +76,7 @@ extension Gateway {
             message = try parseXML(plain)
         } else {
             try checkSignature(query, token: credentials.token)
+            try await checkPlainMode(app, query: query, body: body)
             message = try parseXML(body)
         }
 
