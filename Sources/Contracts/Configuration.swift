@@ -46,6 +46,27 @@ public struct FanFlowConfiguration: Sendable, Equatable {
     public var pushDailyQuota: Int = 100_000
     /// Workers: failures of a message (alone, for its content) before it is dead-lettered.
     public var deadLetterAfter: Int = 5
+    /// Gateway: networks whose `X-Forwarded-For` is believed (CIDRs); empty: the peer is the client.
+    public var trustedProxies: [String] = []
+    /// Gateway: database lookups of app ids it does not know, per second per client (0: unlimited).
+    public var appLookupRatePerIP: Int = 10
+    /// Gateway: product-code verifications per minute per member and per client (0: unlimited).
+    public var codeVerifyPerMinutePerMember: Int = 10
+    public var codeVerifyPerMinutePerIP: Int = 60
+    /// Gateway: PostgreSQL connect and statement timeouts, and how long a request waits for a pooled connection.
+    public var databaseConnectTimeoutSeconds: Int = 5
+    public var databaseStatementTimeoutSeconds: Int = 10
+    public var databaseAcquireTimeoutMilliseconds: Int = 2_000
+    /// Gateway: a connection with no request in progress is closed after `httpIdleTimeoutSeconds`;
+    /// a request whose head and body are not read in full within `httpReadTimeoutSeconds` is cut.
+    public var httpIdleTimeoutSeconds: Int = 60
+    public var httpReadTimeoutSeconds: Int = 30
+    /// Gateway: bearer token `/metrics` requires when set.
+    public var metricsToken: String?
+    /// Gateway: refuse plain-mode WeChat callbacks for apps that have an EncodingAESKey.
+    public var wechatRequireSafeMode: Bool = false
+    /// Gateway: exact origins (`https://h5.brand.example`) whose pages may call the H5 routes cross-origin.
+    public var h5Origins: [String] = []
 
     /// Which process is starting: each needs a different set of variables.
     public enum Role: Sendable { case gateway, worker, scheduler, tool }
@@ -73,6 +94,18 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         ("FANFLOW_PUSH_DAILY_QUOTA", "push pool: messages per app and Beijing day before deferring (default 100000)"),
         ("FANFLOW_POINTS_NEWS", "points pool and scheduler: publish fanflow.points.granted/matured: auto (while an enabled push trigger listens), on or off (default auto)"),
         ("FANFLOW_DEAD_LETTER_AFTER", "workers: failures of a message, for its content, before it is dead-lettered, 1-100 (default 5)"),
+        ("FANFLOW_TRUSTED_PROXIES", "gateway: comma-separated CIDRs of proxies whose X-Forwarded-For is believed (default none)"),
+        ("FANFLOW_APP_LOOKUP_RATE_PER_IP", "gateway: database lookups of unknown app ids per second per client IP (IPv6: /64), 0 = unlimited (default 10)"),
+        ("FANFLOW_CODE_VERIFY_PER_MINUTE_PER_MEMBER", "gateway: product-code verifications per minute per member, 0 = unlimited (default 10)"),
+        ("FANFLOW_CODE_VERIFY_PER_MINUTE_PER_IP", "gateway: product-code verifications per minute per client IP, 0 = unlimited (default 60)"),
+        ("FANFLOW_DB_CONNECT_TIMEOUT_SECONDS", "gateway: PostgreSQL connect timeout, 1-60 (default 5)"),
+        ("FANFLOW_DB_STATEMENT_TIMEOUT_SECONDS", "gateway: PostgreSQL statement_timeout, 1-3600 (default 10)"),
+        ("FANFLOW_DB_ACQUIRE_TIMEOUT_MS", "gateway: wait for a pooled database connection before answering 503 database_busy, 10-60000 (default 2000)"),
+        ("FANFLOW_HTTP_IDLE_TIMEOUT_SECONDS", "gateway: close a connection idle this long, 1-3600 (default 60)"),
+        ("FANFLOW_HTTP_READ_TIMEOUT_SECONDS", "gateway: cut a request not read in full within this, 1-600 (default 30)"),
+        ("FANFLOW_METRICS_TOKEN", "gateway: bearer token /metrics requires, at least 16 characters (default: /metrics is open)"),
+        ("FANFLOW_WECHAT_REQUIRE_SAFE_MODE", "gateway: true refuses plain-mode WeChat callbacks for apps with an EncodingAESKey (default false)"),
+        ("FANFLOW_H5_ORIGINS", "gateway: comma-separated exact origins allowed to call the H5 routes cross-origin (default none)"),
     ]
 
     public init(amqpURL: String, redisURL: String, databaseURL: String, httpHost: String = "127.0.0.1",
@@ -139,6 +172,9 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         let secret = value("FANFLOW_SECRET_KEY")
         if let secret, Data(base64Encoded: secret)?.count != 32 {
             problems.append(ConfigurationError(variable: "FANFLOW_SECRET_KEY", problem: "expected base64 of exactly 32 bytes (openssl rand -base64 32)"))
+        } else if secret == nil, role == .gateway {
+            problems.append(ConfigurationError(variable: "FANFLOW_SECRET_KEY",
+                                               problem: "missing; the gateway seals app secrets and signs member tokens with it: base64 of 32 random bytes (openssl rand -base64 32)"))
         }
 
         let level = value("FANFLOW_LOG_LEVEL")?.lowercased() ?? "info"
@@ -177,6 +213,8 @@ public struct FanFlowConfiguration: Sendable, Equatable {
             problems.append(ConfigurationError(variable: "FANFLOW_POINTS_NEWS", problem: "expected auto, on or off, got \(newsText)"))
         }
         let wechatBase = baseURL("FANFLOW_WECHAT_API_BASE", default: "https://api.weixin.qq.com")
+        let (edge, edgeProblems) = EdgeSettings.load(value: value, integer: { integer($0, default: $1, range: $2) })
+        problems += edgeProblems
         let alipayBase = baseURL("FANFLOW_ALIPAY_API_BASE", default: "https://openapi.alipay.com")
 
         guard problems.isEmpty, let zone else { throw ConfigurationErrors(problems: problems) }
@@ -196,6 +234,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         configuration.alipayAPIBase = alipayBase
         configuration.pointsNews = news ?? .auto
         configuration.deadLetterAfter = deadLetterAfter
+        edge.apply(to: &configuration)
         return configuration
     }
 

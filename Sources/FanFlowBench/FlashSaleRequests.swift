@@ -10,14 +10,14 @@ struct FlashSaleRequests: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "flash-sale-requests", abstract: "Write reservation attempts with member tokens for wrk.")
 
-    @Option(help: "The gateway's member-token secret (FANFLOW_SECRET_KEY, or the admin token when that is unset).") var secret: String
+    @Option(help: "The gateway's FANFLOW_SECRET_KEY (member tokens are signed with a key derived from it).") var secret: String
     @Option(help: "The first member id.") var firstMember: Int64
     @Option(help: "How many members (consecutive ids).") var members: Int
     @Option(help: "How many attempts.") var count: Int
     @Option(help: "Output file.") var output: String
 
     func run() async throws {
-        let tokens = MemberTokens(secret: secret)
+        let tokens = try MemberTokens(secretKey: secret)
         let expires = Date().addingTimeInterval(3600)
         var minted: [String] = []
         minted.reserveCapacity(members)

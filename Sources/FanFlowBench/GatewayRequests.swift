@@ -12,11 +12,12 @@ struct GatewayRequests: AsyncParsableCommand {
 
     @Option(help: "The WeChat app id registered at the gateway.") var app: String
     @Option(help: "The app's token.") var token: String
-    @Option(help: "The app's EncodingAESKey.") var aesKey: String
+    @Option(help: "The app's EncodingAESKey (safe mode); without it, plain-mode requests.") var aesKey: String?
     @Option(help: "How many distinct requests.") var count: Int = 100_000
     @Option(help: "Output file.") var output: String
 
     func run() async throws {
+        guard let aesKey else { return try plain() }
         let crypto = try WeChatCrypto(encodingAESKey: aesKey, appID: app)
         let timestamp = String(Int(Date().timeIntervalSince1970))
         let nonce = "424242"
@@ -32,6 +33,24 @@ struct GatewayRequests: AsyncParsableCommand {
             let msgSignature = WeChatCrypto.signature([token, timestamp, nonce, encrypted])
             let path = "/wechat/\(app)?signature=\(signature)&timestamp=\(timestamp)&nonce=\(nonce)&encrypt_type=aes&msg_signature=\(msgSignature)"
             out += path + "\t<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><Encrypt><![CDATA[\(encrypted)]]></Encrypt></xml>\n"
+        }
+        try out.write(toFile: output, atomically: false, encoding: .utf8)
+    }
+
+    /// Plain mode signs only token, timestamp and nonce, and the gateway refuses a second body under
+    /// a seen (timestamp, nonce): each request gets its own nonce, as WeChat sends them.
+    func plain() throws {
+        let timestamp = String(Int(Date().timeIntervalSince1970))
+        var out = ""
+        out.reserveCapacity(count * 400)
+        let base = Int64(6_000_000_000_000_000_000) + Int64.random(in: 0..<1_000_000_000) * 1_000_000
+        for n in 0..<count {
+            let nonce = String(1_000_000_000 + n)
+            let xml = "<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[o-bench-\(n % 5000)]]></FromUserName>"
+                + "<CreateTime>\(timestamp)</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[checkin]]></Content>"
+                + "<MsgId>\(base + Int64(n))</MsgId></xml>"
+            let signature = WeChatCrypto.signature([token, timestamp, nonce])
+            out += "/wechat/\(app)?signature=\(signature)&timestamp=\(timestamp)&nonce=\(nonce)\t\(xml)\n"
         }
         try out.write(toFile: output, atomically: false, encoding: .utf8)
     }

@@ -25,6 +25,10 @@ public struct Gateway: Sendable {
     let flashSaleIPLimits: BeaconLimits
     let memberTokens: MemberTokens
     let freshness: FreshnessWindow
+    let proxies: TrustedProxies
+    /// Product-code verifications per member and per client (enumeration is the risk they bound).
+    let codeLimits: CodeVerifyLimits
+    let replays: WeChatReplayGuard
     let logger: Logger
 
     public init(configuration: FanFlowConfiguration, logger: Logger) async throws {
@@ -42,37 +46,60 @@ public struct Gateway: Sendable {
         }
         // Two connections whose calls are coalesced into pipelines: enough to keep Redis busy.
         redis = try await RedisPool(url: configuration.redisURL, size: 2)
-        database = PostgresPool(url: configuration.databaseURL, maximumConnections: 8)
+        // A request waits for a pooled connection at most FANFLOW_DB_ACQUIRE_TIMEOUT_MS (2 s by
+        // default: platforms retry after 5 s), then is answered 503 database_busy.
+        database = PostgresPool(url: configuration.databaseURL, maximumConnections: 8,
+                                timeouts: PostgresTimeouts(connectSeconds: configuration.databaseConnectTimeoutSeconds,
+                                                           statementMilliseconds: configuration.databaseStatementTimeoutSeconds * 1000),
+                                acquireTimeout: .milliseconds(configuration.databaseAcquireTimeoutMilliseconds))
         metrics = GatewayMetrics()
-        apps = AppRegistry(database: database, box: try SecretBox(base64Key: configuration.secretKey), logger: logger)
+        let keys = try SecretKeys(base64: configuration.secretKey)
+        apps = AppRegistry(database: database, keys: keys, lookupRatePerIP: configuration.appLookupRatePerIP, logger: logger)
         publisher = EventPublisher(broker: broker, redis: redis, dedupeTTL: .seconds(configuration.dedupeTTLSeconds),
                                    metrics: metrics, logger: logger)
         beaconLimits = BeaconLimits(perSite: configuration.beaconRatePerSite, perIP: configuration.beaconRatePerIP)
         flashSaleIPLimits = BeaconLimits(perSite: 0, perIP: configuration.flashSaleRatePerIP)
         freshness = FreshnessWindow(seconds: configuration.webhookFreshnessSeconds)
-        memberTokens = MemberTokens(secret: configuration.secretKey ?? configuration.adminToken ?? "")
+        memberTokens = keys.memberTokens
+        proxies = TrustedProxies(networks: configuration.trustedProxies.compactMap { CIDR($0) })
+        codeLimits = CodeVerifyLimits(perMember: configuration.codeVerifyPerMinutePerMember, perIP: configuration.codeVerifyPerMinutePerIP)
+        replays = WeChatReplayGuard(redis: redis, window: configuration.webhookFreshnessSeconds)
         _ = Self.sdk  // read the bundled sdk.js now, not on the first request's thread
         try await broker.start()
     }
 
     /// The HTTP application, a `Service` that stops accepting connections on graceful shutdown.
+    /// Every connection is bounded in time: idle ones close after FANFLOW_HTTP_IDLE_TIMEOUT_SECONDS
+    /// (Hummingbird's idle timeout), and a request not read in full within
+    /// FANFLOW_HTTP_READ_TIMEOUT_SECONDS is cut (``RequestReadTimeoutHandler``).
     public func application() -> some ApplicationProtocol {
-        Application(router: router(),
-                    configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort),
-                                         serverName: "fanflow-gateway"),
-                    logger: logger)
+        let readTimeout = TimeAmount.seconds(Int64(configuration.httpReadTimeoutSeconds))
+        return Application(router: router(),
+                           server: .http1(configuration: .init(
+                               additionalChannelHandlers: [RequestReadTimeoutHandler(timeout: readTimeout)],
+                               idleTimeout: .seconds(Int64(configuration.httpIdleTimeoutSeconds)))),
+                           configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort),
+                                                serverName: "fanflow-gateway"),
+                           logger: logger)
     }
 
     func router() -> Router<GatewayRequestContext> {
         let router = Router(context: GatewayRequestContext.self)
         router.add(middleware: RequestMetricsMiddleware(metrics: metrics))
-        // H5 pages on the brand's own domains call the member endpoints with a bearer token (no
-        // cookies), so any origin may; requests without an Origin header are untouched.
-        router.add(middleware: CORSMiddleware(allowOrigin: .all, allowHeaders: [.authorization, .contentType],
-                                              allowMethods: [.get, .post, .options], maxAge: .seconds(600)))
+        router.add(middleware: EdgeMiddleware(proxies: proxies))
+        // H5 pages on the brand's own domains call the beacon and member-token routes with a
+        // bearer token (no cookies): those routes answer CORS for FANFLOW_H5_ORIGINS, no others do.
+        router.add(middleware: H5CORSMiddleware(origins: Set(configuration.h5Origins)))
+        let metricsToken = configuration.metricsToken.map(BearerToken.init)
         router.get("/health") { _, _ in Response.json(["status": "ok"]) }
         router.get("/ready") { _, _ in await readiness() }
-        router.get("/metrics") { _, _ in
+        router.get("/metrics") { request, _ in
+            if let metricsToken {
+                guard let presented = BearerToken.presented(request) else {
+                    throw GatewayError.unauthorized("missing_token", "Authorization: Bearer <metrics token> is required")
+                }
+                guard metricsToken.accepts(presented) else { throw GatewayError.unauthorized("bad_token", "the metrics token is not valid") }
+            }
             let outstanding = await (try? broker.current())?.outstandingConfirms ?? 0
             // Push figures are every push worker's, from Redis; without Redis the gateway's own still render.
             let pushes = (try? await PushStats(redis: redis).today(dailyQuota: configuration.pushDailyQuota))?.apps ?? []
@@ -102,7 +129,7 @@ public struct Gateway: Sendable {
 
     /// The registered app a webhook's path names (`/{platform}/{appId}`), or 404.
     func pathApp(_ platform: AppPlatform, _ context: GatewayRequestContext) async throws(GatewayError) -> RegisteredApp {
-        try await apps.app(platform, context.parameters.get("appId") ?? "")
+        try await apps.app(platform, context.parameters.get("appId") ?? "", client: context.clientIP)
     }
 
     /// Publishes one webhook's event; anything but a confirm (or a recognized retry) is an error
@@ -115,7 +142,7 @@ public struct Gateway: Sendable {
         case .inFlight:
             throw GatewayError.unavailable("in_flight", "the same event is being published by another request; retry")
         case .failed(let why):
-            throw GatewayError.unavailable("publish_unconfirmed", "the event was not confirmed by the broker: \(why)")
+            throw GatewayError.unavailable("publish_unconfirmed", "the event was not confirmed by the broker; retry", detail: "\(why)")
         }
     }
 
@@ -137,7 +164,16 @@ public struct Gateway: Sendable {
         return await withCheckedContinuation { continuation in
             Task {
                 let outcome: String
-                do { try await check(); outcome = "ok" } catch { outcome = "\(error)" }
+                do { try await check(); outcome = "ok" } catch {
+                    // The body names the dependency and the kind of failure; the server's own text goes to the log.
+                    logger.warning("readiness check failed", metadata: ["error": "\(error)"])
+                    outcome = switch error {
+                    case let error as PostgresError: "postgres \(error.code) failed"
+                    case let error as RedisError: "redis \(error.code) failed"
+                    case is PostgresPoolBusy: "postgres pool busy"
+                    default: "failed"
+                    }
+                }
                 if answered.claim() { continuation.resume(returning: outcome) }
             }
             Task {
@@ -152,22 +188,22 @@ public struct Gateway: Sendable {
 public struct GatewayRequestContext: RequestContext, RemoteAddressRequestContext {
     public var coreContext: CoreRequestContextStorage
     public let remoteAddress: SocketAddress?
+    /// The client's address: the peer's, or the one trusted proxies forwarded (``EdgeMiddleware``).
+    /// Per-client limits count IPv6 clients by their /64 (``IPAddress/limitKey``).
+    var clientIP: String
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         remoteAddress = source.channel.remoteAddress
-    }
-
-    /// Bodies are collected with explicit per-route limits; this is the outer bound.
-    public var maxUploadSize: Int { 16 * 1024 * 1024 }
-
-    var clientIP: String {
-        switch remoteAddress {
+        clientIP = switch remoteAddress {
         case .v4(let address): address.host
         case .v6(let address): address.host
         default: "unknown"
         }
     }
+
+    /// Bodies are collected with explicit per-route limits; this is the outer bound.
+    public var maxUploadSize: Int { 16 * 1024 * 1024 }
 }
 
 /// Counts every request by route and status, and refusals by their error code.

@@ -1,5 +1,8 @@
 import CLibPQ
 import ClientSupport
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One PostgreSQL connection on its own thread.
 ///
@@ -19,8 +22,12 @@ public actor PostgresConnection {
 
     /// Throws ``PostgresError``. (Untyped: a typed-throws async initializer of an actor with a custom executor
     /// trips the Swift 6.3 optimizer, "circular reference", in modules that call it.)
-    public init(url: String) async throws {
+    /// The connect and statement timeouts this connection was opened with.
+    public let timeouts: PostgresTimeouts
+
+    public init(url: String, timeouts: PostgresTimeouts = .standard) async throws {
         self.connectionString = url
+        self.timeouts = timeouts
         self.thread = IOThread(name: "postgres")
         try connectIsolated()
     }
@@ -31,7 +38,14 @@ public actor PostgresConnection {
     }
 
     private func connectIsolated() throws(PostgresError) {
-        guard let fresh = PQconnectdb(connectionString) else {
+        // The timeouts come first and the URL (expanded from `dbname`) after them, so a URL that
+        // sets `connect_timeout` or `options` itself wins over these defaults.
+        let keys = ["connect_timeout", "options", "dbname"]
+        let values = [String(timeouts.connectSeconds), "-c statement_timeout=\(timeouts.statementMilliseconds)", connectionString]
+        let opened: OpaquePointer? = withCStrings(keys) { keyPointers in
+            withCStrings(values) { valuePointers in PQconnectdbParams(keyPointers, valuePointers, 1) }
+        }
+        guard let fresh = opened else {
             throw PostgresError(.connect, "out of memory creating a libpq connection")
         }
         guard PQstatus(fresh) == CONNECTION_OK else {
@@ -303,4 +317,30 @@ enum CopyText {
         }
         buffer.append(UInt8(ascii: "\n"))
     }
+}
+
+/// Bounds on how long PostgreSQL may keep a caller waiting: libpq's `connect_timeout` and the
+/// server's `statement_timeout` (sent as a startup option, so it holds from the first statement
+/// and survives `PQreset`). Defaults: 5 s to connect (a reachable server answers in
+/// milliseconds; a blackholed one would otherwise take the kernel's 2 minutes of SYN retries)
+/// and 60 s per statement (the longest batch statement of the workers measured well under 1 s;
+/// anything near 60 s is stuck on a lock). The gateway sets its own, shorter, from the configuration.
+public struct PostgresTimeouts: Sendable, Equatable {
+    public var connectSeconds: Int
+    public var statementMilliseconds: Int
+
+    public init(connectSeconds: Int, statementMilliseconds: Int) {
+        self.connectSeconds = max(1, connectSeconds)
+        self.statementMilliseconds = max(1, statementMilliseconds)
+    }
+
+    public static let standard = PostgresTimeouts(connectSeconds: 5, statementMilliseconds: 60_000)
+}
+
+/// A NULL-terminated array of C strings for libpq's keyword/value calls, alive during `body`.
+private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>) -> R) -> R {
+    let duplicated = strings.map { strdup($0) }
+    defer { duplicated.forEach { free($0) } }
+    let pointers: [UnsafePointer<CChar>?] = duplicated.map { $0.map { UnsafePointer($0) } } + [nil]
+    return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
 }

@@ -27,7 +27,7 @@ struct FanFlow: AsyncParsableCommand {
             + FanFlowConfiguration.variables.map { "  \($0.name)\n      \($0.meaning)" }.joined(separator: "\n"),
         subcommands: [GatewayCommand.self, WorkerCommand.self, SchedulerCommand.self, JobsCommand.self, MigrateCommand.self,
                        RebuildCountersCommand.self, ReconcileCommand.self, FakePlatformCommand.self,
-                       DeadLetterCommand.self])
+                       DeadLetterCommand.self, SecretsCommand.self])
 }
 
 /// Loads the configuration for a role, or stops the process naming every bad variable.
@@ -392,7 +392,8 @@ struct ReconcileCommand: AsyncParsableCommand {
 /// fake) through AsyncHTTPClient, app secrets and keys from the registered apps, WeChat tokens
 /// shared through Redis.
 func pushPool(configuration: FanFlowConfiguration, database: PostgresPool, redis: RedisPool, logger: Logger) throws -> PushPool {
-    let apps = AppRegistry(database: database, box: try SecretBox(base64Key: configuration.secretKey), logger: logger)
+    // App secrets are sealed with a key derived from FANFLOW_SECRET_KEY: the push pool needs it too.
+    let apps = AppRegistry(database: database, keys: try SecretKeys(base64: configuration.secretKey), logger: logger)
     let client = WeChatClient(http: HTTPClient.shared, base: configuration.wechatAPIBase)
     let broker = AccessTokenBroker(redis: redis, client: client, secrets: { app in
         guard case .wechat(let credentials)? = try await apps.fetch(.wechat, app)?.credentials else { return nil }

@@ -24,6 +24,7 @@ struct FlashSaleProcessTests {
         environment["FANFLOW_REDIS_URL"] = TestEnvironment.redisURL
         environment["FANFLOW_DATABASE_URL"] = TestEnvironment.databaseURL
         environment["FANFLOW_ADMIN_TOKEN"] = GatewayHarness.adminToken
+        environment["FANFLOW_SECRET_KEY"] = GatewayHarness.secretKey
         environment["FANFLOW_LOG_LEVEL"] = "warning"
         environment["FANFLOW_SCHEDULER_PORT"] = "0"
         environment.merge(extra) { $1 }

@@ -24,7 +24,7 @@ import Workers
 @Suite("Flash sales")
 struct FlashSaleTests {
     static let logger = Logger(label: "test.flashsale")
-    static let tokens = MemberTokens(secret: GatewayHarness.adminToken)
+    static let tokens = GatewayHarness.memberTokens
 
     /// `count` fresh members (WeChat openids of an app of the test's own) and a token for each.
     static func members(_ count: Int, database: PostgresPool) async throws -> [(id: Int64, token: String)] {

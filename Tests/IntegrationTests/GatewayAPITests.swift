@@ -155,7 +155,7 @@ struct GatewayAPITests {
             }
             let stored = try await gateway.database.query("SELECT credentials FROM apps WHERE platform = 'wechat' AND app_id = $1", [app])
             let row = try #require(stored.first?.string("credentials"))
-            #expect(row.hasPrefix("v1:") && !row.contains("app-secret-value"))
+            #expect(row.hasPrefix("v2:") && !row.contains("app-secret-value"))
 
             try await client.execute(uri: uri, method: .put, headers: GatewayHarness.adminHeaders,
                                      body: ByteBuffer(string: #"{"token":"t","encodingAESKey":"too-short"}"#)) { response in

@@ -15,6 +15,10 @@ import Testing
 /// throwaway queue bound to every routing key, so tests see exactly what the gateway published.
 struct GatewayHarness {
     static let adminToken = "test-admin-token-0123456789"
+    /// FANFLOW_SECRET_KEY of every test gateway (the gateway refuses to start without one).
+    static let secretKey = Data((0..<32).map { UInt8($0 &* 7 &+ 3) }).base64EncodedString()
+    /// Member tokens as the test gateways sign them.
+    static let memberTokens = try! MemberTokens(secretKey: secretKey)  // a constant valid key
     let gateway: Gateway
     let tap: EventTap
 
@@ -24,6 +28,7 @@ struct GatewayHarness {
             "FANFLOW_REDIS_URL": TestEnvironment.redisURL,
             "FANFLOW_DATABASE_URL": TestEnvironment.databaseURL,
             "FANFLOW_ADMIN_TOKEN": adminToken,
+            "FANFLOW_SECRET_KEY": secretKey,
         ]
         environment.merge(overrides) { $1 }
         return try FanFlowConfiguration.load(environment, role: .gateway)

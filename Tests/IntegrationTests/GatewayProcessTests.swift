@@ -14,6 +14,7 @@ struct GatewayProcessTests {
             "FANFLOW_REDIS_URL": TestEnvironment.redisURL,
             "FANFLOW_DATABASE_URL": databaseURL,
             "FANFLOW_ADMIN_TOKEN": "test-token-0123456789",
+            "FANFLOW_SECRET_KEY": GatewayHarness.secretKey,
             
         ].compactMapValues { $0 }, role: .gateway)
     }

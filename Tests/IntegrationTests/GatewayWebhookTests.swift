@@ -15,7 +15,8 @@ struct GatewayWebhookTests {
     static let aesKey = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
     static var now: String { String(Int(Date().timeIntervalSince1970)) }
 
-    static func wechatQuery(token: String, timestamp: String = now, nonce: String = "123456") -> String {
+    // A fresh nonce per request, as WeChat sends them: a (timestamp, nonce) pair seen with another body is refused.
+    static func wechatQuery(token: String, timestamp: String = now, nonce: String = String(UInt32.random(in: 100_000...UInt32.max))) -> String {
         "signature=\(WeChatCrypto.signature([token, timestamp, nonce]))&timestamp=\(timestamp)&nonce=\(nonce)"
     }
 

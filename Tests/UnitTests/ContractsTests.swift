@@ -75,6 +75,7 @@ struct ConfigurationTests {
         "FANFLOW_REDIS_URL": "redis://127.0.0.1:6379/0",
         "FANFLOW_DATABASE_URL": "postgresql://fanflow:secret@127.0.0.1:5432/fanflow",
         "FANFLOW_ADMIN_TOKEN": "0123456789abcdef0123",
+        "FANFLOW_SECRET_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
     ]
 
     @Test("defaults: 127.0.0.1:8080, Asia/Shanghai, info")

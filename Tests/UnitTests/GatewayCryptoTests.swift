@@ -102,18 +102,50 @@ struct GatewayCryptoTests {
                                            for: SHA256.hash(data: Array("<success>true</success>".utf8)), padding: .insecurePKCS1v1_5))
     }
 
-    @Test("Secrets at rest: sealed with the key, readable only with it; plain rows still readable")
+    @Test("Secrets at rest: sealed with a derived key, bound to the row, readable only with the key; plain rows refused")
     func secretBox() throws {
         let key = Data((0..<32).map { UInt8($0) }).base64EncodedString()
-        let box = try SecretBox(base64Key: key)
-        let sealed = try box.seal(Array(#"{"secret":"s3cr3t-value-0123"}"#.utf8))
-        #expect(sealed.hasPrefix("v1:"))
+        let box = SecretBox(keys: try SecretKeys(base64: key))
+        let sealed = try box.seal(Array(#"{"secret":"s3cr3t-value-0123"}"#.utf8), platform: "server", appID: "shop")
+        #expect(sealed.hasPrefix("v2:"))
         #expect(!sealed.contains("s3cr3t"))
-        #expect(String(decoding: try box.open(sealed), as: UTF8.self) == #"{"secret":"s3cr3t-value-0123"}"#)
-        #expect(String(decoding: try box.open(#"{"a":1}"#), as: UTF8.self) == #"{"a":1}"#)
-        let wrong = try SecretBox(base64Key: Data(repeating: 7, count: 32).base64EncodedString())
-        #expect(throws: SecretBox.Failure.self) { try wrong.open(sealed) }
-        #expect(throws: SecretBox.Failure.self) { try SecretBox(base64Key: nil).open(sealed) }
+        #expect(String(decoding: try box.open(sealed, platform: "server", appID: "shop"), as: UTF8.self) == #"{"secret":"s3cr3t-value-0123"}"#)
+        // Copied to another row (another app id, or another platform) it does not open.
+        #expect(throws: SecretBox.Failure.self) { try box.open(sealed, platform: "server", appID: "shop2") }
+        #expect(throws: SecretBox.Failure.self) { try box.open(sealed, platform: "wechat", appID: "shop") }
+        // Plain JSON rows are refused, naming the app.
+        #expect(throws: SecretBox.Failure.plaintext(platform: "server", appID: "shop")) { try box.open(#"{"a":1}"#, platform: "server", appID: "shop") }
+        let wrong = SecretBox(keys: try SecretKeys(base64: Data(repeating: 7, count: 32).base64EncodedString()))
+        #expect(throws: SecretBox.Failure.self) { try wrong.open(sealed, platform: "server", appID: "shop") }
+        // Rows sealed the old way (root key, no AAD) are still read.
+        let legacy = try AES.GCM.seal(Array(#"{"old":true}"#.utf8), using: SymmetricKey(data: Data(base64Encoded: key)!))
+        let v1 = "v1:" + legacy.combined!.base64EncodedString()
+        #expect(String(decoding: try box.open(v1, platform: "qq", appID: "any"), as: UTF8.self) == #"{"old":true}"#)
+        #expect(throws: SecretKeys.Failure.missing) { try SecretKeys(base64: nil) }
+        #expect(throws: SecretKeys.Failure.malformed) { try SecretKeys(base64: "bm90IDMyIGJ5dGVz") }
+    }
+
+    @Test("Keys per purpose are derived by HKDF from the secret key: member tokens do not verify under the sealing key or the admin token")
+    func derivedKeys() throws {
+        let base64 = Data((0..<32).map { UInt8($0) }).base64EncodedString()
+        let keys = try SecretKeys(base64: base64)
+        let sealing = keys.derived(.appSecretSealing), tokens = keys.derived(.memberTokens)
+        #expect(sealing != tokens && sealing != keys.root && tokens != keys.root)
+        let token = keys.memberTokens.mint(member: 7, expiresAt: Date().addingTimeInterval(60))
+        #expect(try keys.memberTokens.verify(token) == 7)
+        #expect(throws: MemberTokens.Refusal.badSignature) { try MemberTokens(key: sealing).verify(token) }
+        #expect(throws: MemberTokens.Refusal.badSignature) { try MemberTokens(key: keys.root).verify(token) }
+    }
+
+    @Test("The admin token check refuses a token of another length, a prefix, and the empty token; accepts the token")
+    func bearerToken() {
+        let check = BearerToken("admin-token-0123456789")
+        #expect(check.accepts("admin-token-0123456789".utf8))
+        #expect(!check.accepts("admin-token-012345678".utf8))
+        #expect(!check.accepts("admin-token-0123456789-and-more".utf8))
+        #expect(!check.accepts("admin".utf8))
+        #expect(!check.accepts("".utf8))
+        #expect(!check.accepts("admin-token-0123456780".utf8))
     }
 }
 

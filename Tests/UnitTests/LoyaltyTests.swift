@@ -126,14 +126,14 @@ struct LoyaltyTests {
 struct MemberTokenTests {
     @Test("a token names its member until it expires; a changed byte or another key refuses it")
     func tokens() throws {
-        let tokens = MemberTokens(secret: "secret-0123456789abcdef")
+        let tokens = try MemberTokens(secretKey: Data(repeating: 1, count: 32).base64EncodedString())
         let now = Date()
         let token = tokens.mint(member: 42, expiresAt: now.addingTimeInterval(60))
         #expect(try tokens.verify(token, now: now) == 42)
         #expect(throws: MemberTokens.Refusal.expired) { try tokens.verify(token, now: now.addingTimeInterval(61)) }
         #expect(throws: MemberTokens.Refusal.badSignature) { try tokens.verify(token.replacingOccurrences(of: "m1.42.", with: "m1.43."), now: now) }
         #expect(throws: MemberTokens.Refusal.badSignature) {
-            try MemberTokens(secret: "another-secret-0123456789").verify(token, now: now)
+            try MemberTokens(secretKey: Data(repeating: 2, count: 32).base64EncodedString()).verify(token, now: now)
         }
         #expect(throws: MemberTokens.Refusal.malformed) { try tokens.verify("m1.42", now: now) }
     }

@@ -4,7 +4,7 @@ import Hummingbird
 /// `/admin/v1/*`: bearer-token protected. This file: apps and their credentials.
 extension Gateway {
     func addAdminRoutes(_ router: Router<GatewayRequestContext>) {
-        let admin = router.group("/admin/v1").add(middleware: AdminAuthMiddleware(token: configuration.adminToken ?? ""))
+        let admin = router.group("/admin/v1").add(middleware: AdminAuthMiddleware(token: configuration.adminToken.map(BearerToken.init)))
         addPointsAdminRoutes(admin)
         addCatalogAdminRoutes(admin)
         addSchedulerAdminRoutes(admin)
@@ -89,16 +89,17 @@ struct AppView: Encodable {
     }
 }
 
-/// `Authorization: Bearer $FANFLOW_ADMIN_TOKEN`, compared in constant time.
+/// `Authorization: Bearer $FANFLOW_ADMIN_TOKEN`, compared as SHA-256 digests in constant time, so
+/// neither the token's length nor a matching prefix shows in the timing (``BearerToken``).
 struct AdminAuthMiddleware: RouterMiddleware {
     typealias Context = GatewayRequestContext
-    let token: String
+    let token: BearerToken?
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+        guard let presented = BearerToken.presented(request) else {
             throw GatewayError.unauthorized("missing_token", "Authorization: Bearer <admin token> is required")
         }
-        guard !token.isEmpty, Bytes.constantTimeEquals(Array(header.dropFirst(7).utf8), Array(token.utf8)) else {
+        guard let token, token.accepts(presented) else {
             throw GatewayError.forbidden("bad_token", "the admin token is not valid")
         }
         return try await next(request, context)

@@ -59,6 +59,11 @@ public struct RegisteredApp: Sendable {
 /// Apps and their credentials: PostgreSQL is the truth, each gateway keeps a short-lived cache so
 /// a webhook costs no database round trip. A change made through another gateway is seen within
 /// `freshFor`; while the database is unreachable, cached apps keep being served.
+///
+/// Unknown app ids cost as little as known ones: they are cached too (`unknownFor`), concurrent
+/// lookups of one id share one query, and a client that keeps naming ids the gateway does not
+/// know is limited per IP (`lookupRatePerIP`) before any of its lookups reaches the database.
+/// Refreshing an app the cache knows is never limited, so platforms' servers are not either.
 public final class AppRegistry: Sendable {
     struct Key: Hashable { let platform: AppPlatform; let appID: String }
     struct Entry { let app: RegisteredApp?; let loadedAt: ContinuousClock.Instant }
@@ -66,24 +71,30 @@ public final class AppRegistry: Sendable {
     private let database: PostgresPool
     private let box: SecretBox
     private let cache = Mutex<[Key: Entry]>([:])
+    private let inFlight = Mutex<[Key: Task<RegisteredApp?, any Error>]>([:])
+    private let lists = Mutex<[AppPlatform: (apps: [RegisteredApp], loadedAt: ContinuousClock.Instant)]>([:])
+    private let lookupLimit: TokenBuckets.Limit?
+    private let lookupBuckets = TokenBuckets()
     private let freshFor: Duration
     private let unknownFor: Duration
     private let logger: Logger
     private static let maxEntries = 50_000
 
-    public init(database: PostgresPool, box: SecretBox, freshFor: Duration = .seconds(10),
+    public init(database: PostgresPool, keys: SecretKeys, lookupRatePerIP: Int = 0, freshFor: Duration = .seconds(10),
                 unknownFor: Duration = .seconds(2), logger: Logger) {
         self.database = database
-        self.box = box
+        self.box = SecretBox(keys: keys)
+        self.lookupLimit = .perSecond(lookupRatePerIP)
         self.freshFor = freshFor
         self.unknownFor = unknownFor
         self.logger = logger
     }
 
-    public var encryptsAtRest: Bool { box.encrypts }
+    public var encryptsAtRest: Bool { true }
 
-    /// The app, or 404 `unknown_app`; 503 if it is not cached and the database cannot be asked.
-    public func app(_ platform: AppPlatform, _ appID: String) async throws(GatewayError) -> RegisteredApp {
+    /// The app, or 404 `unknown_app`; 503 if it is not cached and the database cannot be asked;
+    /// 429 when `client` has looked up too many unknown ids.
+    public func app(_ platform: AppPlatform, _ appID: String, client: String? = nil) async throws(GatewayError) -> RegisteredApp {
         let key = Key(platform: platform, appID: appID)
         let now = ContinuousClock.now
         let cached = cache.withLock { $0[key] }
@@ -95,11 +106,14 @@ public final class AppRegistry: Sendable {
             }
         }
         guard appID.utf8.count <= 64, !appID.isEmpty else { throw .unknownApp(platform.rawValue, appID) }
+        if cached?.app == nil, let client, let lookupLimit,
+           lookupBuckets.take(("l:" + (IPAddress(client)?.limitKey ?? client), lookupLimit)) != .allowed {
+            throw GatewayError(.tooManyRequests, "rate_limited", "too many lookups of unknown apps from this client; slow down")
+        }
         do {
-            let app = try await load(key)
+            let app = try await sharedLoad(key)
             cache.withLock { cache in
-                // Unknown app ids are cached too (so a flood of them does not reach the database);
-                // past a bound, expired entries go, so the flood cannot grow memory either.
+                // Past a bound, expired entries go, so a flood of unknown ids cannot grow memory.
                 if cache.count >= Self.maxEntries {
                     cache = cache.filter { now - $0.value.loadedAt < (($0.value.app == nil) ? unknownFor : freshFor) }
                 }
@@ -114,8 +128,33 @@ public final class AppRegistry: Sendable {
                 logger.warning("app registry unreachable, serving cached credentials", metadata: ["error": "\(error)"])
                 return stale
             }
-            throw .unavailable("registry_unavailable", "app registry is unreachable: \(error)")
+            throw GatewayError.storage(error)
         }
+    }
+
+    /// One query per id however many requests ask for it at once.
+    private func sharedLoad(_ key: Key) async throws -> RegisteredApp? {
+        let (task, owner) = inFlight.withLock { running -> (Task<RegisteredApp?, any Error>, Bool) in
+            if let task = running[key] { return (task, false) }
+            let task = Task { try await self.load(key) }
+            running[key] = task
+            return (task, true)
+        }
+        defer { if owner { inFlight.withLock { _ = $0.removeValue(forKey: key) } } }
+        return try await task.value
+    }
+
+    /// Every app of a platform (WeChat Pay merchants: a notification names none that can be trusted
+    /// before its signature is checked), cached for `freshFor` like single apps.
+    public func all(_ platform: AppPlatform) async throws -> [RegisteredApp] {
+        let now = ContinuousClock.now
+        if let cached = lists.withLock({ $0[platform] }), now - cached.loadedAt < freshFor { return cached.apps }
+        var apps: [RegisteredApp] = []
+        for entry in try await list(platform) {
+            if let app = try? await app(platform, entry.appID) { apps.append(app) }
+        }
+        lists.withLock { $0[platform] = (apps, now) }
+        return apps
     }
 
     private func load(_ key: Key) async throws -> RegisteredApp? {
@@ -123,7 +162,21 @@ public final class AppRegistry: Sendable {
             "SELECT credentials, created_at::text AS created_at, updated_at::text AS updated_at FROM apps WHERE platform = $1 AND app_id = $2",
             [key.platform.rawValue, key.appID])
         guard let row = rows.first, let stored = row.string("credentials") else { return nil }
-        let json = try box.open(stored)
+        let json: [UInt8]
+        do {
+            json = try box.open(stored, platform: key.platform.rawValue, appID: key.appID)
+        } catch {
+            logger.error("app credentials refused", metadata: ["platform": "\(key.platform.rawValue)", "app": "\(key.appID)",
+                                                                "error": "\(error)"])
+            switch error {
+            case .plaintext:
+                throw GatewayError(.internalServerError, "credentials_not_sealed",
+                                   "app \(key.platform.rawValue)/\(key.appID) stores its credentials unencrypted; the operator must run `fanflow secrets seal`")
+            case .cannotOpen:
+                throw GatewayError(.internalServerError, "credentials_unreadable",
+                                   "app \(key.platform.rawValue)/\(key.appID)'s stored credentials cannot be opened with this FANFLOW_SECRET_KEY")
+            }
+        }
         let credentials = try AppCredentials.decode(platform: key.platform, json: json)
         return try RegisteredApp(platform: key.platform, appID: key.appID, credentials: credentials,
                                  createdAt: row.string("created_at"), updatedAt: row.string("updated_at"))
@@ -131,20 +184,25 @@ public final class AppRegistry: Sendable {
 
     /// Inserts or replaces; true when the app is new. Build `RegisteredApp` first: that checks the keys.
     public func put(_ platform: AppPlatform, _ appID: String, _ credentials: AppCredentials) async throws -> Bool {
-        let sealed = try box.seal(try credentials.encoded())
+        let sealed = try box.seal(try credentials.encoded(), platform: platform.rawValue, appID: appID)
         let rows = try await database.query("""
             INSERT INTO apps (platform, app_id, credentials) VALUES ($1, $2, $3)
             ON CONFLICT (platform, app_id) DO UPDATE SET credentials = EXCLUDED.credentials, updated_at = now()
             RETURNING (xmax = 0) AS inserted
             """, [platform.rawValue, appID, sealed])
-        cache.withLock { _ = $0.removeValue(forKey: Key(platform: platform, appID: appID)) }
+        forget(platform, appID)
         return rows.first?.bool("inserted") ?? false
     }
 
     public func delete(_ platform: AppPlatform, _ appID: String) async throws -> Bool {
         let rows = try await database.query("DELETE FROM apps WHERE platform = $1 AND app_id = $2", [platform.rawValue, appID])
-        cache.withLock { _ = $0.removeValue(forKey: Key(platform: platform, appID: appID)) }
+        forget(platform, appID)
         return rows.affectedRows > 0
+    }
+
+    private func forget(_ platform: AppPlatform, _ appID: String) {
+        cache.withLock { _ = $0.removeValue(forKey: Key(platform: platform, appID: appID)) }
+        lists.withLock { _ = $0.removeValue(forKey: platform) }
     }
 
     /// Fresh from the database (admin reads must not show a stale cache).
@@ -157,5 +215,41 @@ public final class AppRegistry: Sendable {
             "SELECT platform, app_id, updated_at::text AS updated_at FROM apps WHERE $1::text IS NULL OR platform = $1 ORDER BY platform, app_id",
             [platform?.rawValue as String?])
         return rows.map { ($0.string("platform") ?? "", $0.string("app_id") ?? "", $0.string("updated_at") ?? "") }
+    }
+
+    /// What `fanflow secrets seal` did.
+    public struct SealReport: Sendable, Equatable {
+        /// Rows that were plain JSON or sealed the old way, now sealed to their row.
+        public var sealed: [String] = []
+        /// Rows already in the current form.
+        public var alreadySealed = 0
+        /// Rows that could not be opened (another key, or corrupted): left as they are.
+        public var failed: [String] = []
+    }
+
+    /// Seals every plaintext row and reseals every `v1:` row bound to its own platform and app id.
+    /// Each row is rewritten only if it still holds what was read, so an admin change made
+    /// meanwhile is not overwritten; running it again finds nothing to do.
+    public func sealAll() async throws -> SealReport {
+        var report = SealReport()
+        let rows = try await database.query("SELECT platform, app_id, credentials FROM apps ORDER BY platform, app_id")
+        for row in rows {
+            guard let platform = row.string("platform"), let appID = row.string("app_id"), let stored = row.string("credentials") else { continue }
+            let name = "\(platform)/\(appID)"
+            guard SecretBox.form(of: stored) != .v2 else { report.alreadySealed += 1; continue }
+            do {
+                let plain = try box.openForResealing(stored, platform: platform, appID: appID)
+                let sealed = try box.seal(plain, platform: platform, appID: appID)
+                let updated = try await database.query(
+                    "UPDATE apps SET credentials = $4 WHERE platform = $1 AND app_id = $2 AND credentials = $3",
+                    [platform, appID, stored, sealed])
+                if updated.affectedRows == 1 { report.sealed.append(name) }
+                if let known = AppPlatform(rawValue: platform) { forget(known, appID) }
+            } catch {
+                logger.error("cannot seal app credentials", metadata: ["app": "\(name)", "error": "\(error)"])
+                report.failed.append(name)
+            }
+        }
+        return report
     }
 }

@@ -57,7 +57,7 @@ extension Gateway {
     func loadStock(_ sale: FlashSale, store: FlashSaleStore, stock: FlashSaleStock) async throws(GatewayError) {
         let loaded: Bool
         do { loaded = try await stock.load(sale, from: store) } catch {
-            throw GatewayError.unavailable("stock_not_loaded", "the stock could not be loaded into Redis: \(error)")
+            throw GatewayError.unavailable("stock_not_loaded", "the stock could not be loaded into Redis; retry", detail: "\(error)")
         }
         guard loaded else {
             throw GatewayError(.conflict, "stock_below_held", "Redis holds more reserved or paid units than the new stock")
@@ -103,7 +103,7 @@ extension Gateway {
                 answer = try await stock.reserve(sale: sale.id, slots: sale.stockSlots, member: member, quantity: Int(quantity), requestID: requestID,
                                                  ratePerSecond: configuration.flashSaleRatePerMember)
             } catch {
-                throw GatewayError.unavailable("redis_unavailable", "the reservation could not be decided: \(error)")
+                throw GatewayError.unavailable("redis_unavailable", "the reservation could not be decided; retry", detail: "\(error)")
             }
             switch answer {
             case .refused(let refusal):

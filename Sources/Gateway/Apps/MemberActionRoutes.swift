@@ -10,8 +10,13 @@ extension Gateway {
         let codes = ProductCodes(database: database)
         let mall = PointsMall(database: database)
 
-        router.post("/v1/codes/verify") { request, _ in
+        router.post("/v1/codes/verify") { request, context in
             let member = try authenticatedMember(request)
+            // Limited per member and per client before the body is read or the database asked:
+            // guessing codes is the attack a verification endpoint invites.
+            guard codeLimits.allows(member: member, ip: context.clientIP) else {
+                throw GatewayError(.tooManyRequests, "rate_limited", "too many code verifications; wait a minute")
+            }
             let body = try await request.collectBody(upTo: 4 * 1024)
             guard case .object(let object)? = try? JSONValue.parse(body),
                   let code = object["code"]?.string else {
@@ -21,11 +26,13 @@ extension Gateway {
             switch try await stored({ try await codes.verify(code, member: member) }) {
             case .success(let verified):
                 return Response.json(verified)
-            case .failure(.unknown):
-                throw GatewayError(.notFound, "unknown_code", "this code is not one of the brand's: the product may not be genuine")
-            case .failure(.alreadyVerified(let byThisMember, let at)):
-                throw GatewayError(.conflict, "already_verified",
-                                   byThisMember ? "you verified this code at \(at)" : "this code was verified by someone else at \(at)")
+            case .failure(.alreadyVerified(true, let at)):
+                // The member's own code: telling them when tells nobody else anything.
+                throw GatewayError(.conflict, "already_verified", "you verified this code at \(at)")
+            case .failure(.unknown), .failure(.alreadyVerified(false, _)):
+                // One answer for a code that does not exist and one someone else verified, so the
+                // answers cannot tell which printed codes are real.
+                throw Self.unverifiableCode
             }
         }
 
@@ -57,6 +64,10 @@ extension Gateway {
             }
         }
     }
+
+    /// A code that is not the brand's, or that another member verified: the same 404 either way.
+    static let unverifiableCode = GatewayError(.notFound, "unknown_code",
+                                               "this code cannot be verified: it is not one of the brand's, or it was verified before")
 
     /// The member a bearer token names, or 401.
     func authenticatedMember(_ request: Request) throws(GatewayError) -> Int64 {

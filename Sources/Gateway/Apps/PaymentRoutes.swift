@@ -159,12 +159,9 @@ extension Gateway {
 
     /// Registered WeChat Pay merchants (usually one): a notification names none in a way that can be
     /// trusted before its signature is checked, so each merchant's platform key is tried.
+    /// The list is cached like single apps (``AppRegistry/all(_:)``): a notification costs no query.
     func wechatPayMerchants() async throws -> [RegisteredApp] {
-        var merchants: [RegisteredApp] = []
-        for entry in try await apps.list(.wechatpay) {
-            if let app = try? await apps.app(.wechatpay, entry.appID) { merchants.append(app) }
-        }
-        return merchants
+        try await apps.all(.wechatpay)
     }
 
     /// "99.00" yuan → 9900 fen; nil for anything else, or for more than ``InputLimits/maximumFen``

@@ -125,8 +125,9 @@ extension Gateway {
         do {
             return try await body()
         } catch {
-            logger.error("storage call failed", metadata: ["error": "\(error)"])
-            throw GatewayError.unavailable("database_unavailable", "the database did not answer: \(error)")
+            // database_busy when the pool had no connection in time, else database_unavailable;
+            // the error's own text is logged with the request id, not sent.
+            throw GatewayError.storage(error)
         }
     }
 

@@ -51,7 +51,7 @@ extension Gateway {
             let quota = configuration.pushDailyQuota
             let today: (day: String, apps: [PushStats.AppDay])
             do { today = try await PushStats(redis: redis).today(dailyQuota: quota) } catch {
-                throw GatewayError.unavailable("redis_unavailable", "Redis did not answer: \(error)")
+                throw GatewayError.unavailable("redis_unavailable", "Redis did not answer; retry", detail: "\(error)")
             }
             return Response.json([
                 "day": .string(today.day), "dailyQuota": .integer(Int64(quota)),

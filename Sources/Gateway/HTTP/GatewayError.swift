@@ -8,19 +8,28 @@ public struct GatewayError: HTTPResponseError, Sendable, CustomStringConvertible
     public let status: HTTPResponse.Status
     public let code: String
     public let message: String
+    /// What went wrong inside (a dependency's own error text): logged with the request id, never
+    /// sent to the client.
+    public let detail: String?
 
-    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String) {
+    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String, detail: String? = nil) {
         self.status = status
         self.code = code
         self.message = message
+        self.detail = detail
     }
 
-    public var description: String { "\(status.code) \(code): \(message)" }
+    public var description: String { "\(status.code) \(code): \(message)" + (detail.map { " (\($0))" } ?? "") }
 
+    /// `{"error":{"code","message"}}`, and for a 5xx also `requestId` in it (the same id as the
+    /// `X-Request-Id` header every response carries), so a report can be matched with the log line.
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        let bytes = JSONValue.object(["error": .object(["code": .string(code), "message": .string(message)])]).jsonBytes
+        var error: [String: JSONValue] = ["code": .string(code), "message": .string(message)]
+        if status.code >= 500 { error["requestId"] = .string(context.id) }
+        let bytes = JSONValue.object(["error": .object(error)]).jsonBytes
         var response = Response(status: status, headers: [.contentType: "application/json"],
                                 body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+        response.headers[.requestID] = context.id
         if status == .serviceUnavailable { response.headers[.retryAfter] = "1" }
         return response
     }
@@ -31,8 +40,8 @@ public struct GatewayError: HTTPResponseError, Sendable, CustomStringConvertible
     static func unknownApp(_ platform: String, _ app: String) -> GatewayError {
         GatewayError(.notFound, "unknown_app", "no \(platform) app \(app) is registered")
     }
-    static func unavailable(_ code: String, _ message: String) -> GatewayError {
-        GatewayError(.serviceUnavailable, code, message)
+    static func unavailable(_ code: String, _ message: String, detail: String? = nil) -> GatewayError {
+        GatewayError(.serviceUnavailable, code, message, detail: detail)
     }
     static let staleTimestamp = GatewayError(.forbidden, "stale_timestamp", "timestamp is outside the freshness window")
 }

@@ -10,6 +10,8 @@ public final class GatewayMetrics: Sendable {
         case brokerUnavailable = "fanflow_gateway_broker_unavailable_total"
         case dedupeUnavailable = "fanflow_gateway_dedupe_unavailable_total"
         case beaconsRateLimited = "fanflow_gateway_beacons_rate_limited_total"
+        /// Plain-mode WeChat callbacks taken without the replay check (Redis unreachable).
+        case replayCheckUnavailable = "fanflow_gateway_replay_check_unavailable_total"
     }
 
     struct RequestKey: Hashable { let route: String; let status: Int }
@@ -74,7 +76,7 @@ public final class GatewayMetrics: Sendable {
         for (outcome, value) in s.events.sorted(by: { $0.key < $1.key }) {
             out += "fanflow_gateway_events_total{outcome=\"\(outcome)\"} \(value)\n"
         }
-        for counter in [Counter.brokerUnavailable, .dedupeUnavailable, .beaconsRateLimited] {
+        for counter in [Counter.brokerUnavailable, .dedupeUnavailable, .beaconsRateLimited, .replayCheckUnavailable] {
             out += "# TYPE \(counter.rawValue) counter\n\(counter.rawValue) \(s.counters[counter] ?? 0)\n"
         }
         out += "# HELP fanflow_gateway_publish_seconds Time from publish to the broker's confirm.\n"

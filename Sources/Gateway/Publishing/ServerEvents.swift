@@ -15,25 +15,22 @@ extension Gateway {
     }
 
     func serverEvents(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
-        guard let appID = request.headers[.fanflowApp], !appID.isEmpty else {
-            throw GatewayError.unauthorized("missing_app", "X-FanFlow-App is required")
+        // Everything that costs nothing comes first: the headers' format and size, the timestamp's
+        // freshness and the declared body size; then the app (cached, unknown ids too, and limited
+        // per client before a lookup reaches the database); only then the body and its HMAC.
+        let (appID, timestamp, received) = try ServerEventHeaders.check(request.headers)
+        let receivedAt = Date()
+        try freshness.check(timestamp, now: receivedAt.timeIntervalSince1970)
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.serverEventsBodyLimit {
+            throw GatewayError(.contentTooLarge, "body_too_large", "body is larger than \(Self.serverEventsBodyLimit) bytes")
         }
-        let app = try await apps.app(.server, appID)
+        let app = try await apps.app(.server, appID, client: context.clientIP)
         guard let key = app.hmacKey else { throw GatewayError.unknownApp("server", appID) }
-        guard let timestamp = request.headers[.fanflowTimestamp],
-              let signature = request.headers[.fanflowSignature] else {
-            throw GatewayError.unauthorized("missing_signature", "X-FanFlow-Timestamp and X-FanFlow-Signature are required")
-        }
         let body = try await request.collectBody(upTo: Self.serverEventsBodyLimit)
-        guard signature.hasPrefix("sha256="), let received = Bytes.fromHex(signature.dropFirst(7)) else {
-            throw GatewayError.unauthorized("bad_signature", "X-FanFlow-Signature must be sha256=<hex>")
-        }
         let expected = HMAC<SHA256>.authenticationCode(for: Array(timestamp.utf8) + [UInt8(ascii: ".")] + body, using: key)
         guard Bytes.constantTimeEquals(received, Array(expected)) else {
             throw GatewayError.forbidden("bad_signature", "HMAC-SHA256 signature does not match")
         }
-        let receivedAt = Date()
-        try freshness.check(timestamp, now: receivedAt.timeIntervalSince1970)
 
         guard let root = try? JSONValue.parse(body), case .object(let object) = root,
               case .array(let items) = object["events"] else {
@@ -77,7 +74,9 @@ extension Gateway {
             case .failed(let why):
                 retryable = true
                 results[position].status = "rejected"
-                results[position].reason = "unavailable: \(why); retry"
+                // The broker's own words go to the log, not to the sender.
+                logger.warning("server event not confirmed", metadata: ["id": "\(results[position].id)", "error": "\(why)"])
+                results[position].reason = "unavailable: the broker did not confirm; retry"
             }
         }
         // 503 tells the sender to retry the request; what was accepted comes back as "duplicate".

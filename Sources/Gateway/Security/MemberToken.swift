@@ -6,18 +6,22 @@ import Foundation
 /// platform's OAuth told it who the visitor is; verified by any gateway without a database
 /// round trip. Form: `m1.<member id>.<expiry unix seconds>.<base64url HMAC-SHA256>`.
 ///
-/// The key is derived from `FANFLOW_SECRET_KEY` when set, else from the admin token: both are
-/// shared by every gateway of a deployment, and rotating either revokes every token.
+/// The key is derived from `FANFLOW_SECRET_KEY` by HKDF with its own label (``SecretKeys``), never
+/// from the admin token: every gateway of a deployment shares it, and rotating it revokes every token.
 public struct MemberTokens: Sendable {
     private let key: SymmetricKey
     /// HMAC keyed once: a copy continues from the keyed state, so a verify does not pad and hash
     /// the key again.
     private let keyed: HMAC<SHA256>
 
-    public init(secret: String) {
-        key = SymmetricKey(data: HMAC<SHA256>.authenticationCode(for: Array("fanflow member tokens v1".utf8),
-                                                                  using: SymmetricKey(data: Array(secret.utf8))))
+    init(key: SymmetricKey) {
+        self.key = key
         keyed = HMAC<SHA256>(key: key)
+    }
+
+    /// The signer of a deployment whose `FANFLOW_SECRET_KEY` is `secretKey` (base64 of 32 bytes).
+    public init(secretKey: String) throws(SecretKeys.Failure) {
+        self = try SecretKeys(base64: secretKey).memberTokens
     }
 
     public func mint(member: Int64, expiresAt: Date) -> String {

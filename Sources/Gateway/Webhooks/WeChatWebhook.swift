@@ -77,6 +77,7 @@ extension Gateway {
             message = try parseXML(try requireUTF8(plain))
         } else {
             try checkSignature(query, token: credentials.token)
+            try await checkPlainMode(app, query: query, body: body)
             message = try parseXML(body)
         }
 

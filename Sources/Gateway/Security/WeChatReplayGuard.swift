@@ -1,0 +1,27 @@
+@preconcurrency import Crypto
+import RedisClient
+
+/// Plain-mode WeChat callbacks sign only `(token, timestamp, nonce)`, not the body: whoever saw
+/// one request could send any body with its query for the freshness window. Each `(app,
+/// timestamp, nonce)` is remembered in Redis with a hash of its body (`SET NX`, expiring when the
+/// timestamp leaves the window): WeChat's own retry of the same request (same body) passes on to
+/// the dedupe store, the same pair with another body is refused.
+struct WeChatReplayGuard: Sendable {
+    let redis: RedisPool
+    /// The freshness window in seconds; a timestamp is accepted from `window` before now to
+    /// `window` after, so a pair must be remembered for twice the window.
+    let window: Int
+
+    enum Verdict: Equatable { case first, sameRequest, replayed }
+
+    func check(app: String, timestamp: String, nonce: String, body: [UInt8]) async throws -> Verdict {
+        let digest = Bytes.hex(SHA256.hash(data: body))
+        let key = "fanflow:wechat:nonce:\(app):\(timestamp):\(nonce)"
+        let set = try await redis.connection.command(["SET", key, digest, "NX", "EX", String(2 * window)])
+        if case .status = set { return .first }
+        let stored = try await redis.connection.command(["GET", key])
+        // Expired between the two calls: this request is the first of its pair again.
+        guard let previous = stored.string else { return .first }
+        return previous == digest ? .sameRequest : .replayed
+    }
+}
