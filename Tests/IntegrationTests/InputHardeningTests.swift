@@ -17,8 +17,9 @@ struct InputHardeningTests {
     static let secret = "server-secret-0123456789"
     static var now: String { String(Int(Date().timeIntervalSince1970)) }
 
-    static func wechatQuery(token: String, timestamp: String = now, nonce: String = "123456") -> String {
-        "signature=\(WeChatCrypto.signature([token, timestamp, nonce]))&timestamp=\(timestamp)&nonce=\(nonce)"
+    /// A fresh nonce per request, as WeChat sends them: a (timestamp, nonce) pair seen with another body is refused.
+    static func wechatQuery(token: String, timestamp: String = now, nonce: String = String(UInt32.random(in: 100_000...UInt32.max))) -> String {
+        GatewayWebhookTests.wechatQuery(token: token, timestamp: timestamp, nonce: nonce)
     }
 
     static func signed(_ body: [UInt8], app: String) -> HTTPFields {
