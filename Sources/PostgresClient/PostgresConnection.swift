@@ -322,9 +322,10 @@ enum CopyText {
 /// Bounds on how long PostgreSQL may keep a caller waiting: libpq's `connect_timeout` and the
 /// server's `statement_timeout` (sent as a startup option, so it holds from the first statement
 /// and survives `PQreset`). Defaults: 5 s to connect (a reachable server answers in
-/// milliseconds; a blackholed one would otherwise take the kernel's 2 minutes of SYN retries)
-/// and 60 s per statement (the longest batch statement of the workers measured well under 1 s;
-/// anything near 60 s is stuck on a lock). The gateway sets its own, shorter, from the configuration.
+/// milliseconds; a blackholed one would otherwise take the kernel's SYN retries, about 2 minutes
+/// on Linux) and 300 s per statement: generous, because the tools' statements grow with the data
+/// (`rebuild-counters` scans the ledger, migrations build indexes), yet a statement stuck behind a
+/// lock still ends. The gateway sets its own, much shorter, from the configuration.
 public struct PostgresTimeouts: Sendable, Equatable {
     public var connectSeconds: Int
     public var statementMilliseconds: Int
@@ -334,7 +335,7 @@ public struct PostgresTimeouts: Sendable, Equatable {
         self.statementMilliseconds = max(1, statementMilliseconds)
     }
 
-    public static let standard = PostgresTimeouts(connectSeconds: 5, statementMilliseconds: 60_000)
+    public static let standard = PostgresTimeouts(connectSeconds: 5, statementMilliseconds: 300_000)
 }
 
 /// A NULL-terminated array of C strings for libpq's keyword/value calls, alive during `body`.

@@ -29,6 +29,8 @@ struct GatewayHarness {
             "FANFLOW_DATABASE_URL": TestEnvironment.databaseURL,
             "FANFLOW_ADMIN_TOKEN": adminToken,
             "FANFLOW_SECRET_KEY": secretKey,
+            // The test client keeps one connection for the whole test, idle while a test waits for workers.
+            "FANFLOW_HTTP_IDLE_TIMEOUT_SECONDS": "3600",
         ]
         environment.merge(overrides) { $1 }
         return try FanFlowConfiguration.load(environment, role: .gateway)

@@ -135,7 +135,12 @@ struct H5CORSMiddleware: RouterMiddleware {
         do {
             response = try await next(request, context)
         } catch let error as any HTTPResponseError {
-            // The page must be able to read a refusal too (rate_limited, bad_token…).
+            // The page must be able to read a refusal too (rate_limited, bad_token…). Turned into a
+            // response here, so the failure is logged here (EdgeMiddleware only sees a response).
+            if let failure = error as? GatewayError, failure.status.code >= 500 {
+                context.logger.error("request failed", metadata: ["code": "\(failure.code)", "message": "\(failure.message)",
+                                                                  "detail": "\(failure.detail ?? "-")", "path": "\(request.uri.path)"])
+            }
             response = try error.response(from: request, context: context)
             response.headers[.requestID] = context.id
         }

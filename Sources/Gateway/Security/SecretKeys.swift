@@ -13,7 +13,7 @@ public struct SecretKeys: Sendable {
         case malformed
         public var description: String {
             switch self {
-            case .missing: "FANFLOW_SECRET_KEY is not set: the gateway needs it (base64 of 32 random bytes: openssl rand -base64 32)"
+            case .missing: "FANFLOW_SECRET_KEY is not set: app secrets and member tokens need it (base64 of 32 random bytes: openssl rand -base64 32)"
             case .malformed: "FANFLOW_SECRET_KEY must be base64 of exactly 32 bytes (openssl rand -base64 32)"
             }
         }
