@@ -144,6 +144,17 @@ struct InputHardeningTests {
                 }
             }
 
+            // App ids in paths: nothing that could not be an app id reaches a lookup.
+            let good = "<xml><ToUserName>gh</ToUserName><FromUserName>fan-1</FromUserName><CreateTime>\(Self.now)</CreateTime>"
+                + "<MsgType>event</MsgType><Event>subscribe</Event></xml>"
+            for path in ["\(app)%00x", String(repeating: "w", count: 65), "%F0%9F%8E%89"] {
+                try await client.execute(uri: "/wechat/\(path)?\(Self.wechatQuery(token: "tok"))", method: .post,
+                                         body: ByteBuffer(string: good)) { response in
+                    #expect(response.status == .notFound, "app id \(path.prefix(20))")
+                    #expect(GatewayHarness.errorCode(response) == "unknown_app")
+                }
+            }
+
             // /v1/events: the bad events are rejected with the reason, the good one goes through.
             let server = TestEnvironment.unique("shop")
             try await GatewayHarness.register(client, "server", server, ["secret": Self.secret])
