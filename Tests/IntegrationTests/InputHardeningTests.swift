@@ -1,4 +1,5 @@
 @preconcurrency import Crypto
+import AsyncHTTPClient
 import Contracts
 import Foundation
 @testable import Gateway
@@ -6,6 +7,7 @@ import Hummingbird
 import HummingbirdTesting
 import HTTPTypes
 import Loyalty
+import Pushes
 import Scheduler
 import Testing
 
@@ -327,6 +329,25 @@ struct InputArithmeticTests {
         }
         #expect(try await h.member("dave")?.points == 25)
         await h.close()
+    }
+}
+
+/// Numbers a platform's API answers with are input too.
+@Suite("Platform answers")
+struct PlatformAnswerTests {
+    @Test("a stable_token answer with expires_in Int64.max is malformed, not a token whose expiry traps in the broker")
+    func absurdTokenLifetime() async throws {
+        let router = Router()
+        router.post("/cgi-bin/stable_token") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"],
+                     body: .init(byteBuffer: ByteBuffer(string: #"{"access_token":"t","expires_in":9223372036854775807}"#)))
+        }
+        try await Application(router: router).test(.live) { client in
+            let wechat = WeChatClient(http: HTTPClient.shared, base: "http://127.0.0.1:\(try #require(client.port))")
+            await #expect(throws: WeChatClient.Failure.self) {
+                _ = try await wechat.stableToken(app: "wx1", secret: "s", forceRefresh: false)
+            }
+        }
     }
 }
 
