@@ -51,8 +51,9 @@ public struct WeChatClient: Sendable {
         let body: JSONValue = .object(["grant_type": "client_credential", "appid": .string(app), "secret": .string(secret),
                                        "force_refresh": .bool(forceRefresh)])
         let answer = try await post("/cgi-bin/stable_token", body: body)
-        guard let token = answer["access_token"]?.string, let expiresIn = answer["expires_in"]?.int else {
-            throw .malformed("stable_token answer without access_token and expires_in")
+        // WeChat's tokens live 7,200 s; an expires_in past a week (Int64.max) would trap in the broker's `* 1000`.
+        guard let token = answer["access_token"]?.string, let expiresIn = answer["expires_in"]?.int, (1...604_800).contains(expiresIn) else {
+            throw .malformed("stable_token answer without access_token and an expires_in of 1-604800 seconds")
         }
         return AccessToken(value: token, expiresIn: Int(expiresIn))
     }

@@ -1,4 +1,5 @@
 @preconcurrency import Crypto
+import AsyncHTTPClient
 import Contracts
 import Foundation
 @testable import Gateway
@@ -6,6 +7,7 @@ import Hummingbird
 import HummingbirdTesting
 import HTTPTypes
 import Loyalty
+import Pushes
 import Scheduler
 import Testing
 
@@ -142,6 +144,17 @@ struct InputHardeningTests {
                                          body: ByteBuffer(string: xml)) { response in
                     #expect(response.status == .badRequest)
                     #expect(GatewayHarness.errorCode(response) == "invalid_subject")
+                }
+            }
+
+            // App ids in paths: nothing that could not be an app id reaches a lookup.
+            let good = "<xml><ToUserName>gh</ToUserName><FromUserName>fan-1</FromUserName><CreateTime>\(Self.now)</CreateTime>"
+                + "<MsgType>event</MsgType><Event>subscribe</Event></xml>"
+            for path in ["\(app)%00x", String(repeating: "w", count: 65), "%F0%9F%8E%89"] {
+                try await client.execute(uri: "/wechat/\(path)?\(Self.wechatQuery(token: "tok"))", method: .post,
+                                         body: ByteBuffer(string: good)) { response in
+                    #expect(response.status == .notFound, "app id \(path.prefix(20))")
+                    #expect(GatewayHarness.errorCode(response) == "unknown_app")
                 }
             }
 
@@ -317,6 +330,25 @@ struct InputArithmeticTests {
         }
         #expect(try await h.member("dave")?.points == 25)
         await h.close()
+    }
+}
+
+/// Numbers a platform's API answers with are input too.
+@Suite("Platform answers")
+struct PlatformAnswerTests {
+    @Test("a stable_token answer with expires_in Int64.max is malformed, not a token whose expiry traps in the broker")
+    func absurdTokenLifetime() async throws {
+        let router = Router()
+        router.post("/cgi-bin/stable_token") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"],
+                     body: .init(byteBuffer: ByteBuffer(string: #"{"access_token":"t","expires_in":9223372036854775807}"#)))
+        }
+        try await Application(router: router).test(.live) { client in
+            let wechat = WeChatClient(http: HTTPClient.shared, base: "http://127.0.0.1:\(try #require(client.port))")
+            await #expect(throws: WeChatClient.Failure.self) {
+                _ = try await wechat.stableToken(app: "wx1", secret: "s", forceRefresh: false)
+            }
+        }
     }
 }
 

@@ -74,6 +74,9 @@ extension Gateway {
               let total = amount["total"]?.intStrict, let reference = transaction["transaction_id"]?.string else {
             return Self.wechatPayAnswer(.badRequest, "out_trade_no, transaction_id and amount.total are required")
         }
+        guard InputLimits.identityProblem(reservation, maxBytes: 64) == nil, InputLimits.identityProblem(reference) == nil else {
+            return Self.wechatPayAnswer(.badRequest, "out_trade_no and transaction_id must be visible ASCII")
+        }
         guard (0...InputLimits.maximumFen).contains(total) else {
             return Self.wechatPayAnswer(.badRequest, "amount.total must be 0-\(InputLimits.maximumFen) fen")
         }
@@ -109,6 +112,9 @@ extension Gateway {
         guard ["TRADE_SUCCESS", "TRADE_FINISHED"].contains(text("trade_status") ?? "") else { return answer(.ok, "success") }
         guard let reservation = text("out_trade_no"), let reference = text("trade_no"), let totalText = text("total_amount") else {
             return answer(.badRequest, "failure: out_trade_no, trade_no and total_amount are required")
+        }
+        guard InputLimits.identityProblem(reservation, maxBytes: 64) == nil, InputLimits.identityProblem(reference) == nil else {
+            return answer(.badRequest, "failure: out_trade_no and trade_no must be visible ASCII")
         }
         guard let total = Self.fen(totalText) else {
             return answer(.badRequest, "failure: total_amount must be yuan with at most two decimals, at most \(InputLimits.maximumFen / 100)")

@@ -12,7 +12,7 @@ extension Gateway {
     }
 
     func alipayCallback(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
-        let app = try await pathApp(.alipay, context)
+        let app = try await webhookApp(.alipay, context)
         let appID = app.appID
         guard let crypto = app.alipay else { throw GatewayError.unknownApp("alipay", appID) }
         let body = try await request.collectBody(upTo: Self.webhookBodyLimit)

@@ -1,5 +1,6 @@
 import Contracts
 import Foundation
+import Hummingbird
 @preconcurrency import Crypto
 
 /// Deterministic event ids: derived from the platform's own keys, so a retried webhook gets the
@@ -57,6 +58,19 @@ enum WebhookInput {
             throw GatewayError.badRequest("malformed_message", problem)
         }
         return attributes
+    }
+}
+
+extension Gateway {
+    /// The path's app, once its id has the shape of one: 1-64 visible ASCII bytes. Anything else
+    /// (5,000 characters, `%00`, emoji) cannot be a registered app and is 404 before any lookup; a
+    /// NUL would otherwise be cut by libpq and look up another app's prefix.
+    func webhookApp(_ platform: AppPlatform, _ context: GatewayRequestContext) async throws(GatewayError) -> RegisteredApp {
+        let id = context.parameters.get("appId") ?? ""
+        guard InputLimits.identityProblem(id, maxBytes: 64) == nil else {
+            throw GatewayError(.notFound, "unknown_app", "no \(platform.rawValue) app has such an id (1-64 visible ASCII characters)")
+        }
+        return try await pathApp(platform, context)
     }
 }
 

@@ -11,7 +11,7 @@ extension Gateway {
     }
 
     func qqCallback(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
-        let app = try await pathApp(.qq, context)
+        let app = try await webhookApp(.qq, context)
         let appID = app.appID
         guard let crypto = app.qq else { throw GatewayError.unknownApp("qq", appID) }
         if let botAppID = request.headers[.qqBotAppID], botAppID != appID {

@@ -16,7 +16,7 @@ extension Gateway {
     }
 
     private func wechatApp(_ context: GatewayRequestContext) async throws(GatewayError) -> (RegisteredApp, AppCredentials.WeChat) {
-        let app = try await pathApp(.wechat, context)
+        let app = try await webhookApp(.wechat, context)
         guard case .wechat(let credentials) = app.credentials else { throw GatewayError.unknownApp("wechat", app.appID) }
         return (app, credentials)
     }

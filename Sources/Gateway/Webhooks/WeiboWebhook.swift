@@ -25,7 +25,7 @@ extension Gateway {
 
     private func weiboVerified(_ request: Request, _ context: GatewayRequestContext) async throws(GatewayError)
         -> (app: RegisteredApp, query: [String: String]) {
-        let app = try await pathApp(.weibo, context)
+        let app = try await webhookApp(.weibo, context)
         guard case .weibo(let credentials) = app.credentials else { throw GatewayError.unknownApp("weibo", app.appID) }
         let query = request.uri.queryParameters.flattened
         guard let signature = query["signature"], let timestamp = query["timestamp"], let nonce = query["nonce"] else {
