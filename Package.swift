@@ -54,6 +54,7 @@ let package = Package(
         // Flash sales: campaigns, live stock in Redis (one Lua call per decision), orders in PostgreSQL.
         .target(name: "FlashSales",
                 dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler"],
+                resources: [.copy("Resources")],
                 swiftSettings: swiftSettings),
         .target(name: "Storage",
                 dependencies: ["PostgresClient", .product(name: "Logging", package: "swift-log")],

@@ -3,7 +3,8 @@ import RedisClient
 import Synchronization
 
 /// A campaign's live stock in Redis: every decision is one Lua call, all of its keys under one
-/// hash tag (so the scripts run unchanged on Redis Cluster).
+/// hash tag (so the scripts run unchanged on Redis Cluster). The scripts are resource files,
+/// `Sources/FlashSales/Resources/*.lua` (``FlashSaleScripts``).
 ///
 /// A stripe's hash holds `initial`, `remaining`, `reserved`, `paid` (units), the per-member
 /// `limit`, the window (`start`, `end`, epoch ms) and the payment `timeout` (s). A member's units
@@ -108,59 +109,12 @@ public struct FlashSaleStock: Sendable {
     /// KEYS: stripe. ARGV: initial, limit, start, end, timeout, audience flag, then for a new
     /// stripe remaining, reserved, paid; then the change of `initial` for an existing stripe, or
     /// empty to move it to ARGV[1].
-    static let loadScript = RedisScript("""
-        local exists = redis.call('EXISTS', KEYS[1])
-        if exists == 1 then
-          local initial = tonumber(redis.call('HGET', KEYS[1], 'initial'))
-          local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining'))
-          local delta = tonumber(ARGV[1]) - initial
-          if ARGV[10] ~= '' then delta = tonumber(ARGV[10]) end
-          if remaining + delta < 0 then return -1 end
-          redis.call('HINCRBY', KEYS[1], 'initial', delta)
-          redis.call('HINCRBY', KEYS[1], 'remaining', delta)
-        else
-          redis.call('HSET', KEYS[1], 'initial', ARGV[1], 'remaining', ARGV[7], 'reserved', ARGV[8], 'paid', ARGV[9])
-        end
-        redis.call('HSET', KEYS[1], 'limit', ARGV[2], 'start', ARGV[3], 'end', ARGV[4], 'timeout', ARGV[5], 'audience', ARGV[6])
-        redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[4]) + 30 * 86400000)
-        return 1
-        """)
+    static var loadScript: RedisScript { get throws { try FlashSaleScripts.named("load") } }
 
     /// KEYS: sale, held, request, rate, audience, hold, holds. ARGV: now (ms), quantity, reservation
     /// id, rate limit per window (0 = none), window (ms), request TTL (ms), member id, request id.
     /// A reservation's hold record starts `held`, indexed by time until something settles it.
-    static let reserveScript = RedisScript("""
-        local prior = redis.call('GET', KEYS[3])
-        if prior then return prior end
-        local perWindow = tonumber(ARGV[4])
-        if perWindow > 0 then
-          local n = redis.call('INCR', KEYS[4])
-          if n == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[5]) end
-          if n > perWindow then return 'err:rate_limited' end
-        end
-        local s = redis.call('HMGET', KEYS[1], 'remaining', 'limit', 'start', 'end', 'timeout', 'audience')
-        if not s[1] then return 'err:not_loaded' end
-        local now = tonumber(ARGV[1])
-        local q = tonumber(ARGV[2])
-        if now < tonumber(s[3]) then return 'err:not_started' end
-        if now >= tonumber(s[4]) then return 'err:ended' end
-        if s[6] == '1' and redis.call('SISMEMBER', KEYS[5], ARGV[7]) == 0 then return 'err:not_eligible' end
-        local held = tonumber(redis.call('GET', KEYS[2]) or '0')
-        if held + q > tonumber(s[2]) then return 'err:limit_reached' end
-        if tonumber(s[1]) < q then return 'err:sold_out' end
-        redis.call('HINCRBY', KEYS[1], 'remaining', -q)
-        redis.call('HINCRBY', KEYS[1], 'reserved', q)
-        redis.call('INCRBY', KEYS[2], q)
-        redis.call('PEXPIREAT', KEYS[2], tonumber(s[4]) + 30 * 86400000)
-        local answer = 'pending:' .. ARGV[3] .. ':' .. string.format('%d', now + tonumber(s[5]) * 1000) .. ':' .. ARGV[2]
-        redis.call('SET', KEYS[3], answer, 'PX', ARGV[6])
-        local keep = tonumber(s[4]) + 30 * 86400000
-        redis.call('HSET', KEYS[6], 'state', 'held', 'q', ARGV[2], 'member', ARGV[7], 'req', ARGV[8], 'at', ARGV[1])
-        redis.call('PEXPIREAT', KEYS[6], keep)
-        redis.call('ZADD', KEYS[7], ARGV[1], ARGV[3])
-        redis.call('PEXPIREAT', KEYS[7], keep)
-        return answer
-        """)
+    static var reserveScript: RedisScript { get throws { try FlashSaleScripts.named("reserve") } }
 
     /// One change of a reservation's hold, compare-and-set: it happens only from one of the states
     /// in `from`, and only `released` (units back to stock and to the member's limit) and `paid`
@@ -170,7 +124,9 @@ public struct FlashSaleStock: Sendable {
     ///
     /// A missing record (Redis lost it, or the reservation predates hold records) is handled as
     /// `missing` says: `none` changes nothing; `adopt` (an order arriving) takes the units from
-    /// stock again if there are enough, else the hold is `released` (cancelled, never oversold);
+    /// stock again if there are enough, else the hold is `released` (cancelled, never oversold),
+    /// unless the request's answer (fix = 1) still names the reservation: then it was reserved by
+    /// the earlier scheme, which kept no record, and its units are counted already;
     /// `assume` (expiry or payment of an existing order) treats it as `ordered`, unless a `settled`
     /// mark of the earlier scheme says it was settled already.
     ///
@@ -181,92 +137,18 @@ public struct FlashSaleStock: Sendable {
     /// KEYS: sale, held, hold, holds, request (or any key of the stripe), legacy settled mark.
     /// ARGV: to, from (comma-separated), quantity and member (for a missing record), missing, fix,
     /// reservation id.
-    static let holdScript = RedisScript("""
-        local to = ARGV[1]
-        local state = redis.call('HGET', KEYS[3], 'state')
-        local q = tonumber(redis.call('HGET', KEYS[3], 'q') or ARGV[3])
-        if not state then
-          if redis.call('EXISTS', KEYS[1]) == 0 then return 'lost' end
-          local legacy = redis.call('GET', KEYS[6])
-          if legacy then
-            if legacy == 'paid' then state = 'paid' else state = 'released' end
-          elseif ARGV[5] == 'adopt' then
-            if tonumber(redis.call('HGET', KEYS[1], 'remaining')) >= q then
-              redis.call('HINCRBY', KEYS[1], 'remaining', -q)
-              redis.call('HINCRBY', KEYS[1], 'reserved', q)
-              redis.call('INCRBY', KEYS[2], q)
-              redis.call('PEXPIREAT', KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'end')) + 30 * 86400000)
-              state = 'held'
-            else
-              state = 'released'
-            end
-          elseif ARGV[5] == 'assume' then
-            state = 'ordered'
-          else
-            return '0:none'
-          end
-          redis.call('HSET', KEYS[3], 'state', state, 'q', q, 'member', ARGV[4])
-          redis.call('PEXPIREAT', KEYS[3], tonumber(redis.call('HGET', KEYS[1], 'end')) + 30 * 86400000)
-        end
-        local won = false
-        for from in string.gmatch(ARGV[2], '[^,]+') do
-          if from == state then won = true end
-        end
-        if won then
-          if (to == 'released' or to == 'paid') and redis.call('EXISTS', KEYS[1]) == 0 then return 'lost' end
-          if to == 'released' then
-            redis.call('HINCRBY', KEYS[1], 'remaining', q)
-            redis.call('HINCRBY', KEYS[1], 'reserved', -q)
-            redis.call('DECRBY', KEYS[2], q)
-          elseif to == 'paid' then
-            redis.call('HINCRBY', KEYS[1], 'reserved', -q)
-            redis.call('HINCRBY', KEYS[1], 'paid', q)
-          end
-          redis.call('HSET', KEYS[3], 'state', to)
-          state = to
-        end
-        if state ~= 'held' then redis.call('ZREM', KEYS[4], ARGV[7]) end
-        if ARGV[6] == '1' then
-          local answer = redis.call('GET', KEYS[5])
-          local prefix = 'pending:' .. ARGV[7] .. ':'
-          if answer and string.sub(answer, 1, #prefix) == prefix then
-            if state == 'released' then
-              redis.call('DEL', KEYS[5])
-            elseif state ~= 'held' then
-              redis.call('SET', KEYS[5], 'ok' .. string.sub(answer, 8), 'KEEPTTL')
-            end
-          end
-        end
-        if won then return '1:' .. state end
-        return '0:' .. state
-        """)
+    static var holdScript: RedisScript { get throws { try FlashSaleScripts.named("hold") } }
 
     /// KEYS: a donor stripe. ARGV: units wanted. Gives up half of what it has left (at least what
     /// is wanted, at most what it has), so a dry stripe does not come back for every unit.
-    static let lendScript = RedisScript("""
-        local r = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '0')
-        if r <= 0 then return 0 end
-        local n = math.max(tonumber(ARGV[1]), math.ceil(r / 2))
-        if n > r then n = r end
-        redis.call('HINCRBY', KEYS[1], 'remaining', -n)
-        redis.call('HINCRBY', KEYS[1], 'initial', -n)
-        return n
-        """)
+    static var lendScript: RedisScript { get throws { try FlashSaleScripts.named("lend") } }
 
     /// KEYS: the drained mark. ARGV: "check", or "set" and its TTL (ms). Scripts, not plain
     /// commands, so these ride the coalesced pipelines with the reservations.
-    static let drainedScript = RedisScript("""
-        if ARGV[1] == 'set' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[2]) return 1 end
-        return redis.call('EXISTS', KEYS[1])
-        """)
+    static var drainedScript: RedisScript { get throws { try FlashSaleScripts.named("drained") } }
 
     /// KEYS: a stripe. ARGV: units lent to it. 0 when the stripe is gone (Redis lost it).
-    static let creditScript = RedisScript("""
-        if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-        redis.call('HINCRBY', KEYS[1], 'remaining', ARGV[1])
-        redis.call('HINCRBY', KEYS[1], 'initial', ARGV[1])
-        return 1
-        """)
+    static var creditScript: RedisScript { get throws { try FlashSaleScripts.named("credit") } }
 
     /// Loads (or updates) a campaign. A new campaign's counters start from `books` (what
     /// PostgreSQL already holds for it, zero for a new one); an existing one keeps its counters and
@@ -487,9 +369,9 @@ public struct FlashSaleStock: Sendable {
         /// The request whose answer follows the hold, when known.
         let requestID: String?
 
-        var call: RedisCoalescer.Call {
+        func call() throws -> RedisCoalescer.Call {
             let stripe = FlashSaleStock.home(sale, slots: slots, member: member)
-            return (FlashSaleStock.holdScript, [
+            return (try FlashSaleStock.holdScript, [
                 stripe.key("sale"), stripe.key("held:\(member)"), stripe.key("hold:\(reservationID)"), stripe.key("holds"),
                 stripe.key(requestID.map { "req:\(member):\($0)" } ?? "hold:\(reservationID)"), stripe.key("settled:\(reservationID)"),
             ], [to.rawValue, from.map(\.rawValue).joined(separator: ","), String(quantity), String(member), missing.rawValue,
@@ -500,7 +382,7 @@ public struct FlashSaleStock: Sendable {
     /// Applies hold changes in one pipelined round trip; answers in order.
     func change(_ calls: [HoldCall]) async throws -> [HoldChange] {
         guard !calls.isEmpty else { return [] }
-        let replies = try await redis.evalSHA(calls.map(\.call))
+        let replies = try await redis.evalSHA(try calls.map { try $0.call() })
         guard replies.count == calls.count else { throw RedisError(.protocolError, "\(replies.count) replies to \(calls.count) hold changes") }
         var changes: [HoldChange] = []
         var refilled: Set<String> = []  // striped campaigns that got units back
@@ -719,12 +601,22 @@ extension FlashSaleStock {
         var commands: [[String]] = stale.map { ["DEL", $0] }
         // A `held` one is released: its gateway is gone or will find it so (503), and a late order
         // for it is cancelled. Others (confirmed, or ordered by a pool still writing its batch)
-        // lose their record, so a late order takes its units anew if there are enough.
+        // lose their record and their request's answer, so a late order takes its units anew if
+        // there are enough (the counters rebuilt below do not count them).
         if !orphans.isEmpty {
             for chunk in stride(from: 0, to: orphans.count, by: 1000) {
                 let batch = Array(orphans[chunk..<min(chunk + 1000, orphans.count)])
-                for (key, state) in zip(batch, try await redis.connection.pipeline(batch.map { ["HGET", $0, "state"] })) {
-                    commands.append(state.string == HoldState.held.rawValue ? ["HSET", key, "state", HoldState.released.rawValue] : ["DEL", key])
+                let records = try await redis.connection.pipeline(batch.map { ["HMGET", $0, "state", "member", "req"] })
+                for (key, record) in zip(batch, records) {
+                    let fields = record.array?.map(\.string) ?? []
+                    if fields.first == HoldState.held.rawValue {
+                        commands.append(["HSET", key, "state", HoldState.released.rawValue])
+                        continue
+                    }
+                    commands.append(["DEL", key])
+                    if fields.count == 3, let member = fields[1].flatMap({ Int64($0) }), let request = fields[2] {
+                        commands.append(["DEL", Self.home(sale.id, slots: sale.stockSlots, member: member).key("req:\(member):\(request)")])
+                    }
                 }
             }
         }
@@ -800,5 +692,38 @@ extension FlashSaleStock {
         var audience: [Int64] = []
         if let tag = sale.audienceTag { audience = try await store.audience(tag: tag) }
         return try await load(sale, books: books, audience: audience)
+    }
+}
+
+/// The flash-sale Lua scripts, read once from the module's resource folder (`Resources/*.lua`,
+/// shipped as `fanflow_FlashSales.resources` beside the executable). Processes call ``check()``
+/// at start, so a missing file stops them with its name instead of failing the first sale.
+public enum FlashSaleScripts {
+    public struct Missing: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    static let names = ["load", "reserve", "hold", "lend", "drained", "credit"]
+
+    static let loaded: Result<[String: RedisScript], Missing> = {
+        guard let folder = Bundle.module.url(forResource: "Resources", withExtension: nil) else {
+            return .failure(Missing(description: "the flash-sale scripts folder (Resources) is missing from fanflow_FlashSales.resources beside the executable"))
+        }
+        var scripts: [String: RedisScript] = [:]
+        for name in names {
+            guard let source = try? String(contentsOf: folder.appendingPathComponent("\(name).lua"), encoding: .utf8), !source.isEmpty else {
+                return .failure(Missing(description: "the flash-sale script \(name).lua is missing or empty in \(folder.path)"))
+            }
+            scripts[name] = RedisScript(source)
+        }
+        return .success(scripts)
+    }()
+
+    /// Throws ``Missing`` naming the file when a script cannot be read.
+    public static func check() throws(Missing) { _ = try loaded.get() }
+
+    static func named(_ name: String) throws(Missing) -> RedisScript {
+        guard let script = try loaded.get()[name] else { throw Missing(description: "no flash-sale script named \(name)") }
+        return script
     }
 }

@@ -56,6 +56,7 @@ struct GatewayCommand: AsyncParsableCommand {
     func run() async throws {
         let configuration = try loadConfiguration(role: .gateway)
         let logger = Logger(label: "fanflow.gateway")
+        try FlashSaleScripts.check()  // a missing Lua resource stops the start, naming the file
         let gateway = try await Gateway(configuration: configuration, logger: logger)
         logger.notice("gateway listening", metadata: ["address": "http://\(configuration.httpHost):\(configuration.httpPort)"])
         try await runServices([gateway.application()], logger: logger)
@@ -117,6 +118,7 @@ struct WorkerCommand: AsyncParsableCommand {
                 }
                 handler = EnvelopeBatchHandler(pool, logger: logger)
             case .orders:
+                try FlashSaleScripts.check()
                 let redis = try await RedisPool(url: configuration.redisURL, size: 1)
                 closers.append({ await redis.close() })
                 handler = EnvelopeBatchHandler(OrdersPool(store: FlashSaleStore(database: database), stock: FlashSaleStock(redis: redis),
