@@ -54,6 +54,7 @@ let package = Package(
         // Flash sales: campaigns, live stock in Redis (one Lua call per decision), orders in PostgreSQL.
         .target(name: "FlashSales",
                 dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler"],
+                resources: [.copy("Resources")],
                 swiftSettings: swiftSettings),
         // Dead letters an operator can list, replay and drop; knows no broker and no HTTP.
         .target(name: "DeadLetters",

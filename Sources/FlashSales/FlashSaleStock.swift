@@ -3,20 +3,32 @@ import RedisClient
 import Synchronization
 
 /// A campaign's live stock in Redis: every decision is one Lua call, all of its keys under one
-/// hash tag (so the scripts run unchanged on Redis Cluster).
+/// hash tag (so the scripts run unchanged on Redis Cluster). The scripts are resource files,
+/// `Sources/FlashSales/Resources/*.lua` (``FlashSaleScripts``).
 ///
 /// A stripe's hash holds `initial`, `remaining`, `reserved`, `paid` (units), the per-member
 /// `limit`, the window (`start`, `end`, epoch ms) and the payment `timeout` (s). A member's units
 /// (reserved or paid) are counted under `held:<member>`; a request id's answer under
-/// `req:<member>:<requestId>`, so a retry gets the same reservation, not a second unit. A reservation
-/// is `pending` until the gateway's publish of it was confirmed, then `ok`; a publish that failed
-/// puts the unit back (`rollback`), and only a pending one can be rolled back. A unit comes back
-/// to stock at most once per reservation (`settled:<reservation>` is set first).
+/// `req:<member>:<requestId>`, so a retry gets the same reservation, not a second unit.
+///
+/// Each reservation has a hold record, `hold:<reservation>` (`state`, `q`, `member`, `req`, `at`),
+/// and every change of it is one compare-and-set in ``holdScript``, so its units leave stock once
+/// and come back at most once, whoever gets there first:
+///
+///     held ─confirm (gateway, publish confirmed)→ confirmed ─order (orders pool)→ ordered ─pay→ paid
+///       │                                                                        └─expire / late pay→ released
+///       └─rollback (gateway, publish unconfirmed) / reclaim (periodic reconcile, no order after 2 min)→ released
+///
+/// `held` and `confirmed` may also become `ordered` directly (the orders pool can be faster than
+/// the gateway's confirm); only `released` and `paid` move units, and only from a state that still
+/// holds them. The orders pool finding a hold already `released` writes the order cancelled. Holds
+/// still `held` are indexed by time in the stripe's `holds` sorted set, so a reserve whose reply
+/// was lost (nobody knows the unit is held) is found and returned (``Reconciler/reclaim``).
 ///
 /// Most campaigns have one stripe, tag `{fs:<id>}`. A very large one may spread its stock over K
 /// stripes (`stockSlots`), tags `{fs:<id>#k}`, which Redis Cluster places on different shards: a
-/// member's counters, answers and units all live on the stripe `member mod K`, so each decision is
-/// still one call on one stripe. A stripe that runs dry borrows from the others (``borrow``).
+/// member's counters, answers, holds and units all live on the stripe `member mod K`, so each
+/// decision is still one call on one stripe. A stripe that runs dry borrows from the others (``borrow``).
 public struct FlashSaleStock: Sendable {
     let redis: RedisPool
     /// How long a request id's answer is remembered.
@@ -24,7 +36,6 @@ public struct FlashSaleStock: Sendable {
     /// How long "every stripe is empty" is believed before the stripes are asked again. Units that
     /// come back (an expiry, a rollback) clear it at once; this only bounds a race with them.
     static let drainedMilliseconds = 1000
-    static let settledTTL = String(60 * 86_400_000)
 
     /// Striped campaigns this process found drained, and until when it believes so without asking.
     let drained = DrainedCampaigns()
@@ -98,127 +109,46 @@ public struct FlashSaleStock: Sendable {
     /// KEYS: stripe. ARGV: initial, limit, start, end, timeout, audience flag, then for a new
     /// stripe remaining, reserved, paid; then the change of `initial` for an existing stripe, or
     /// empty to move it to ARGV[1].
-    static let loadScript = RedisScript("""
-        local exists = redis.call('EXISTS', KEYS[1])
-        if exists == 1 then
-          local initial = tonumber(redis.call('HGET', KEYS[1], 'initial'))
-          local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining'))
-          local delta = tonumber(ARGV[1]) - initial
-          if ARGV[10] ~= '' then delta = tonumber(ARGV[10]) end
-          if remaining + delta < 0 then return -1 end
-          redis.call('HINCRBY', KEYS[1], 'initial', delta)
-          redis.call('HINCRBY', KEYS[1], 'remaining', delta)
-        else
-          redis.call('HSET', KEYS[1], 'initial', ARGV[1], 'remaining', ARGV[7], 'reserved', ARGV[8], 'paid', ARGV[9])
-        end
-        redis.call('HSET', KEYS[1], 'limit', ARGV[2], 'start', ARGV[3], 'end', ARGV[4], 'timeout', ARGV[5], 'audience', ARGV[6])
-        redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[4]) + 30 * 86400000)
-        return 1
-        """)
+    static var loadScript: RedisScript { get throws { try FlashSaleScripts.named("load") } }
 
-    /// KEYS: sale, held, request, rate, audience. ARGV: now (ms), quantity, reservation id, rate
-    /// limit per window (0 = none), window (ms), request TTL (ms), member id.
-    static let reserveScript = RedisScript("""
-        local prior = redis.call('GET', KEYS[3])
-        if prior then return prior end
-        local perWindow = tonumber(ARGV[4])
-        if perWindow > 0 then
-          local n = redis.call('INCR', KEYS[4])
-          if n == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[5]) end
-          if n > perWindow then return 'err:rate_limited' end
-        end
-        local s = redis.call('HMGET', KEYS[1], 'remaining', 'limit', 'start', 'end', 'timeout', 'audience')
-        if not s[1] then return 'err:not_loaded' end
-        local now = tonumber(ARGV[1])
-        local q = tonumber(ARGV[2])
-        if now < tonumber(s[3]) then return 'err:not_started' end
-        if now >= tonumber(s[4]) then return 'err:ended' end
-        if s[6] == '1' and redis.call('SISMEMBER', KEYS[5], ARGV[7]) == 0 then return 'err:not_eligible' end
-        local held = tonumber(redis.call('GET', KEYS[2]) or '0')
-        if held + q > tonumber(s[2]) then return 'err:limit_reached' end
-        if tonumber(s[1]) < q then return 'err:sold_out' end
-        redis.call('HINCRBY', KEYS[1], 'remaining', -q)
-        redis.call('HINCRBY', KEYS[1], 'reserved', q)
-        redis.call('INCRBY', KEYS[2], q)
-        redis.call('PEXPIREAT', KEYS[2], tonumber(s[4]) + 30 * 86400000)
-        local answer = 'pending:' .. ARGV[3] .. ':' .. string.format('%d', now + tonumber(s[5]) * 1000) .. ':' .. ARGV[2]
-        redis.call('SET', KEYS[3], answer, 'PX', ARGV[6])
-        return answer
-        """)
+    /// KEYS: sale, held, request, rate, audience, hold, holds. ARGV: now (ms), quantity, reservation
+    /// id, rate limit per window (0 = none), window (ms), request TTL (ms), member id, request id.
+    /// A reservation's hold record starts `held`, indexed by time until something settles it.
+    static var reserveScript: RedisScript { get throws { try FlashSaleScripts.named("reserve") } }
 
-    /// KEYS: request. ARGV: the pending answer. Marks it confirmed if it is still that one.
-    static let confirmScript = RedisScript("""
-        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-        redis.call('SET', KEYS[1], 'ok' .. string.sub(ARGV[1], 8), 'KEEPTTL')
-        return 1
-        """)
-
-    /// KEYS: sale, held, request. ARGV: the pending answer, quantity.
-    static let rollbackScript = RedisScript("""
-        if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
-        local q = tonumber(ARGV[2])
-        redis.call('HINCRBY', KEYS[1], 'remaining', q)
-        redis.call('HINCRBY', KEYS[1], 'reserved', -q)
-        redis.call('DECRBY', KEYS[2], q)
-        redis.call('DEL', KEYS[3])
-        return 1
-        """)
-
-    /// KEYS: sale, held, settled marker. ARGV: quantity, marker TTL (ms). An expired reservation's
-    /// units go back to stock and to the member's limit, once.
-    static let releaseScript = RedisScript("""
-        if not redis.call('SET', KEYS[3], 'expired', 'NX', 'PX', ARGV[2]) then return 0 end
-        local q = tonumber(ARGV[1])
-        redis.call('HINCRBY', KEYS[1], 'remaining', q)
-        redis.call('HINCRBY', KEYS[1], 'reserved', -q)
-        redis.call('DECRBY', KEYS[2], q)
-        return 1
-        """)
-
-    /// KEYS: sale, settled marker. ARGV: quantity, marker TTL (ms). A paid reservation's units move
-    /// from reserved to paid, once.
-    static let payScript = RedisScript("""
-        if not redis.call('SET', KEYS[2], 'paid', 'NX', 'PX', ARGV[2]) then return 0 end
-        local q = tonumber(ARGV[1])
-        redis.call('HINCRBY', KEYS[1], 'reserved', -q)
-        redis.call('HINCRBY', KEYS[1], 'paid', q)
-        return 1
-        """)
+    /// One change of a reservation's hold, compare-and-set: it happens only from one of the states
+    /// in `from`, and only `released` (units back to stock and to the member's limit) and `paid`
+    /// (reserved to paid) move units. Answers `1:<state>` when this call made the change,
+    /// `0:<state>` with the state it found otherwise (`0:none`: no record), `lost` when Redis no
+    /// longer holds the campaign (rebuild it: ``Reconciler``).
+    ///
+    /// A missing record (Redis lost it, or the reservation predates hold records) is handled as
+    /// `missing` says: `none` changes nothing; `adopt` (an order arriving) takes the units from
+    /// stock again if there are enough, else the hold is `released` (cancelled, never oversold),
+    /// unless the request's answer (fix = 1) still names the reservation: then it was reserved by
+    /// the earlier scheme, which kept no record, and its units are counted already;
+    /// `assume` (expiry or payment of an existing order) treats it as `ordered`, unless a `settled`
+    /// mark of the earlier scheme says it was settled already.
+    ///
+    /// With `fix` = 1 the request's answer (KEYS[5]) follows the hold while it is still this
+    /// reservation's pending one: deleted once released (the request id may try again), `ok` once
+    /// confirmed, ordered or paid.
+    ///
+    /// KEYS: sale, held, hold, holds, request (or any key of the stripe), legacy settled mark.
+    /// ARGV: to, from (comma-separated), quantity and member (for a missing record), missing, fix,
+    /// reservation id.
+    static var holdScript: RedisScript { get throws { try FlashSaleScripts.named("hold") } }
 
     /// KEYS: a donor stripe. ARGV: units wanted. Gives up half of what it has left (at least what
     /// is wanted, at most what it has), so a dry stripe does not come back for every unit.
-    static let lendScript = RedisScript("""
-        local r = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '0')
-        if r <= 0 then return 0 end
-        local n = math.max(tonumber(ARGV[1]), math.ceil(r / 2))
-        if n > r then n = r end
-        redis.call('HINCRBY', KEYS[1], 'remaining', -n)
-        redis.call('HINCRBY', KEYS[1], 'initial', -n)
-        return n
-        """)
+    static var lendScript: RedisScript { get throws { try FlashSaleScripts.named("lend") } }
 
     /// KEYS: the drained mark. ARGV: "check", or "set" and its TTL (ms). Scripts, not plain
     /// commands, so these ride the coalesced pipelines with the reservations.
-    static let drainedScript = RedisScript("""
-        if ARGV[1] == 'set' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[2]) return 1 end
-        return redis.call('EXISTS', KEYS[1])
-        """)
+    static var drainedScript: RedisScript { get throws { try FlashSaleScripts.named("drained") } }
 
     /// KEYS: a stripe. ARGV: units lent to it. 0 when the stripe is gone (Redis lost it).
-    static let creditScript = RedisScript("""
-        if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-        redis.call('HINCRBY', KEYS[1], 'remaining', ARGV[1])
-        redis.call('HINCRBY', KEYS[1], 'initial', ARGV[1])
-        return 1
-        """)
-
-    /// Moves a paid reservation's units from reserved to paid, once however often it is called.
-    @discardableResult
-    public func markPaid(sale: String, slots: Int, member: Int64, reservationID: String, quantity: Int) async throws -> Bool {
-        let stripe = Self.home(sale, slots: slots, member: member)
-        return try await evaluate(Self.payScript, keys: [stripe.key("sale"), stripe.key("settled:\(reservationID)")],
-                                  arguments: [String(quantity), Self.settledTTL]).int == 1
-    }
+    static var creditScript: RedisScript { get throws { try FlashSaleScripts.named("credit") } }
 
     /// Loads (or updates) a campaign. A new campaign's counters start from `books` (what
     /// PostgreSQL already holds for it, zero for a new one); an existing one keeps its counters and
@@ -347,10 +277,10 @@ public struct FlashSaleStock: Sendable {
                  ratePerSecond: Int) async throws -> Answer {
         let reply = try await evaluate(Self.reserveScript, keys: [
             stripe.key("sale"), stripe.key("held:\(member)"), stripe.key("req:\(member):\(requestID)"),
-            stripe.key("rate:\(member)"), stripe.key("audience"),
+            stripe.key("rate:\(member)"), stripe.key("audience"), stripe.key("hold:\(reservationID)"), stripe.key("holds"),
         ], arguments: [
             String(Self.milliseconds(now)), String(quantity), reservationID, String(ratePerSecond), "1000",
-            String(requestTTLMilliseconds), String(member),
+            String(requestTTLMilliseconds), String(member), requestID,
         ])
         guard let text = reply.string else { throw RedisError(.protocolError, "unexpected reserve reply \(reply)") }
         if text.hasPrefix("err:") {
@@ -396,37 +326,212 @@ public struct FlashSaleStock: Sendable {
         return moved > 0
     }
 
-    static func pendingAnswer(_ reservation: Reservation) -> String {
-        "pending:\(reservation.id):\(milliseconds(reservation.payBy)):\(reservation.quantity)"
+    /// Where a reservation's hold stands (see ``FlashSaleStock``).
+    public enum HoldState: String, Sendable, Equatable, CaseIterable {
+        /// Reserved; the gateway has not heard the broker confirm its publish.
+        case held
+        /// Its publish was confirmed: the order is on its way.
+        case confirmed
+        /// The orders pool wrote its order.
+        case ordered
+        /// Its units are back in stock (rolled back, reclaimed, expired, or paid too late).
+        case released
+        case paid
     }
 
-    /// After the broker confirmed the reservation's publish.
-    public func confirm(sale: String, slots: Int, member: Int64, requestID: String, _ reservation: Reservation) async throws {
-        let stripe = Self.home(sale, slots: slots, member: member)
-        _ = try await evaluate(Self.confirmScript, keys: [stripe.key("req:\(member):\(requestID)")],
-                               arguments: [Self.pendingAnswer(reservation)])
+    /// What one change of a hold did.
+    public struct HoldChange: Sendable, Equatable {
+        /// This call made the change (and moved the units, if the change moves any).
+        public let won: Bool
+        /// The state after the call; nil when Redis holds no record of the reservation.
+        public let state: HoldState?
     }
 
-    /// After the publish failed: the unit goes back, and the request id is free to try again.
+    /// A campaign's state in Redis is gone (a Redis that lost its data): rebuild it from
+    /// PostgreSQL with ``Reconciler`` before its holds can change.
+    public struct CampaignLost: Error, CustomStringConvertible {
+        public let sale: String
+        public var description: String { "Redis no longer holds flash sale \(sale); it is rebuilt by reconcile" }
+    }
+
+    enum Missing: String { case none, adopt, assume }
+
+    /// One change of a hold, as ``holdScript`` takes it.
+    struct HoldCall {
+        let sale: String
+        let slots: Int
+        let member: Int64
+        let reservationID: String
+        let quantity: Int
+        let to: HoldState
+        let from: [HoldState]
+        let missing: Missing
+        /// The request whose answer follows the hold, when known.
+        let requestID: String?
+
+        func call() throws -> RedisCoalescer.Call {
+            let stripe = FlashSaleStock.home(sale, slots: slots, member: member)
+            return (try FlashSaleStock.holdScript, [
+                stripe.key("sale"), stripe.key("held:\(member)"), stripe.key("hold:\(reservationID)"), stripe.key("holds"),
+                stripe.key(requestID.map { "req:\(member):\($0)" } ?? "hold:\(reservationID)"), stripe.key("settled:\(reservationID)"),
+            ], [to.rawValue, from.map(\.rawValue).joined(separator: ","), String(quantity), String(member), missing.rawValue,
+                requestID == nil ? "0" : "1", reservationID])
+        }
+    }
+
+    /// Applies hold changes in one pipelined round trip; answers in order.
+    func change(_ calls: [HoldCall]) async throws -> [HoldChange] {
+        guard !calls.isEmpty else { return [] }
+        let replies = try await redis.evalSHA(try calls.map { try $0.call() })
+        guard replies.count == calls.count else { throw RedisError(.protocolError, "\(replies.count) replies to \(calls.count) hold changes") }
+        var changes: [HoldChange] = []
+        var refilled: Set<String> = []  // striped campaigns that got units back
+        for (call, reply) in zip(calls, replies) {
+            if case .error(let message) = reply { throw RedisError(.server, message) }
+            guard let text = reply.string else { throw RedisError(.protocolError, "unexpected hold reply \(reply)") }
+            if text == "lost" { throw CampaignLost(sale: call.sale) }
+            let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+            guard parts.count == 2, parts[0] == "1" || parts[0] == "0" else { throw RedisError(.protocolError, "unreadable hold reply \(text)") }
+            let state: HoldState?
+            if parts[1] == "none" { state = nil } else {
+                guard let known = HoldState(rawValue: parts[1]) else { throw RedisError(.protocolError, "unknown hold state \(text)") }
+                state = known
+            }
+            let change = HoldChange(won: parts[0] == "1", state: state)
+            if change.won && call.to == .released && call.slots > 1 { refilled.insert(call.sale) }
+            changes.append(change)
+        }
+        // Units came back: members of a striped campaign's dry stripes may borrow again.
+        for sale in refilled { try await undrain(sale) }
+        return changes
+    }
+
+    func change(_ call: HoldCall) async throws -> HoldChange { try await change([call])[0] }
+
+    /// After the broker confirmed the reservation's publish: `held` becomes `confirmed`. The
+    /// answer says where the hold stands: `released` means a reclaim got there first (the order
+    /// will be cancelled), so the reservation is not the member's.
     @discardableResult
-    public func rollback(sale: String, slots: Int, member: Int64, requestID: String, _ reservation: Reservation) async throws -> Bool {
-        let stripe = Self.home(sale, slots: slots, member: member)
-        let done = try await evaluate(Self.rollbackScript, keys: [
-            stripe.key("sale"), stripe.key("held:\(member)"), stripe.key("req:\(member):\(requestID)"),
-        ], arguments: [Self.pendingAnswer(reservation), String(reservation.quantity)]).int == 1
-        if done && slots > 1 { try await undrain(sale) }
-        return done
+    public func confirm(sale: String, slots: Int, member: Int64, requestID: String, _ reservation: Reservation) async throws -> HoldChange {
+        try await change(HoldCall(sale: sale, slots: slots, member: member,
+                                  reservationID: reservation.id, quantity: reservation.quantity, to: .confirmed, from: [.held],
+                                  missing: .none, requestID: requestID))
     }
 
-    /// Returns an expired reservation's units, once however often it is called.
+    /// After the publish was not confirmed (the broker may still have taken it): `held` becomes
+    /// `released`, the unit goes back and the request id is free to try again. When the order got
+    /// there first (`ordered`), the reservation stands.
+    @discardableResult
+    public func rollback(sale: String, slots: Int, member: Int64, requestID: String, _ reservation: Reservation) async throws -> HoldChange {
+        try await change(HoldCall(sale: sale, slots: slots, member: member,
+                                  reservationID: reservation.id, quantity: reservation.quantity, to: .released, from: [.held],
+                                  missing: .none, requestID: requestID))
+    }
+
+    /// A reservation the orders pool is writing an order for.
+    public struct Arrival: Sendable, Equatable {
+        public let sale: String
+        public let slots: Int
+        public let member: Int64
+        public let reservationID: String
+        public let quantity: Int
+        public let requestID: String?
+
+        public init(sale: String, slots: Int, member: Int64, reservationID: String, quantity: Int, requestID: String?) {
+            self.sale = sale
+            self.slots = slots
+            self.member = member
+            self.reservationID = reservationID
+            self.quantity = quantity
+            self.requestID = requestID
+        }
+    }
+
+    /// The orders pool's step, before it writes the orders: each hold `held` or `confirmed`
+    /// becomes `ordered`. A hold found `released` (rolled back by its gateway, or reclaimed) must be
+    /// written as a cancelled order with no expiry. A record Redis lost is adopted: its units are
+    /// taken from stock again if there are enough, else it is released.
+    public func order(_ arrivals: [Arrival]) async throws -> [HoldChange] {
+        try await change(arrivals.map { a in
+            HoldCall(sale: a.sale, slots: a.slots, member: a.member, reservationID: a.reservationID,
+                     quantity: a.quantity, to: .ordered, from: [.held, .confirmed], missing: .adopt, requestID: a.requestID)
+        })
+    }
+
+    /// Moves a paid order's units from reserved to paid, once however often it is called.
+    @discardableResult
+    public func markPaid(sale: String, slots: Int, member: Int64, reservationID: String, quantity: Int) async throws -> Bool {
+        try await change(HoldCall(sale: sale, slots: slots, member: member,
+                                  reservationID: reservationID, quantity: quantity, to: .paid, from: [.ordered, .confirmed, .held],
+                                  missing: .assume, requestID: nil)).won
+    }
+
+    /// Returns an expired (or too-late paid) order's units, once however often it is called.
     @discardableResult
     public func release(sale: String, slots: Int, member: Int64, reservationID: String, quantity: Int) async throws -> Bool {
-        let stripe = Self.home(sale, slots: slots, member: member)
-        let done = try await evaluate(Self.releaseScript, keys: [
-            stripe.key("sale"), stripe.key("held:\(member)"), stripe.key("settled:\(reservationID)"),
-        ], arguments: [String(quantity), Self.settledTTL]).int == 1
-        if done && slots > 1 { try await undrain(sale) }
-        return done
+        try await change(HoldCall(sale: sale, slots: slots, member: member,
+                                  reservationID: reservationID, quantity: quantity, to: .released, from: [.ordered, .confirmed, .held],
+                                  missing: .assume, requestID: nil)).won
+    }
+
+    /// A hold as its record says.
+    public struct Hold: Sendable, Equatable {
+        public let reservationID: String
+        public let stripe: Stripe
+        public let state: HoldState
+        public let member: Int64
+        public let quantity: Int
+        public let requestID: String?
+        public let reservedAt: Date
+    }
+
+    /// Holds of the campaign still `held` (never confirmed, never ordered) reserved before `before`,
+    /// oldest first, at most `limit` in all. Index entries whose record is gone are dropped.
+    public func unconfirmedHolds(sale: String, slots: Int, before: Date, limit: Int = 100_000) async throws -> [Hold] {
+        var holds: [Hold] = []
+        let page = 1000
+        for stripe in Self.stripes(sale, slots: slots) {
+            var offset = 0
+            while holds.count < limit {
+                let reply = try await redis.connection.command(["ZRANGEBYSCORE", stripe.key("holds"), "-inf", "(\(Self.milliseconds(before))",
+                                                                "LIMIT", String(offset), String(page)])
+                let ids = reply.array?.compactMap(\.string) ?? []
+                offset += ids.count
+                let records = ids.isEmpty ? [] : try await redis.connection.pipeline(ids.map {
+                    ["HMGET", stripe.key("hold:\($0)"), "state", "q", "member", "req", "at"]
+                })
+                var gone: [String] = []
+                for (id, record) in zip(ids, records) {
+                    let fields = record.array?.map(\.string) ?? []
+                    guard fields.count == 5, let state = fields[0].flatMap(HoldState.init(rawValue:)),
+                          let quantity = fields[1].flatMap({ Int($0) }), let member = fields[2].flatMap({ Int64($0) }) else {
+                        gone.append(id)
+                        continue
+                    }
+                    guard state == .held else { continue }
+                    let at = fields[4].flatMap { Int64($0) } ?? 0
+                    holds.append(Hold(reservationID: id, stripe: stripe, state: state, member: member, quantity: quantity, requestID: fields[3],
+                                      reservedAt: Date(timeIntervalSince1970: Double(at) / 1000)))
+                }
+                if !gone.isEmpty {
+                    _ = try await redis.connection.command(["ZREM", stripe.key("holds")] + gone)
+                    offset -= gone.count
+                }
+                if ids.count < page { break }
+            }
+        }
+        return holds
+    }
+
+    /// Returns holds still `held` (never confirmed, never ordered) whose order never came: the
+    /// same compare-and-set as a rollback, so a late order finds them released and is cancelled.
+    /// Answers the reservations whose units this call returned.
+    public func reclaim(sale: String, slots: Int, _ holds: [Hold]) async throws -> [String] {
+        let calls = holds.filter { $0.state == .held }.map { hold in
+            HoldCall(sale: sale, slots: slots, member: hold.member, reservationID: hold.reservationID, quantity: hold.quantity,
+                     to: .released, from: [.held], missing: .none, requestID: hold.requestID)
+        }
+        return zip(calls, try await change(calls)).filter { $0.1.won }.map(\.0.reservationID)
     }
 
     /// Units came back to a stripe: members of the dry ones may borrow again.
@@ -467,18 +572,25 @@ public struct FlashSaleStock: Sendable {
 
 extension FlashSaleStock {
     /// Rewrites a campaign's Redis state from PostgreSQL's orders: each stripe's counters, each
-    /// member's held units (dropping units held for reservations that never became orders), and the
-    /// settled marks of paid and expired reservations (so a redelivered expiry or a retried payment
-    /// still changes nothing). Request ids' answers cannot be rebuilt: a member who retries an old
-    /// request id after a Redis loss is held to the per-member limit instead.
+    /// member's held units (dropping units held for reservations that never became orders), and
+    /// each order's hold record (`ordered`, `paid`, or `released` for expired, refunded and
+    /// cancelled ones, so a redelivered expiry or a retried payment still changes nothing). Holds
+    /// with no order are marked `released` (a late order for one is cancelled, never oversold).
+    /// Request ids' answers cannot be rebuilt: a member who retries an old request id after a
+    /// Redis loss is held to the per-member limit instead.
     public func restore(_ sale: FlashSale, books: Inventory, orders: [FlashSaleStore.OrderState]) async throws {
         let end = Self.milliseconds(sale.endAt)
+        let keep = String(end + 30 * 86_400_000)
         let stripes = Self.stripes(sale.id, slots: sale.stockSlots)
         // Held units with no order behind them (a gateway died before publishing) go, and so do
         // those reservations' pending answers, which would otherwise say in_flight until they expire.
         var stale: [String] = []
+        var orphans: [String] = []  // hold records with no order
+        let known = Set(orders.map { Self.home(sale.id, slots: sale.stockSlots, member: $0.member).key("hold:\($0.reservationID)") })
         for stripe in stripes {
             stale += try await keys(matching: stripe.key("held:*"))
+            stale.append(stripe.key("holds"))
+            orphans += try await keys(matching: stripe.key("hold:*")).filter { !known.contains($0) }
             let answers = try await keys(matching: stripe.key("req:*"))
             for chunk in stride(from: 0, to: answers.count, by: 1000) {
                 let batch = Array(answers[chunk..<min(chunk + 1000, answers.count)])
@@ -487,24 +599,51 @@ extension FlashSaleStock {
             }
         }
         var commands: [[String]] = stale.map { ["DEL", $0] }
+        // A `held` one is released: its gateway is gone or will find it so (503), and a late order
+        // for it is cancelled. Others (confirmed, or ordered by a pool still writing its batch)
+        // lose their record and their request's answer, so a late order takes its units anew if
+        // there are enough (the counters rebuilt below do not count them).
+        if !orphans.isEmpty {
+            for chunk in stride(from: 0, to: orphans.count, by: 1000) {
+                let batch = Array(orphans[chunk..<min(chunk + 1000, orphans.count)])
+                let records = try await redis.connection.pipeline(batch.map { ["HMGET", $0, "state", "member", "req"] })
+                for (key, record) in zip(batch, records) {
+                    let fields = record.array?.map(\.string) ?? []
+                    if fields.first == HoldState.held.rawValue {
+                        commands.append(["HSET", key, "state", HoldState.released.rawValue])
+                        continue
+                    }
+                    commands.append(["DEL", key])
+                    if fields.count == 3, let member = fields[1].flatMap({ Int64($0) }), let request = fields[2] {
+                        commands.append(["DEL", Self.home(sale.id, slots: sale.stockSlots, member: member).key("req:\(member):\(request)")])
+                    }
+                }
+            }
+        }
         var counters = zip(stripes, Self.shares(books.remaining, over: stripes.count)).map { Inventory(initial: $1, remaining: $1, reserved: 0, paid: 0) }
         var held: [Int64: Int] = [:]
         for order in orders {
             let stripe = Self.home(sale.id, slots: sale.stockSlots, member: order.member)
             let units = Int64(order.quantity)
+            let state: HoldState
             switch order.status {
             case "reserved":
                 held[order.member, default: 0] += order.quantity
                 counters[stripe.index].reserved += units
                 counters[stripe.index].initial += units
+                state = .ordered
             case "paid":
                 held[order.member, default: 0] += order.quantity
                 counters[stripe.index].paid += units
                 counters[stripe.index].initial += units
-                commands.append(["SET", stripe.key("settled:\(order.reservationID)"), "paid", "PX", Self.settledTTL])
+                state = .paid
             default:
-                commands.append(["SET", stripe.key("settled:\(order.reservationID)"), "expired", "PX", Self.settledTTL])
+                state = .released
             }
+            commands += [
+                ["HSET", stripe.key("hold:\(order.reservationID)"), "state", state.rawValue, "q", String(order.quantity), "member", String(order.member)],
+                ["PEXPIREAT", stripe.key("hold:\(order.reservationID)"), keep],
+            ]
         }
         for (stripe, count) in zip(stripes, counters) {
             commands += [
@@ -513,12 +652,12 @@ extension FlashSaleStock {
                  "reserved", String(count.reserved), "paid", String(count.paid), "limit", String(sale.perMemberLimit),
                  "start", String(Self.milliseconds(sale.startAt)), "end", String(end), "timeout", String(sale.paymentTimeoutSeconds),
                  "audience", sale.audienceTag == nil ? "0" : "1"],
-                ["PEXPIREAT", stripe.key("sale"), String(end + 30 * 86_400_000)],
+                ["PEXPIREAT", stripe.key("sale"), keep],
             ]
         }
         for (member, units) in held {
             commands.append(["SET", Self.home(sale.id, slots: sale.stockSlots, member: member).key("held:\(member)"), String(units),
-                             "PXAT", String(end + 30 * 86_400_000)])
+                             "PXAT", keep])
         }
         if stripes.count > 1 { commands.append(["DEL", Self.drainedKey(sale.id)]) }
         for chunk in stride(from: 0, to: commands.count, by: 1000) {
@@ -553,5 +692,38 @@ extension FlashSaleStock {
         var audience: [Int64] = []
         if let tag = sale.audienceTag { audience = try await store.audience(tag: tag) }
         return try await load(sale, books: books, audience: audience)
+    }
+}
+
+/// The flash-sale Lua scripts, read once from the module's resource folder (`Resources/*.lua`,
+/// shipped as `fanflow_FlashSales.resources` beside the executable). Processes call ``check()``
+/// at start, so a missing file stops them with its name instead of failing the first sale.
+public enum FlashSaleScripts {
+    public struct Missing: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    static let names = ["load", "reserve", "hold", "lend", "drained", "credit"]
+
+    static let loaded: Result<[String: RedisScript], Missing> = {
+        guard let folder = Bundle.module.url(forResource: "Resources", withExtension: nil) else {
+            return .failure(Missing(description: "the flash-sale scripts folder (Resources) is missing from fanflow_FlashSales.resources beside the executable"))
+        }
+        var scripts: [String: RedisScript] = [:]
+        for name in names {
+            guard let source = try? String(contentsOf: folder.appendingPathComponent("\(name).lua"), encoding: .utf8), !source.isEmpty else {
+                return .failure(Missing(description: "the flash-sale script \(name).lua is missing or empty in \(folder.path)"))
+            }
+            scripts[name] = RedisScript(source)
+        }
+        return .success(scripts)
+    }()
+
+    /// Throws ``Missing`` naming the file when a script cannot be read.
+    public static func check() throws(Missing) { _ = try loaded.get() }
+
+    static func named(_ name: String) throws(Missing) -> RedisScript {
+        guard let script = try loaded.get()[name] else { throw Missing(description: "no flash-sale script named \(name)") }
+        return script
     }
 }

@@ -26,7 +26,16 @@ public struct FlashSaleStore: Sendable {
         payBy.addingTimeInterval(-min(300, max(0, payBy.timeIntervalSince(now)) / 2))
     }
 
+    /// Every minute (periodic, published to the orders pool): a campaign Redis lost is rebuilt and
+    /// holds whose reserve reply was lost go back (``Reconciler/sweep``).
+    public static let reconcileJob = JobKind("flashsale.reconcile")
+
+    public static func periodic(timeZone: TimeZone) throws -> [PeriodicJob] {
+        [PeriodicJob(name: "flashsale.reconcile", schedule: try CronSchedule("* * * * *", timeZone: timeZone), kind: reconcileJob)]
+    }
+
     public static let loadKind = EventKind("flashsale.load")
+    public static let reconcileKind = EventKind("flashsale.reconcile")
     public static let reservedKind = EventKind("flashsale.reserved")
     public static let expireKind = EventKind("flashsale.expire")
 
@@ -129,17 +138,19 @@ public struct FlashSaleStore: Sendable {
     }
 
     /// Creates the orders of reservations not seen before, each with its expiry job and its
-    /// payment reminder job, in one transaction. Returns how many were new.
+    /// payment reminder job, in one transaction; `cancelled` ones (their hold was released before
+    /// the order arrived: rolled back by the gateway, or reclaimed) are recorded as `cancelled`,
+    /// holding no unit, with no job that could return units. Returns how many were new.
     @discardableResult
-    public func createOrders(_ reservations: [ReservationEvent]) async throws -> Int {
-        guard !reservations.isEmpty else { return 0 }
+    public func createOrders(_ reservations: [ReservationEvent], cancelled: [ReservationEvent] = []) async throws -> Int {
+        guard !reservations.isEmpty || !cancelled.isEmpty else { return 0 }
         return try await database.transaction { connection in
             var rows: [String] = []
             var parameters: [any PostgresEncodable] = []
-            for (index, r) in reservations.enumerated() {
-                let b = index * 6
-                rows.append("($\(b + 1),$\(b + 2),$\(b + 3)::bigint,$\(b + 4)::int,$\(b + 5)::bigint,'reserved',$\(b + 6)::timestamptz)")
-                parameters += [r.reservationID, r.sale, r.member, r.quantity, r.amount, r.payBy] as [any PostgresEncodable]
+            for (index, (r, status)) in (reservations.map { ($0, "reserved") } + cancelled.map { ($0, "cancelled") }).enumerated() {
+                let b = index * 7
+                rows.append("($\(b + 1),$\(b + 2),$\(b + 3)::bigint,$\(b + 4)::int,$\(b + 5)::bigint,$\(b + 6),$\(b + 7)::timestamptz)")
+                parameters += [r.reservationID, r.sale, r.member, r.quantity, r.amount, status, r.payBy] as [any PostgresEncodable]
             }
             let inserted = try connection.query("""
                 INSERT INTO flash_orders (reservation_id, sale_id, member_id, quantity, amount, status, pay_by)
@@ -155,6 +166,21 @@ public struct FlashSaleStore: Sendable {
             }, on: connection)
             return new.count
         }
+    }
+
+    /// The reservations among `ids` that have an order (of any status).
+    public func existingOrders(_ ids: [String]) async throws -> Set<String> {
+        guard !ids.isEmpty else { return [] }
+        return Set(try await database.query("SELECT reservation_id FROM flash_orders WHERE reservation_id = ANY($1::text[])",
+                                            [PostgresArray(ids)]).compactMap { $0.string("reservation_id") })
+    }
+
+    /// Campaigns whose Redis state may still live: ended less than 29 days ago (Redis keeps a
+    /// campaign's keys 30 days past its end), newest first.
+    public func recent(limit: Int = 10_000) async throws -> [FlashSale] {
+        try await database.query("""
+            SELECT \(Self.columns) FROM flash_sales WHERE end_at > now() - interval '29 days' ORDER BY end_at DESC LIMIT $1
+            """, [limit]).compactMap(Self.sale)
     }
 
     /// An order whose units went back to stock.
@@ -209,7 +235,8 @@ public struct FlashSaleStore: Sendable {
 
     /// Records a payment, in one transaction with the order's row locked, so a payment and the
     /// expiry racing for one order cannot both win: paid in time and still reserved → `paid`;
-    /// paid after `pay_by`, or after the expiry already returned the units → `refund_required`.
+    /// paid after `pay_by`, after the expiry already returned the units, or for a cancelled order
+    /// → `refund_required`.
     public func pay(reservationID: String, amount: Int64, paidAt: Date, reference: String) async throws -> PaymentOutcome {
         try await database.transaction { connection in
             guard let row = try connection.query("""
@@ -233,6 +260,8 @@ public struct FlashSaleStore: Sendable {
                     """, [reservationID, paidAt, reference])
                 return .paid(order)
             default:
+                // Late, expired, or cancelled (its hold was released before the order came): the
+                // money goes back; only units still reserved return to stock.
                 try connection.query("""
                     UPDATE flash_orders SET status = 'refund_required', paid_at = $2, payment_ref = $3 WHERE reservation_id = $1
                     """, [reservationID, paidAt, reference])

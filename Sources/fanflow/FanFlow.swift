@@ -58,6 +58,7 @@ struct GatewayCommand: AsyncParsableCommand {
     func run() async throws {
         let configuration = try loadConfiguration(role: .gateway)
         let logger = Logger(label: "fanflow.gateway")
+        try FlashSaleScripts.check()  // a missing Lua resource stops the start, naming the file
         let gateway = try await Gateway(configuration: configuration, logger: logger)
         logger.notice("gateway listening", metadata: ["address": "http://\(configuration.httpHost):\(configuration.httpPort)"])
         try await runServices([gateway.application()], logger: logger)
@@ -119,6 +120,7 @@ struct WorkerCommand: AsyncParsableCommand {
                 }
                 handler = EnvelopeBatchHandler(pool, logger: logger, deadLetterAfter: configuration.deadLetterAfter)
             case .orders:
+                try FlashSaleScripts.check()
                 let redis = try await RedisPool(url: configuration.redisURL, size: 1)
                 closers.append({ await redis.close() })
                 handler = EnvelopeBatchHandler(OrdersPool(store: FlashSaleStore(database: database), stock: FlashSaleStock(redis: redis),
@@ -183,7 +185,8 @@ struct SchedulerCommand: AsyncParsableCommand {
         let rules = RuleStore(database: database)
         let zone = configuration.timeZone
         let periodic = PeriodicEnqueuer(database: database,
-                                        jobs: try LoyaltyJobs.periodic(timeZone: zone) + MaintenanceJobs.periodic(timeZone: zone),
+                                        jobs: try LoyaltyJobs.periodic(timeZone: zone) + MaintenanceJobs.periodic(timeZone: zone)
+                                            + FlashSaleStore.periodic(timeZone: zone),
                                         metrics: metrics, logger: logger)
         var runnerConfiguration = JobRunner.Configuration()
         runnerConfiguration.batchSize = batchSize
@@ -193,7 +196,8 @@ struct SchedulerCommand: AsyncParsableCommand {
             .merging(MaintenanceJobs.handlers(store: store)) { first, _ in first }
             .merging([FlashSaleStore.expireJob: PublishJobHandler(broker: broker),
                       FlashSaleStore.loadJob: PublishJobHandler(broker: broker),
-                      FlashSaleStore.reminderJob: PublishJobHandler(broker: broker)]) { first, _ in first }
+                      FlashSaleStore.reminderJob: PublishJobHandler(broker: broker),
+                      FlashSaleStore.reconcileJob: PublishJobHandler(broker: broker)]) { first, _ in first }
             .merging(PushJobs.kinds.map { ($0, PublishJobHandler(broker: broker)) }) { first, _ in first }
         let runner = JobRunner(store: store, handlers: handlers, configuration: runnerConfiguration, metrics: metrics, logger: logger)
         var services: [any Service] = [
@@ -354,7 +358,8 @@ struct ReconcileCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "flash-sale",
             abstract: "Report a flash sale's units (initial = remaining + reserved + paid) in PostgreSQL and Redis; repair Redis.",
-            discussion: "Redis is rebuilt from PostgreSQL at once when it lost the sale. When both hold it and disagree, "
+            discussion: "Unconfirmed holds older than 2 minutes with no order go back first (reclaimed). "
+                + "Redis is rebuilt from PostgreSQL at once when it lost the sale. When both hold it and disagree, "
                 + "--repair rebuilds it: use that once the orders queue is drained, since reservations on their way to "
                 + "the orders pool are in Redis before they are in PostgreSQL. Exits 1 while the two disagree.")
 
@@ -379,7 +384,8 @@ struct ReconcileCommand: AsyncParsableCommand {
             await database.close()
             let json: [String: JSONValue] = ["saleId": .string(id), "postgres": report.postgres.json,
                                              "redisBefore": report.redisBefore?.json ?? .null, "redis": report.redisAfter?.json ?? .null,
-                                             "repaired": .bool(report.repaired), "agree": .bool(report.agree)]
+                                             "repaired": .bool(report.repaired), "agree": .bool(report.agree),
+                                             "reclaimed": .integer(Int64(report.reclaimed))]
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             print(String(decoding: try encoder.encode(json), as: UTF8.self))

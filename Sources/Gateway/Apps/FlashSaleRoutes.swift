@@ -9,8 +9,9 @@ import Hummingbird
 ///
 /// A reservation is one Lua call (window, audience, per-member limit, stock, request id), then a
 /// confirmed publish of `fanflow.flashsale.reserved` for the orders pool, and only then 201. If the
-/// publish is not confirmed the unit goes back in the same request and the member gets 503: a
-/// reservation never exists without its order on the way.
+/// publish is not confirmed the hold is rolled back in the same request (the broker may still have
+/// taken it: the hold's one compare-and-set decides between this rollback and the order) and the
+/// member gets 503, unless the order got there first, in which case the reservation stands (201).
 extension Gateway {
     func addFlashSaleAdminRoutes(_ admin: RouterGroup<GatewayRequestContext>) {
         let store = FlashSaleStore(database: database)
@@ -103,7 +104,9 @@ extension Gateway {
                 answer = try await stock.reserve(sale: sale.id, slots: sale.stockSlots, member: member, quantity: Int(quantity), requestID: requestID,
                                                  ratePerSecond: configuration.flashSaleRatePerMember)
             } catch {
-                throw GatewayError.unavailable("redis_unavailable", "the reservation could not be decided; retry", detail: "\(error)")
+                // The call may have run with its reply lost: a unit held that nobody knows of goes
+                // back through the periodic reconcile (2 minutes), with the request id's answer.
+                throw GatewayError.unavailable("redis_unavailable", "the reservation could not be decided; retry in a moment", detail: "\(error)")
             }
             switch answer {
             case .refused(let refusal):
@@ -117,19 +120,37 @@ extension Gateway {
                                                             quantity: reservation.quantity, amount: sale.price * Int64(reservation.quantity),
                                                             payBy: reservation.payBy)
                 if await publishConfirmed(event.envelope(requestID: requestID)) {
-                    try? await stock.confirm(sale: sale.id, slots: sale.stockSlots, member: member, requestID: requestID, reservation)
+                    do {
+                        let change = try await stock.confirm(sale: sale.id, slots: sale.stockSlots, member: member, requestID: requestID, reservation)
+                        // Reclaimed first (this request took longer than the reconcile's 2 minutes): its order will be cancelled.
+                        if change.state == .released { throw Self.unconfirmed }
+                    } catch let error as GatewayError {
+                        throw error
+                    } catch {
+                        // The order is on its way (confirmed), and the orders pool moves the hold on.
+                        logger.warning("a confirmed reservation could not be marked confirmed in Redis",
+                                       metadata: ["sale": "\(sale.id)", "reservation": "\(reservation.id)", "error": "\(error)"])
+                    }
                     return Self.reservationResponse(reservation, sale: sale)
                 }
-                // Never a reservation without an order: the unit goes back before the member hears.
-                do { try await stock.rollback(sale: sale.id, slots: sale.stockSlots, member: member, requestID: requestID, reservation) } catch {
-                    logger.error("a reservation whose publish failed could not be rolled back; reconcile the sale",
+                // Never a reservation without an order: the hold is rolled back before the member
+                // hears, unless the order arrived first (the broker took the publish after all).
+                do {
+                    let change = try await stock.rollback(sale: sale.id, slots: sale.stockSlots, member: member, requestID: requestID, reservation)
+                    if let state = change.state, state != .released, state != .held {
+                        return Self.reservationResponse(reservation, sale: sale)
+                    }
+                } catch {
+                    logger.error("a reservation whose publish failed could not be rolled back; the periodic reconcile returns it unless its order arrives",
                                  metadata: ["sale": "\(sale.id)", "reservation": "\(reservation.id)", "error": "\(error)"])
                 }
                 metrics.count(.brokerUnavailable)
-                throw GatewayError.unavailable("publish_unconfirmed", "the reservation could not be recorded; nothing was reserved, retry")
+                throw Self.unconfirmed
             }
         }
     }
+
+    static let unconfirmed = GatewayError.unavailable("publish_unconfirmed", "the reservation could not be recorded; nothing was reserved, retry")
 
     /// One envelope, persistent, confirmed by the broker.
     func publishConfirmed(_ envelope: Envelope) async -> Bool {
