@@ -7,7 +7,8 @@
 # `FanFlowBench fault-load` sends steady load for --seconds (default 40; longer where the fault
 # lasts longer): RATE signed WeChat webhooks, RATE business events (batches of 5) and RATE
 # flash-sale reservation attempts a second (default 100 each), against a sale of its own whose
-# stock is half the attempts, so it sells out during the phase. The fault comes 8 s in. When the
+# stock is 3/8 of the attempts, so it sells out after the fault even when many attempts fail
+# (every attempt is a different member). The fault comes 8 s in. When the
 # load ends and every work queue and the outbox are empty, the phase is checked from the database:
 #   lost       accepted events (webhooks answered 2xx, events a /v1/events answer accepted) missing
 #              from `events`, and reservations answered 201 missing from `flash_orders`, less those
@@ -17,6 +18,10 @@
 #              PostgreSQL's books or Redis
 #   held min   the smallest of the sale's `reserved` (PostgreSQL and Redis) and every member's
 #              `held` counter in Redis: must not be negative
+#   units held reserved + paid in PostgreSQL's books / in Redis: more in PostgreSQL means Redis
+#              gave back a unit that became an order (sold twice once the sale sells out)
+#   orders without a 201   orders whose reservation was not answered 201 (no answer, or a 503)
+#   over a cap grants beyond the daily check-in and community caps (cap counters live in Redis)
 #   back after from the fault to the first 2xx after the last failed request (5xx or no answer)
 #   drained    from the fault until the work queues' ready depth is back to its level before it
 #
@@ -97,7 +102,12 @@ faults() {
     "WITH m AS (INSERT INTO members (level) SELECT '' FROM generate_series(1, $members) RETURNING id) SELECT min(id) FROM m")
   q() { psql "$FANFLOW_DATABASE_URL" -qtA -c "$1" 2>/dev/null; }
   # The process a fault hits, as ps shows it: the log proves it was ours.
-  show() { ps -o pid=,args= -p "$(echo "$@" | tr ' ' ',')" | cut -c1-160 | sed 's/^/[faults]   target: /' >&2; }
+  show() {
+    local pid
+    for pid in "$@"; do
+      echo "[faults]   target: $(ps -o pid=,args= -p "$pid" | cut -c1-110) listening on $(ss -Hltnp 2>/dev/null | grep "pid=$pid," | awk '{print $4}' | tr '\n' ' ')" >&2
+    done
+  }
 
   inject() { # fault, sale
     case $1 in
@@ -133,7 +143,7 @@ faults() {
 
   local rows=() names="worker-kill gateway-kill rabbitmq-restart redis-restart redis-flush postgres-restart postgres-pause"
   [ -n "$ONLY" ] && names=$(echo "$ONLY" | tr ',' ' ')
-  local warm=8 dup_before=0
+  local warm=8 dup_before=0 overcap_before=0
   for name in $names; do
     local span=0
     case $name in
@@ -143,7 +153,8 @@ faults() {
       *) echo "[faults] no fault called $name" >&2; exit 2 ;;
     esac
     local secs=$(( SECONDS_PER > warm + span + 15 ? SECONDS_PER : warm + span + 15 ))
-    local sale="faults-$name" attempts=$(( RATE * secs )) stock=$(( RATE * secs / 2 ))
+    # Stock for 3/8 of the attempts: it sells out after the fault even when half the attempts fail.
+    local sale="faults-$name" attempts=$(( RATE * secs )) stock=$(( RATE * secs * 3 / 8 ))
     local start end; start=$(date -u -d '-5 seconds' +%Y-%m-%dT%H:%M:%SZ); end=$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)
     curl -sf -X PUT "$gw/admin/v1/flash-sales/$sale" -H "$auth" \
       -d '{"sku":"FAULTS","title":"faults","price":100,"stock":'"$stock"',"perMemberLimit":1,"startAt":"'"$start"'","endAt":"'"$end"'","paymentTimeoutSeconds":3600,"stockSlots":1}' >/dev/null \
@@ -190,6 +201,12 @@ SELECT 'reserved', count(DISTINCT id) FROM acc WHERE stream = 'reservation';
 SELECT 'missing', count(*) FROM missing;
 SELECT 'grants', count(*) FROM ledger l WHERE l.event_id IN (SELECT id FROM acc);
 SELECT 'dups', count(*) FROM (SELECT 1 FROM ledger WHERE event_id IS NOT NULL GROUP BY event_id, rule, member_id, kind HAVING count(*) > 1) d;
+SELECT 'overcap', coalesce(sum(over), 0) FROM (
+  SELECT count(*) - 1 AS over FROM ledger WHERE kind = 'grant' AND rule = 'member.checkin'
+   GROUP BY member_id, (occurred_at AT TIME ZONE '${FANFLOW_TIMEZONE:-Asia/Shanghai}')::date HAVING count(*) > 1
+  UNION ALL
+  SELECT (sum(points) - 15 + 2) / 3 FROM ledger WHERE kind = 'grant' AND rule IN ('community.post-comment', 'community.share-moments')
+   GROUP BY member_id, rule, (occurred_at AT TIME ZONE '${FANFLOW_TIMEZONE:-Asia/Shanghai}')::date HAVING sum(points) > 15) o;
 SELECT 'ordered', coalesce(sum(quantity), 0) FROM flash_orders WHERE sale_id = '$sale' AND status IN ('reserved', 'paid');
 SQL
     val() { awk -v k="$1" '$1 == k {print $2}' "$w/$name.checks"; }
@@ -222,9 +239,10 @@ PY
     local books; books=$(printf '%s' "$recon" | python3 -c '
 import json, sys
 try: r = json.load(sys.stdin)
-except Exception: print("? ? ? ? no"); sys.exit()
+except Exception: print("? ? ? ? ?"); sys.exit()
 pg, rd = r.get("postgres") or {}, r.get("redis") or {}
-print(pg.get("remaining", "?"), rd.get("remaining", "?"), pg.get("reserved", "?"), rd.get("reserved", "?"), "yes" if r.get("agree") else "no")')
+held = lambda b: (b["reserved"] + b["paid"]) if "reserved" in b and "paid" in b else "?"
+print(pg.get("remaining", "?"), rd.get("remaining", "?"), pg.get("reserved", "?"), rd.get("reserved", "?"), "%s/%s" % (held(pg), held(rd)))')
     local pg_rem rd_rem pg_res rd_res agree
     read -r pg_rem rd_rem pg_res rd_res agree <<< "$books"
     local events reserved missing grants dups ordered
@@ -261,8 +279,9 @@ print(max([0] + over))' "$stock" "$ordered" "$reserved" "$pg_rem" "$rd_rem")
       }' "$w/$name.requests" "$w/$name.requests" "$w/$name.depth")
     local total failed other4 back cleared
     IFS='|' read -r total failed other4 back cleared <<< "$timing"
-    local dup_now=$dups; local dup_phase=$(( dups - dup_before )); dup_before=$dup_now
-    rows+=("| $name | $total | $failed | $back | $cleared | $events | $reserved / $stock | $grants | $dead | **$lost** | **$dup_phase** | **$oversold** | $held_min | $agree |")
+    local dup_phase=$(( dups - dup_before )); dup_before=$dups
+    local overcap; overcap=$(val overcap); local overcap_phase=$(( overcap - overcap_before )); overcap_before=$overcap
+    rows+=("| $name | $total | $failed | $back | $cleared | $events | $reserved / $stock | $(( ordered - reserved )) | $grants | $overcap_phase | $dead | **$lost** | **$dup_phase** | **$oversold** | $held_min | $agree |")
     echo "[faults] $name: ${rows[-1]}" >&2
     if [ "$lost" != 0 ] && [ -n "${FANFLOW_BENCH_KEEP:-}" ]; then echo "[faults] missing ids in $w/$name.missing" >&2; fi
   done
@@ -271,8 +290,8 @@ print(max([0] + over))' "$stock" "$ordered" "$reserved" "$pg_rem" "$rd_rem")
   echo
   echo "scripts/bench faults on $(nproc) cores, $(date -u +%Y-%m-%d): scripts/run (gateway, worker behavior=2 points=2 orders=1 push=2, scheduler, fake platform), ${RATE}/s each of signed webhooks, business events (batches of 5) and reservation attempts; the fault ${warm}s into each phase"
   echo
-  echo "| fault | requests | failed (5xx, no answer) | service back after s | backlog cleared after s | events accepted | reserved (201) / stock | ledger rows | dead-lettered | lost | dup grants | oversold | held min | books agree |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| fault | requests | failed (5xx, no answer) | service back after s | backlog cleared after s | events accepted | reserved (201) / stock | orders without a 201 | ledger rows | grants over a cap | dead-lettered | lost | dup grants | oversold | held min | units held PG/Redis |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo
   echo "scripts/run restarted processes $restarts time(s):"
