@@ -70,8 +70,12 @@ faults() {
     scripts/services up >/dev/null 2>&1
     scripts/services rabbitmqctl delete_vhost "$fl_vhost" >/dev/null 2>&1
     redis-cli -p "${FANFLOW_LOCAL_REDIS_PORT:-6379}" -n 11 FLUSHDB >/dev/null 2>&1
-    psql "${FANFLOW_DATABASE_URL%/*}/postgres" -q -c "DROP DATABASE IF EXISTS $fl_db WITH (FORCE)" >/dev/null 2>&1
-    [ -n "${FANFLOW_BENCH_KEEP:-}" ] && echo "[faults] kept $fl_work" >&2 || rm -rf "$fl_work"
+    if [ -n "${FANFLOW_BENCH_KEEP:-}" ]; then
+      echo "[faults] kept $fl_work and the database $fl_db" >&2
+    else
+      psql "${FANFLOW_DATABASE_URL%/*}/postgres" -q -c "DROP DATABASE IF EXISTS $fl_db WITH (FORCE)" >/dev/null 2>&1
+      rm -rf "$fl_work"
+    fi
     fl_run_pid=""; fl_paused=""
   }
   trap fl_cleanup EXIT
