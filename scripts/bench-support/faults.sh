@@ -95,7 +95,7 @@ faults() {
   setsid scripts/run > "$w/run.log" 2>&1 < /dev/null &
   fl_run_pid=$!
   local gw="http://127.0.0.1:$port" auth="Authorization: Bearer $token"
-  for _ in $(seq 300); do curl -sf "$gw/ready" >/dev/null && break; sleep 0.2; done
+  for _ in $(seq 300); do curl -sf -m 2 "$gw/ready" >/dev/null && break; sleep 0.2; done
   curl -sf "$gw/ready" >/dev/null || { tail -30 "$w/run.log" >&2; echo "[faults] the gateway did not become ready" >&2; exit 1; }
   curl -sf -X PUT "$gw/admin/v1/apps/wechat/wx-faults-hook" -H "$auth" -d '{"token":"faults-token"}' >/dev/null
   curl -sf -X PUT "$gw/admin/v1/apps/server/faults-shop" -H "$auth" -d '{"secret":"faults-shop-secret-0123456789"}' >/dev/null
@@ -181,9 +181,9 @@ faults() {
     wait "$fl_load_pid" || { cat "$w/$name.summary" >&2; echo "[faults] the load generator failed" >&2; exit 1; }
     fl_load_pid=""
     # Settled: every work queue empty (ready and unacknowledged) and the outbox empty, at most 300 s.
-    local settled=0 t_drained
-    for _ in $(seq 300); do
-      local depth; depth=$(scripts/services rabbitmqctl list_queues -p "$fl_vhost" name messages 2>/dev/null \
+    local settled=0 t_drained settle_until=$(( SECONDS + 300 ))
+    while [ $SECONDS -lt $settle_until ]; do
+      local depth; depth=$(timeout 30 scripts/services rabbitmqctl list_queues -p "$fl_vhost" name messages 2>/dev/null \
         | awk '$1 ~ /^fanflow\.(behavior|points|orders|push)$/ {n += $2; seen++} END {print (seen == 4 ? n : -1)}')
       if [ "$depth" = 0 ] && [ "$(q "SELECT count(*) FROM outbox")" = 0 ]; then settled=1; break; fi
       sleep 1
