@@ -130,6 +130,8 @@ let package = Package(
                           swiftSettings: swiftSettings),
         .executableTarget(name: "FanFlowBench",
                           dependencies: ["Contracts", "AMQPClient", "Gateway", "RedisClient", "PostgresClient",
+                                         .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                         .product(name: "NIOCore", package: "swift-nio"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: swiftSettings),
 

@@ -8,7 +8,8 @@ import RedisClient
 struct FanFlowBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fanflow-bench", abstract: "Throughput of FanFlow's pieces on this machine.",
-        subcommands: [ClientsBench.self, GatewayRequests.self, PointsRequests.self, FlashSaleRequests.self, WaitDrained.self])
+        subcommands: [ClientsBench.self, GatewayRequests.self, PointsRequests.self, FlashSaleRequests.self, WaitDrained.self,
+                      FaultLoad.self, QueueWatch.self])
 }
 
 /// Seconds on a monotonic clock.
