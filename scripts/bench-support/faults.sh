@@ -12,7 +12,7 @@
 # load ends and every work queue and the outbox are empty, the phase is checked from the database:
 #   lost       accepted events (webhooks answered 2xx, events a /v1/events answer accepted) missing
 #              from `events`, and reservations answered 201 missing from `flash_orders`, less those
-#              found in a dead-letter queue (`<queue>.dead`, which carries the reason)
+#              found dead-lettered with a reason (`dead_letters`, or still in a `<queue>.dead` queue)
 #   dup grants ledger rows sharing (event, rule, member, kind), over the whole ledger
 #   oversold   units beyond the stock: in live orders, in 201 answers, or a negative `remaining` in
 #              PostgreSQL's books or Redis
@@ -205,6 +205,9 @@ CREATE TEMP TABLE missing AS
 SELECT 'events', count(DISTINCT id) FROM acc WHERE stream <> 'reservation';
 SELECT 'reserved', count(DISTINCT id) FROM acc WHERE stream = 'reservation';
 SELECT 'missing', count(*) FROM missing;
+-- Every worker's keeper moves dead letters from the <queue>.dead queues into dead_letters, with the reason.
+SELECT 'deadrows', count(*) FROM missing m WHERE EXISTS (
+  SELECT 1 FROM dead_letters d WHERE d.message_id = m.id OR position(m.id in convert_from(d.body, 'UTF8')) > 0);
 SELECT 'grants', count(*) FROM ledger l WHERE l.event_id IN (SELECT id FROM acc);
 SELECT 'dups', count(*) FROM (SELECT 1 FROM ledger WHERE event_id IS NOT NULL GROUP BY event_id, rule, member_id, kind HAVING count(*) > 1) d;
 SELECT 'overcap', coalesce(sum(over), 0)::bigint FROM (
@@ -216,7 +219,8 @@ SELECT 'overcap', coalesce(sum(over), 0)::bigint FROM (
 SELECT 'ordered', coalesce(sum(quantity), 0) FROM flash_orders WHERE sale_id = '$sale' AND status IN ('reserved', 'paid');
 SQL
     val() { awk -v k="$1" '$1 == k {print $2}' "$w/$name.checks"; }
-    # Missing ones that wait in a dead-letter queue (with the reason in x-death or headers) are not lost.
+    # Missing ones that were dead-lettered (stored by the keepers in dead_letters, or still waiting in
+    # a dead-letter queue with the reason in x-death or headers) are not lost.
     local dead=0
     if [ -s "$w/$name.missing" ]; then
       for queue in behavior points orders push; do
@@ -253,6 +257,7 @@ print(pg.get("remaining", "?"), rd.get("remaining", "?"), pg.get("reserved", "?"
     read -r pg_rem rd_rem pg_res rd_res agree <<< "$books"
     local events reserved missing grants dups ordered
     events=$(val events); reserved=$(val reserved); missing=$(val missing); grants=$(val grants); dups=$(val dups); ordered=$(val ordered)
+    dead=$(( dead + $(val deadrows) ))
     local lost=$(( missing - dead ))
     local oversold; oversold=$(python3 -c '
 import sys
