@@ -77,9 +77,16 @@ public struct NewDeadLetter: Sendable, Equatable {
         self.queue = clean(queue, 255)
         self.messageID = clean(messageID, 255)
         self.reason = clean(reason, 2_000)
-        self.attempts = attempts
-        self.firstFailure = firstFailure
-        self.lastFailure = lastFailure
+        // Numbers from headers go into `integer` and `timestamptz` columns: one out of range (an
+        // attempts header above 2^31 - 1, a death time in year 300,000) would make the row
+        // unstorable and hold its `.dead` queue. Attempts are 1 at least, times within years 1970-9999.
+        self.attempts = min(max(attempts, 1), Int(Int32.max))
+        func clamp(_ date: Date) -> Date {
+            let seconds = date.timeIntervalSince1970
+            return Date(timeIntervalSince1970: seconds.isFinite ? min(max(seconds, 0), 253_402_300_799) : 0)
+        }
+        self.firstFailure = clamp(firstFailure)
+        self.lastFailure = clamp(lastFailure)
         self.routingKey = routingKey.map { clean($0, 255) }
         self.contentType = contentType.map { clean($0, 255) }
         self.body = body

@@ -64,14 +64,19 @@ public struct DeadLetterStore: Sendable {
 
     /// Publishes the original bytes again through `republisher`, then marks the row replayed.
     /// Safe to repeat: the message id is the original's, and consumers are idempotent by it.
+    /// The row is marked `replayed` only if it has not died again since it was read (`deaths`
+    /// unchanged) and was not dropped meanwhile: a replay that fails again within milliseconds is
+    /// reopened by the keeper, possibly before this update, and must stay open (the replay still
+    /// counts in `replayed_count`).
     public func replay(_ id: Int64, via republisher: any DeadLetterRepublisher) async throws -> ReplayOutcome {
         guard let letter = try await get(id) else { return .notFound }
         if letter.status == .dropped { return .dropped(letter) }
         guard await republisher.republish(letter) else { return .unconfirmed }
         try await database.query("""
-            UPDATE dead_letters SET status = 'replayed', replayed_count = replayed_count + 1, last_replayed_at = now(), updated_at = now()
+            UPDATE dead_letters SET replayed_count = replayed_count + 1, last_replayed_at = now(), updated_at = now(),
+                status = CASE WHEN deaths = $2 AND status <> 'dropped' THEN 'replayed' ELSE status END
             WHERE id = $1
-            """, [id])
+            """, [id, letter.deaths])
         return try await get(id).map { .replayed($0) } ?? .notFound
     }
 

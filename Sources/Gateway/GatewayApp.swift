@@ -29,6 +29,8 @@ public struct Gateway: Sendable {
     /// Product-code verifications per member and per client (enumeration is the risk they bound).
     let codeLimits: CodeVerifyLimits
     let replays: WeChatReplayGuard
+    /// `/metrics`' dead-letter depth, read from PostgreSQL at most every 15 s.
+    let deadLetterDepth: DeadLetterDepthCache
     let logger: Logger
 
     public init(configuration: FanFlowConfiguration, logger: Logger) async throws {
@@ -53,6 +55,7 @@ public struct Gateway: Sendable {
                                                            statementMilliseconds: configuration.databaseStatementTimeoutSeconds * 1000),
                                 acquireTimeout: .milliseconds(configuration.databaseAcquireTimeoutMilliseconds))
         metrics = GatewayMetrics()
+        deadLetterDepth = DeadLetterDepthCache(database: database)
         let keys = try SecretKeys(base64: configuration.secretKey)
         apps = AppRegistry(database: database, keys: keys, lookupRatePerIP: configuration.appLookupRatePerIP, logger: logger)
         publisher = EventPublisher(broker: broker, redis: redis, dedupeTTL: .seconds(configuration.dedupeTTLSeconds),

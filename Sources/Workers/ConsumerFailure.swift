@@ -11,7 +11,7 @@ enum ConsumerFailure: Sendable {
     /// envelope that does not decode): dead-lettered at once.
     case permanent(String)
     /// A server refused it for its content (a row too large for an index, invalid text, a Redis
-    /// error reply): retried alone a few times, since a few of these (a unique race) pass, then
+    /// `WRONGTYPE` reply): retried alone a few times, since a few of these (a unique race) pass, then
     /// dead-lettered.
     case message(String)
     /// A server is unavailable: hold the batch.
@@ -39,7 +39,7 @@ enum ConsumerFailure: Sendable {
             if postgres.code == .server, !isAvailabilityState(postgres.sqlState) { return .message(postgres.description) }
             return .outage(postgres.description)
         case let redis as RedisError:
-            if let prefix = redis.serverErrorPrefix, !redisAvailabilityPrefixes.contains(prefix) { return .message(redis.description) }
+            if let prefix = redis.serverErrorPrefix, redisContentPrefixes.contains(prefix) { return .message(redis.description) }
             return .outage(redis.description)
         default:
             return .outage("\(error)")
@@ -58,9 +58,12 @@ enum ConsumerFailure: Sendable {
         return ["08", "53", "57", "58", "42"].contains(String(sqlState.prefix(2)))
     }
 
-    /// Redis error replies about the server's state, not the command's arguments.
-    static let redisAvailabilityPrefixes: Set<String> = [
-        "LOADING", "BUSY", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM", "MISCONF", "NOREPLICAS",
-        "NOAUTH", "WRONGPASS", "NOPERM", "NOSCRIPT", "MOVED", "ASK", "EXECABORT",
-    ]
+    /// Redis error replies that are about the command's data, not the server: only these count
+    /// against a message. Everything else is held as an outage, `ERR` above all: it is Redis's
+    /// generic prefix (`ERR max number of clients reached`, `ERR Error running script` after a bad
+    /// deploy of a Lua script), and counting it would dead-letter every good event within the
+    /// ~1.5 s of the per-message retries. `WRONGTYPE` is a key holding another type than the
+    /// command expects, which only the message's own key can cause. FanFlow's scripts answer their
+    /// refusals (`err:…`) as ordinary status replies, never as error replies, so none is listed.
+    static let redisContentPrefixes: Set<String> = ["WRONGTYPE"]
 }

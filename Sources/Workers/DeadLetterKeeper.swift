@@ -15,6 +15,10 @@ import ServiceLifecycle
 /// for a message RabbitMQ dead-lettered itself (the quorum queue's delivery limit, a reject) from
 /// its `x-death` / `x-first-death-*` headers. While the database is unavailable the batch is held
 /// and retried with backoff, never acked unstored: a dead letter is the last copy of an event.
+/// Header values are made storable first (``NewDeadLetter`` clamps text, attempts and times); a
+/// row PostgreSQL still refuses for its content (``ConsumerFailure``: at once if permanent, after
+/// `storeAttempts` tries if a content error) is logged at critical level with its body and acked,
+/// since holding it would stall every dead letter of its queue behind it.
 public struct DeadLetterKeeper: BatchHandler {
     let store: DeadLetterStore
     /// The work queue whose dead letters this keeper takes (for messages that do not name one).
@@ -36,25 +40,44 @@ public struct DeadLetterKeeper: BatchHandler {
         }
     }
 
+    /// Tries of a row refused for its content (a unique race passes on the next; a value does not).
+    static let storeAttempts = 5
+    /// Longest body written to the log of a letter given up (base64 of the first 64 KiB).
+    static let loggedBodyBytes = 65_536
+
     public func handle(_ batch: [AMQPDelivery], from consumer: ConsumerContext) async {
         let backoff = Backoff(initialMilliseconds: 200, maximumMilliseconds: 5_000)
         for delivery in batch {
             let letter = Self.letter(delivery, workQueue: workQueue)
             var attempt = 0
+            var stored = true
+            var refusals = 0
             while true {
                 do {
                     try await store.record(letter)
                     break
                 } catch {
                     if Task.isCancelled { return }
+                    let failure = ConsumerFailure.classify(error)
+                    var permanent = false
+                    if case .permanent = failure { permanent = true }
+                    if failure.countsAgainstMessages { refusals += 1 }
+                    if failure.countsAgainstMessages, permanent || refusals >= Self.storeAttempts {
+                        logger.critical("a dead letter cannot be stored; acking it so its queue moves on (its body is in this line)", metadata: [
+                            "queue": "\(letter.queue)", "messageID": "\(letter.messageID)", "error": "\(failure.reason.prefix(500))",
+                            "reason": "\(letter.reason.prefix(500))", "bodyBytes": "\(letter.body.count)",
+                            "bodyBase64": "\(Data(letter.body.prefix(Self.loggedBodyBytes)).base64EncodedString())"])
+                        stored = false
+                        break
+                    }
                     logger.error("cannot store a dead letter; holding it", metadata: [
                         "queue": "\(letter.queue)", "messageID": "\(letter.messageID)", "error": "\(error)", "attempt": "\(attempt)"])
                     try? await Task.sleep(for: .milliseconds(backoff.delayMilliseconds(attempt: attempt)))
                     attempt += 1
                 }
             }
-            logger.notice("dead letter kept", metadata: ["queue": "\(letter.queue)", "messageID": "\(letter.messageID)",
-                                                         "reason": "\(letter.reason.prefix(200))"])
+            if stored { logger.notice("dead letter kept", metadata: ["queue": "\(letter.queue)", "messageID": "\(letter.messageID)",
+                                                         "reason": "\(letter.reason.prefix(200))"]) }
             do { try await delivery.ack() } catch { return }
         }
     }

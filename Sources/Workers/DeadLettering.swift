@@ -9,7 +9,10 @@ import Logging
 public enum DeadLetterHeader {
     public static let error = "x-fanflow-error"
     public static let attempts = "x-fanflow-attempts"
-    /// RFC 3339, as envelope times are written.
+    /// RFC 3339, as envelope times are written. The first failure *on the delivery that was
+    /// dead-lettered*: a message redelivered after a crash or a lost connection comes back exactly
+    /// as it was published, with nowhere to carry earlier failure times, so this can be later than
+    /// its true first failure (``attempts`` does count the earlier deliveries, from `x-delivery-count`).
     public static let firstFailure = "x-fanflow-first-failure"
     public static let lastFailure = "x-fanflow-last-failure"
     /// The work queue the message died in (replay sends it back there).

@@ -106,6 +106,8 @@ public struct EnvelopeBatchHandler<Processor: EnvelopeProcessor>: BatchHandler {
             }
         }
         guard items.count > 1 else {
+            // The first failure on this delivery: earlier deliveries' times are not known (see
+            // ``DeadLetterHeader/firstFailure``), their count is (`priorAttempts`).
             let now = Date()
             var permanent = false
             if case .permanent = failure { permanent = true }

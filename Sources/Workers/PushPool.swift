@@ -19,7 +19,9 @@ import Synchronization
 /// Outcomes follow ``PushSender``: sent; refused (43004 unsubscribed, 43101 blocked, other
 /// refusals) never retried; deferred (quota) until the quota resets; a transient failure retried
 /// with exponential backoff and jitter, and after `maxAttempts` the push is `dead` with its last
-/// error and its retry message dead-lettered to `fanflow.push.dead`.
+/// error (`GET /admin/v1/pushes?status=dead`) and its retry message is acked: a dead push is an
+/// outcome, like a refused one, not a dead letter (replaying it would send nothing, and a platform
+/// outage would otherwise fill `dead_letters` and page with `FanFlowDeadLetters`).
 public struct PushPool: EnvelopeProcessor {
     static let retryKey = PushJobs.routingKey(PushJobs.retry)
     static let sendKey = PushJobs.routingKey(PushJobs.send)
@@ -198,7 +200,7 @@ public struct PushPool: EnvelopeProcessor {
                 await count("dead", app: app)
                 try await store.record(id, status: "dead", error: reason)
                 logger.error("push dead after its last attempt", metadata: ["push": "\(id)", "attempts": "\(attempt + 1)", "error": "\(reason)"])
-                throw EventRefused("push \(id) dead after \(attempt + 1) attempts: \(reason)")
+                return
             }
             await count("retried", app: app)
             try await store.record(id, status: "pending", error: reason)
@@ -225,7 +227,8 @@ public struct PushPool: EnvelopeProcessor {
             throw EventRefused("push retry without pushId and pushAttempt: \(event.id)")
         }
         guard let push = try await store.push(id) else { throw EventRefused("push retry for an unknown push \(id)") }
-        if push.status == "dead" { throw EventRefused("push \(id) is dead") }
+        // Its outcome is recorded already (a redelivered last job after the push died): nothing to send.
+        if push.status == "dead" { return }
         // The claim admits only the attempt this job was made for: a redelivered job sends nothing.
         try await self.attempt(id: id, platform: push.platform, app: push.app, openid: push.openid, message: push.message, attempt: Int(attempt))
     }

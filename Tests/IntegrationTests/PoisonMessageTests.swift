@@ -240,7 +240,9 @@ struct PoisonMessageTests {
         #expect(!counts(PostgresError(.server, "no state")))
         #expect(!counts(PostgresError(.io, "connection lost")))
         #expect(!counts(PostgresError(.connect, "refused")))
-        for reply in ["LOADING Redis is loading", "BUSY script", "READONLY replica", "OOM command not allowed"] {
+        for reply in ["LOADING Redis is loading", "BUSY script", "READONLY replica", "OOM command not allowed",
+                      "ERR max number of clients reached", "ERR Error running script (call to f_1234): @user_script:1: oops",
+                      "ERR value is not an integer or out of range", "NOSCRIPT No matching script", "SOMENEWPREFIX future reply", ""] {
             #expect(!counts(RedisError(.server, reply)), "\(reply)")
         }
         #expect(!counts(RedisError(.io, "reset by peer")))
