@@ -53,7 +53,9 @@ public struct Topology: Sendable {
     public static let standard = Topology(queues: [
         Queue(name: .behavior, bindings: ["#"], deliveryLimit: 10),
         Queue(name: .points, bindings: ["wechat.#", "alipay.#", "weibo.#", "qq.#", "server.#"], deliveryLimit: 10),
-        Queue(name: .orders, bindings: ["fanflow.flashsale.#"], deliveryLimit: 10),
+        // `fanflow.orders.#`: the orders pool's own jobs (the per-minute reconcile), bound by no other
+        // pool's queue but behavior's `#` (the behavior store skips them).
+        Queue(name: .orders, bindings: ["fanflow.flashsale.#", "fanflow.orders.#"], deliveryLimit: 10),
         Queue(name: .push, bindings: ["wechat.subscribe", "alipay.subscribe", "wechat.templatesendjobfinish", "fanflow.member.#",
                                       "fanflow.points.#", "fanflow.flashsale.#", "fanflow.push.#"], deliveryLimit: 10),
     ])

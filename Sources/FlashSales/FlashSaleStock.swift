@@ -667,6 +667,25 @@ extension FlashSaleStock {
         }
     }
 
+    /// The key that lets one process at a time rebuild a lost campaign (``Reconciler/rebuild``).
+    static func rebuildKey(_ sale: String) -> String { "fanflow:{fs:\(sale)}:rebuilding" }
+
+    /// Takes the campaign's rebuild lock for `milliseconds` (SET NX PX): false when another
+    /// process holds it. The expiry frees it if that process dies mid-rebuild.
+    func lockRebuild(_ sale: String, token: String, milliseconds: Int) async throws -> Bool {
+        let reply = try await redis.connection.command(["SET", Self.rebuildKey(sale), token, "NX", "PX", String(milliseconds)])
+        if case .error(let message) = reply { throw RedisError(.server, message) }
+        return reply.string == "OK"
+    }
+
+    /// Frees the rebuild lock if this process still holds it. GET then DEL, not atomic: a lock
+    /// that expired and was taken by another process in between could be freed, which needs a
+    /// rebuild longer than its 60 s expiry (one of 10,000 orders takes well under a second).
+    func unlockRebuild(_ sale: String, token: String) async throws {
+        let key = Self.rebuildKey(sale)
+        if try await redis.connection.command(["GET", key]).string == token { _ = try await redis.connection.command(["DEL", key]) }
+    }
+
     /// Every key matching `pattern`, by SCAN (never KEYS, which blocks Redis).
     func keys(matching pattern: String) async throws -> [String] {
         var cursor = "0", found: [String] = []

@@ -27,15 +27,23 @@ public struct FlashSaleStore: Sendable {
     }
 
     /// Every minute (periodic, published to the orders pool): a campaign Redis lost is rebuilt and
-    /// holds whose reserve reply was lost go back (``Reconciler/sweep``).
-    public static let reconcileJob = JobKind("flashsale.reconcile")
+    /// holds whose reserve reply was lost go back (``Reconciler/sweep``). Routed as
+    /// `fanflow.orders.reconcile`, which only the orders queue binds: as `flashsale.reconcile` it
+    /// also reached the push queue (`fanflow.flashsale.#`, a trigger lookup a minute) and the
+    /// behavior store (1,440 `events` rows a day, none of them a member's).
+    public static let reconcileJob = JobKind("orders.reconcile")
+    /// The kind the job had before: one still queued (in `jobs` or on the orders queue) at an
+    /// upgrade is still run. Drop after one release.
+    public static let legacyReconcileJob = JobKind("flashsale.reconcile")
 
     public static func periodic(timeZone: TimeZone) throws -> [PeriodicJob] {
+        // The name keys its periods in `periodic_jobs`: kept as it was when the kind changed.
         [PeriodicJob(name: "flashsale.reconcile", schedule: try CronSchedule("* * * * *", timeZone: timeZone), kind: reconcileJob)]
     }
 
     public static let loadKind = EventKind("flashsale.load")
-    public static let reconcileKind = EventKind("flashsale.reconcile")
+    public static let reconcileKind = EventKind("orders.reconcile")
+    public static let legacyReconcileKind = EventKind("flashsale.reconcile")
     public static let reservedKind = EventKind("flashsale.reserved")
     public static let expireKind = EventKind("flashsale.expire")
 

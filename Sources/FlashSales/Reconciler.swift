@@ -79,14 +79,70 @@ public struct Reconciler: Sendable {
         if let id { sales = try await store.get(id).map { [$0] } ?? [] } else { sales = try await store.recent() }
         for sale in sales {
             if try await stock.inventory(sale: sale.id, slots: sale.stockSlots) == nil {
-                guard let books = try await store.inventory(sale.id) else { continue }
-                try await stock.restore(sale, books: books, orders: try await store.orders(sale: sale.id))
-                if sale.audienceTag != nil { _ = try await stock.load(sale, from: store) }
-                sweep.restored.append(sale.id)
+                if try await rebuild(sale) { sweep.restored.append(sale.id) }
                 continue
             }
             sweep.reclaimed += try await reclaim(sale, olderThan: olderThan)
         }
         return sweep
+    }
+
+    /// The rebuilding half of ``sweep`` alone: every campaign of `sale` (or every recent one) that
+    /// Redis lost, rebuilt. Answers those rebuilt.
+    public func rebuildLost(sale id: String? = nil) async throws -> [String] {
+        let sales: [FlashSale]
+        if let id { sales = try await store.get(id).map { [$0] } ?? [] } else { sales = try await store.recent() }
+        var rebuilt: [String] = []
+        for sale in sales where try await stock.inventory(sale: sale.id, slots: sale.stockSlots) == nil {
+            if try await rebuild(sale) { rebuilt.append(sale.id) }
+        }
+        return rebuilt
+    }
+
+    /// How long a rebuild may keep others waiting: the lock's expiry, far above the time one
+    /// takes (a campaign of 10,000 orders is rebuilt in well under a second).
+    static let rebuildLock = Duration.seconds(60)
+
+    /// Rebuilds a campaign Redis lost from PostgreSQL (the orders pool does it as soon as an order
+    /// or expiry finds it lost, the periodic job a minute at most later). True when this call
+    /// rebuilt it; false when Redis holds it (someone else rebuilt it) or PostgreSQL does not know it.
+    ///
+    /// Safe with orders on their way: while Redis lacks the campaign every hold change answers
+    /// `lost` and changes nothing, so no order can be written in PostgreSQL against it, and the
+    /// books read here are every order there is (but one a pool had moved in Redis *before* the
+    /// loss and not committed yet: a window of one batch's transaction, milliseconds). Orders that
+    /// come later find their hold record gone and are adopted (units taken again while there are
+    /// enough, else cancelled), so stock is never oversold. Two rebuilds at once would not be safe
+    /// (the second would overwrite what an order took from the first), so one process at a time
+    /// holds a Redis lock and checks again that the campaign is still lost; the others wait for it
+    /// (up to ``rebuildLock``) and then find the campaign there.
+    public func rebuild(_ sale: FlashSale) async throws -> Bool {
+        let token = UUID().uuidString
+        let deadline = ContinuousClock.now + Self.rebuildLock
+        let milliseconds = Int(Self.rebuildLock.components.seconds) * 1000
+        while try await stock.inventory(sale: sale.id, slots: sale.stockSlots) == nil {
+            guard try await stock.lockRebuild(sale.id, token: token, milliseconds: milliseconds) else {
+                guard ContinuousClock.now < deadline else { throw FlashSaleStock.CampaignLost(sale: sale.id) }
+                try await Task.sleep(for: .milliseconds(50))
+                continue
+            }
+            do {
+                let rebuilt = try await rebuildLocked(sale)
+                try await stock.unlockRebuild(sale.id, token: token)
+                return rebuilt
+            } catch {
+                try? await stock.unlockRebuild(sale.id, token: token)
+                throw error
+            }
+        }
+        return false
+    }
+
+    func rebuildLocked(_ sale: FlashSale) async throws -> Bool {
+        guard try await stock.inventory(sale: sale.id, slots: sale.stockSlots) == nil,
+              let books = try await store.inventory(sale.id) else { return false }
+        try await stock.restore(sale, books: books, orders: try await store.orders(sale: sale.id))
+        if sale.audienceTag != nil { _ = try await stock.load(sale, from: store) }
+        return true
     }
 }

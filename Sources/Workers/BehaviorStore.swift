@@ -14,7 +14,12 @@ public struct BehaviorStore: EnvelopeProcessor {
         self.database = database
     }
 
-    public func process(_ envelopes: [Envelope]) async throws {
+    public func process(_ all: [Envelope]) async throws {
+        // The orders pool's own jobs (`fanflow.orders.*`, a reconcile a minute) reach this queue
+        // through its `#` binding (RabbitMQ binds no "all but"): they are no member's behaviour,
+        // and were 1,440 rows a day.
+        let envelopes = all.filter { !($0.platform == .fanflow && $0.kind.rawValue.hasPrefix("orders.")) }
+        guard !envelopes.isEmpty else { return }
         var parameters: [any PostgresEncodable] = []
         parameters.reserveCapacity(envelopes.count * 9)
         var rows: [String] = []

@@ -16,7 +16,9 @@ import Logging
 /// status decides a race with a payment), then its hold is released in Redis, once; a redelivery
 /// after a crash between the two releases what the first attempt did not. `flashsale.load` (the
 /// scheduler, a minute before a campaign opens): stock and audience are loaded into Redis again.
-/// `flashsale.reconcile` (the scheduler, every minute): ``Reconciler/sweep``.
+/// `orders.reconcile` (the scheduler, every minute; `flashsale.reconcile` before): ``Reconciler/sweep``,
+/// run before the batch's orders. An order or expiry that finds its campaign lost by Redis
+/// rebuilds it from PostgreSQL there and then (``rebuildingLost``).
 public struct OrdersPool: EnvelopeProcessor {
     let store: FlashSaleStore
     let stock: FlashSaleStock
@@ -44,7 +46,7 @@ public struct OrdersPool: EnvelopeProcessor {
             case FlashSaleStore.loadKind:
                 guard let sale = event.attributes["saleId"]?.string else { throw EventRefused("load without a saleId \(event.id)") }
                 loading.insert(sale)
-            case FlashSaleStore.reconcileKind:
+            case FlashSaleStore.reconcileKind, FlashSaleStore.legacyReconcileKind:
                 // A bound below the default only for one campaign (an operator's or a test's call).
                 let seconds = event.attributes["olderThanSeconds"]?.int ?? Int64(Reconciler.holdBound.components.seconds)
                 guard (0...86_400).contains(seconds) else { throw EventRefused("olderThanSeconds must be 0-86400 in \(event.id)") }
@@ -60,15 +62,31 @@ public struct OrdersPool: EnvelopeProcessor {
                 logger.error("flash sale stock is below what Redis holds as reserved or paid; reconcile it", metadata: ["sale": "\(id)"])
             }
         }
-        try await order(reservations)
-        for order in try await store.expire(expiring) {
-            if try await stock.release(sale: order.sale, slots: order.stockSlots, member: order.member, reservationID: order.reservationID, quantity: order.quantity) {
-                logger.info("reservation expired, units back in stock",
-                            metadata: ["sale": "\(order.sale)", "reservation": "\(order.reservationID)", "quantity": "\(order.quantity)"])
+        // The reconcile job's rebuild first: the orders behind it in the batch would otherwise
+        // find their campaign lost. Its reclaim of stale holds stays after the orders, so an order
+        // in this batch for a hold still `held` makes it `ordered` before it could be reclaimed.
+        let reconciler = Reconciler(store: store, stock: stock)
+        var rebuilt: Set<String> = []
+        for sale in Set(reconciling.map { $0.sale ?? "" }) where !rebuilt.contains("") {
+            for id in try await reconciler.rebuildLost(sale: sale.isEmpty ? nil : sale) {
+                logger.warning("Redis had lost the flash sale; rebuilt from PostgreSQL", metadata: ["sale": "\(id)"])
+            }
+            rebuilt.insert(sale)
+        }
+        try await rebuildingLost(reconciler) { try await order(reservations) }
+        try await rebuildingLost(reconciler) {
+            // Again after a rebuild: PostgreSQL answers the orders it expired before as well (a
+            // redelivery's path), and the rebuilt hold records say `released` for those, so no unit
+            // comes back twice.
+            for order in try await store.expire(expiring) {
+                if try await stock.release(sale: order.sale, slots: order.stockSlots, member: order.member, reservationID: order.reservationID,
+                                           quantity: order.quantity) {
+                    logger.info("reservation expired, units back in stock",
+                                metadata: ["sale": "\(order.sale)", "reservation": "\(order.reservationID)", "quantity": "\(order.quantity)"])
+                }
             }
         }
         // One sweep of every campaign serves every period in the batch (a catch-up after an outage).
-        let reconciler = Reconciler(store: store, stock: stock)
         var swept: Set<String> = []
         for (sale, olderThan) in reconciling where !swept.contains(sale ?? "") && !swept.contains("") {
             let sweep = try await reconciler.sweep(sale: sale, olderThan: olderThan)
@@ -77,6 +95,24 @@ public struct OrdersPool: EnvelopeProcessor {
             if !sweep.reclaimed.isEmpty {
                 logger.warning("unconfirmed holds with no order returned to stock (a lost reply or a gateway that died)",
                                metadata: ["count": "\(sweep.reclaimed.count)", "reservations": "\(sweep.reclaimed.prefix(20).joined(separator: ","))"])
+            }
+        }
+    }
+
+    /// Runs `work`, and when it finds a campaign Redis lost, rebuilds that campaign from PostgreSQL
+    /// (``Reconciler/rebuild``) and runs it again, once per campaign. Without this the batch was
+    /// held as an outage and retried forever: the periodic sweep that rebuilds travels on this
+    /// same queue, in the held batch or behind it, so the queue stalled until someone ran
+    /// `fanflow reconcile` by hand. `work` may run again: every step in it is a compare-and-set in
+    /// Redis or keyed by reservation in PostgreSQL, so what its first run did is not done twice.
+    func rebuildingLost(_ reconciler: Reconciler, _ work: () async throws -> Void) async throws {
+        var rebuilt: Set<String> = []
+        while true {
+            do { return try await work() } catch let lost as FlashSaleStock.CampaignLost {
+                guard rebuilt.insert(lost.sale).inserted, let sale = try await store.get(lost.sale) else { throw lost }
+                if try await reconciler.rebuild(sale) {
+                    logger.warning("Redis had lost the flash sale; rebuilt from PostgreSQL before its orders", metadata: ["sale": "\(lost.sale)"])
+                }
             }
         }
     }

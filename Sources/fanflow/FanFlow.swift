@@ -197,7 +197,8 @@ struct SchedulerCommand: AsyncParsableCommand {
             .merging([FlashSaleStore.expireJob: PublishJobHandler(broker: broker),
                       FlashSaleStore.loadJob: PublishJobHandler(broker: broker),
                       FlashSaleStore.reminderJob: PublishJobHandler(broker: broker),
-                      FlashSaleStore.reconcileJob: PublishJobHandler(broker: broker)]) { first, _ in first }
+                      FlashSaleStore.reconcileJob: PublishJobHandler(broker: broker),
+                      FlashSaleStore.legacyReconcileJob: PublishJobHandler(broker: broker)]) { first, _ in first }
             .merging(PushJobs.kinds.map { ($0, PublishJobHandler(broker: broker)) }) { first, _ in first }
         let runner = JobRunner(store: store, handlers: handlers, configuration: runnerConfiguration, metrics: metrics, logger: logger)
         var services: [any Service] = [

@@ -4,12 +4,14 @@ import Synchronization
 
 /// A TCP forwarder on loopback whose link can be cut and restored: "the broker went away" for one
 /// test's client, without stopping the RabbitMQ that other tests share. While cut, open
-/// connections are closed and new ones are accepted and closed at once.
+/// connections are closed and new ones are accepted and closed at once. Its replies (server to
+/// client) can also be held back while requests still flow (``holdReplies()``): "the broker took
+/// the publish but its confirm is late", "Redis ran the command but its reply was lost".
 final class CuttableProxy: Sendable {
     let port: Int
     private let target: Int
     private let listener: Int32
-    private let state = Mutex<(cut: Bool, sockets: [Int32])>((false, []))
+    private let state = Mutex<(cut: Bool, holding: Bool, sockets: [Int32])>((false, false, []))
 
     init(targetPort: Int) throws {
         target = targetPort
@@ -52,6 +54,9 @@ final class CuttableProxy: Sendable {
 
     func restore() { state.withLock { $0.cut = false } }
 
+    func holdReplies() { state.withLock { $0.holding = true } }
+    func releaseReplies() { state.withLock { $0.holding = false } }
+
     private func acceptLoop() {
         while true {
             let client = accept(listener, nil, nil)
@@ -64,16 +69,19 @@ final class CuttableProxy: Sendable {
             }
             guard connected == 0 else { close(client); close(upstream); continue }
             state.withLock { $0.sockets += [client, upstream] }
-            Thread { Self.pump(from: client, to: upstream) }.start()
-            Thread { Self.pump(from: upstream, to: client) }.start()
+            Thread { [self] in pump(from: client, to: upstream, replies: false) }.start()
+            Thread { [self] in pump(from: upstream, to: client, replies: true) }.start()
         }
     }
 
-    private static func pump(from source: Int32, to destination: Int32) {
+    private func pump(from source: Int32, to destination: Int32, replies: Bool) {
         var buffer = [UInt8](repeating: 0, count: 65_536)
         while true {
             let count = buffer.withUnsafeMutableBytes { read(source, $0.baseAddress, $0.count) }
             guard count > 0 else { break }
+            // Held replies wait here, in order, until released (or the link is cut).
+            while replies, state.withLock({ $0.holding && !$0.cut }) { usleep(5_000) }
+            if state.withLock({ $0.cut }) { break }
             var offset = 0
             while offset < count {
                 let written = buffer.withUnsafeBytes { write(destination, $0.baseAddress! + offset, count - offset) }
