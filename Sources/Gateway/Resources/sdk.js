@@ -7,9 +7,10 @@
  * A stable client id lives in localStorage. Shared links carry ff_sb=<sharer>, so a visit through
  * a share records who shared to whom.
  *
- * An openid the page names is only a claim (`subject.verified: false`): points rules ignore it
- * unless they opt in. A page that holds a member token (minted by the brand's server) passes it
- * with FanFlow.init({ token }) or FanFlow.setToken(token): the beacons are then the member's.
+ * An openid the page names is only a claim (`subject.verified: false`): it earns no points. A
+ * page that holds a member token (minted by the brand's server) passes it with
+ * FanFlow.init({ token }) or FanFlow.setToken(token): the beacons are then the member's, and a
+ * share can earn points.
  * The gateway refuses a whole batch with an expired token (401), and sendBeacon cannot see that
  * answer, so the SDK reads the expiry from the token (`m1.<member>.<expiry>.<mac>`) and stops
  * sending it 30 seconds before then: later beacons go out as claims until the page sets a new one.
