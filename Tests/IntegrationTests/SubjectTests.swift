@@ -82,6 +82,39 @@ struct SubjectTests {
         await h.close()
     }
 
+    @Test("a token's member merged into another earns for the survivor; a token naming no member earns nothing; a member id on a claim is ignored")
+    func tokenMemberResolution() async throws {
+        let h = try await PointsHarness.open()
+        let rule = PointsRule(code: "\(h.prefix)-share", kinds: [.share], points: 4, growth: 0, reason: "share")
+        let pool = h.pool(RuleBook.Program(rules: [rule], levels: .standard, calendar: BusinessCalendar(timeZone: h.timeZone)))
+        let phone = "+86 139" + String(UUID().uuidString.prefix(8))
+        for (id, openid) in [("bind-old", "older"), ("bind-young", "younger")] {
+            try await pool.process([h.event(id, .memberPhoneBound, openid: openid, at: "2026-12-01T11:00:00+08:00",
+                                            attributes: ["phone": .string(phone)])])
+        }
+        let directory = MemberDirectory(database: h.database)
+        let older = try #require(try await directory.lookup(Identity(platform: .wechat, app: h.app, openid: "older")))
+        let absorbed = try #require(try await h.database.query("SELECT from_member FROM member_merges WHERE into_member = $1",
+                                                               [older]).first?.int("from_member")).map(Int64.init)
+        #expect(absorbed != older)
+        let site = TestEnvironment.unique("site"), now = Date()
+        let unknown = Int64.max - Int64.random(in: 0..<1_000_000)
+        try await pool.process([
+            Envelope(id: "\(site):s1", platform: .h5, app: site, kind: .share, subject: .init(memberId: absorbed, verified: true),
+                     occurredAt: now, receivedAt: now),
+            Envelope(id: "\(site):s2", platform: .h5, app: site, kind: .share, subject: .init(memberId: unknown, verified: true),
+                     occurredAt: now, receivedAt: now),
+            // A member id on a claim is not the member's: ignored.
+            Envelope(id: "\(site):s3", platform: .h5, app: site, kind: .share, subject: .init(memberId: older, verified: false),
+                     occurredAt: now, receivedAt: now),
+        ])
+        #expect(try await h.member("older")?.points == 4)
+        let rows = try await h.database.query("SELECT event_id, member_id FROM ledger WHERE event_id LIKE $1", ["\(site):%"])
+        #expect(rows.map { $0.string("event_id") } == ["\(site):s1"])
+        #expect(rows.first?.int("member_id").map(Int64.init) == older)
+        await h.close()
+    }
+
     /// Runs the gateway's own sdk.js in node with a browser of stubs; answers what it sent.
     static func runSDK(_ source: String, mode: String, site: String, token: String) throws -> (beacons: [String], pixels: [String]) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(TestEnvironment.unique("sdk"))
