@@ -49,10 +49,12 @@ public struct Topology: Sendable {
     public init(queues: [Queue]) { self.queues = queues }
 
     /// FanFlow's topology. Beacons (`h5.*`) are high-volume page analytics: they go to the
-    /// behavior store only, never to the points or push pools.
+    /// behavior store, and only the share (`h5.share`) also to the points pool (a member-token
+    /// beacon can earn on it); page views, dwell and clicks never reach the points or push pools,
+    /// so page analytics cannot crowd out points.
     public static let standard = Topology(queues: [
         Queue(name: .behavior, bindings: ["#"], deliveryLimit: 10),
-        Queue(name: .points, bindings: ["wechat.#", "alipay.#", "weibo.#", "qq.#", "server.#"], deliveryLimit: 10),
+        Queue(name: .points, bindings: ["wechat.#", "alipay.#", "weibo.#", "qq.#", "server.#", "h5.share"], deliveryLimit: 10),
         // `fanflow.orders.#`: the orders pool's own jobs (the per-minute reconcile), bound by no other
         // pool's queue but behavior's `#` (the behavior store skips them).
         Queue(name: .orders, bindings: ["fanflow.flashsale.#", "fanflow.orders.#"], deliveryLimit: 10),

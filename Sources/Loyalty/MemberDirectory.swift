@@ -134,6 +134,33 @@ public struct MemberDirectory: Sendable {
         return text
     }
 
+    /// Members named by id (a member token's), as they stand now: a member merged into another
+    /// stands for its survivor (followed at most 16 merges deep), and each comes with one of its
+    /// identities (the first by platform, app, openid) for what is announced about its grants. An
+    /// id with no member, or a member with no identity, is absent: it is never created here.
+    public func members(_ ids: Set<Int64>) async throws -> [Int64: (member: Int64, identity: Identity)] {
+        guard !ids.isEmpty else { return [:] }
+        let rows = try await database.query("""
+            WITH RECURSIVE chain (start, id, merged_into, depth) AS (
+                SELECT m.id, m.id, m.merged_into, 0 FROM members m WHERE m.id = ANY($1::bigint[])
+                UNION ALL
+                SELECT c.start, m.id, m.merged_into, c.depth + 1 FROM chain c JOIN members m ON m.id = c.merged_into
+                WHERE c.depth < 16
+            )
+            SELECT DISTINCT ON (c.start) c.start, c.id AS member_id, i.platform, i.app, i.openid
+            FROM chain c JOIN member_identities i ON i.member_id = c.id
+            WHERE c.merged_into IS NULL
+            ORDER BY c.start, i.platform, i.app, i.openid
+            """, [PostgresArray(ids.sorted())])
+        var found: [Int64: (member: Int64, identity: Identity)] = [:]
+        for row in rows {
+            guard let start = row.int("start"), let member = row.int("member_id"),
+                  let platform = Platform(rawValue: row.string("platform") ?? "") else { continue }
+            found[Int64(start)] = (Int64(member), Identity(platform: platform, app: row.string("app") ?? "", openid: row.string("openid") ?? ""))
+        }
+        return found
+    }
+
     /// The member of an identity if it exists, without creating one.
     public func lookup(_ identity: Identity) async throws -> Int64? {
         let rows = try await database.query("""

@@ -82,8 +82,9 @@ public struct PointsRule: Codable, Sendable, Equatable {
     /// Also grant the member named by the event's `referredBy` attribute (an openid on the same app).
     public var referral: Bool?
     public var reversal: Reversal?
-    /// Also grant for events whose subject is only claimed (an H5 beacon without a member token:
-    /// any page, or anyone with curl, can name any openid). Absent or false: verified subjects only.
+    /// Also grant for events whose subject is only claimed. Absent or false: verified subjects only.
+    /// A claimed H5 beacon (no member token: any page, or anyone with curl, can name any openid)
+    /// earns nothing even so: the points pool resolves no member from a beacon's openid.
     public var allowClaimed: Bool?
 
     public init(code: String, kinds: [EventKind], platforms: [Platform]? = nil, conditions: [String: JSONValue]? = nil,

@@ -65,9 +65,16 @@ public struct PointsPool: EnvelopeProcessor {
             }
         }
         let memberIDs = try await members.resolve(identities)
+        // Subjects a member token proved (verified beacons) are that member, never created here.
+        let tokenMembers = try await members.members(Set(events.compactMap(Self.tokenMember)))
+        let resolved: [(member: Int64, subject: Identity)?] = events.indices.map { index in
+            if let id = Self.tokenMember(events[index]) { return tokenMembers[id].map { ($0.member, $0.identity) } }
+            guard let subject = subjects[index], let member = memberIDs[subject] else { return nil }
+            return (member, subject)
+        }
         var nicknames: [Int64: String] = [:]
-        for (event, subject) in zip(events, subjects) {
-            if let subject, let member = memberIDs[subject], let nickname = MemberDirectory.nickname(in: event) { nicknames[member] = nickname }
+        for (event, found) in zip(events, resolved) {
+            if let found, let nickname = MemberDirectory.nickname(in: event) { nicknames[found.member] = nickname }
         }
         try await members.name(nicknames)
 
@@ -76,7 +83,7 @@ public struct PointsPool: EnvelopeProcessor {
         var requests: [DecisionRequest] = []
         var pending: [[Pending]] = []
         for (index, event) in events.enumerated() {
-            guard let subject = subjects[index], let member = memberIDs[subject] else { continue }
+            guard let (member, subject) = resolved[index] else { continue }
             let matched = matches[index]
             requests.append(DecisionRequest(member: member, eventID: event.id, occurredAt: event.occurredAt,
                                             rules: matched.map { rule in
@@ -127,10 +134,23 @@ public struct PointsPool: EnvelopeProcessor {
         }
     }
 
+    /// The platform identity an event's openid names: only where the platform is one that issues
+    /// openids (the app is then the platform app that issued it). A beacon's openid (`h5`) names
+    /// no identity: the page says neither which platform app issued it nor proves it is the
+    /// visitor's, and reading it as, say, the brand's WeChat openid would let anyone earn on any
+    /// member's account by naming its openid. So a claimed beacon earns nothing, even under a rule
+    /// with `allowClaimed`; a beacon earns only with a member token (``tokenMember(_:)``).
     static func identity(_ event: Envelope) -> Identity? {
-        guard let openid = event.subject.openid, !openid.isEmpty,
+        guard tokenMember(event) == nil, let openid = event.subject.openid, !openid.isEmpty,
               [.wechat, .alipay, .weibo, .qq].contains(event.platform) else { return nil }
         return Identity(platform: event.platform, app: event.app, openid: openid)
+    }
+
+    /// The member a verified subject names by id (a beacon with a member token: the gateway puts
+    /// the token's member there and nothing else). An unverified subject's member id is ignored.
+    static func tokenMember(_ event: Envelope) -> Int64? {
+        guard event.subject.verified, let member = event.subject.memberId, member > 0 else { return nil }
+        return member
     }
 
     static func reference(_ event: Envelope, _ key: String) -> String? {

@@ -90,7 +90,9 @@ final class EventTap: Sendable {
         self.connection = connection
     }
 
-    static func open() async throws -> EventTap {
+    /// `bindings`: the topic patterns to see (every event by default; a queue's own bindings to
+    /// see exactly what the broker routes to that queue).
+    static func open(bindings: [String] = ["#"]) async throws -> EventTap {
         let connection = try await AMQPConnection(url: TestEnvironment.amqpURL)
         try await connection.declareExchange(ExchangeName.events.rawValue)
         let queue = TestEnvironment.unique("test.tap")
@@ -99,7 +101,9 @@ final class EventTap: Sendable {
         // drops the queue a minute after its consumer is gone.
         try await connection.declareQueue(queue, options: AMQPQueueOptions(
             kind: .classic, durable: false, extra: ["x-expires": .int(60_000), "x-max-length": .int(100_000)]))
-        try await connection.bindQueue(queue, exchange: ExchangeName.events.rawValue, routingKey: "#")
+        for binding in bindings {
+            try await connection.bindQueue(queue, exchange: ExchangeName.events.rawValue, routingKey: binding)
+        }
         let (_, deliveries) = try await connection.consume(queue: queue, prefetch: 500)
         let tap = EventTap(queue: queue, connection: connection)
         tap.start(deliveries)

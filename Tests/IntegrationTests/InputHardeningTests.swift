@@ -352,7 +352,8 @@ struct PlatformAnswerTests {
     }
 }
 
-/// A claimed subject reaches the points pool only through rules that opt in.
+/// A claimed subject reaches the points pool only through rules that opt in. The gateway makes
+/// claims only of beacons, which earn nothing (``SubjectTests``); this is the rule's own check.
 @Suite("Claimed subjects and points")
 struct ClaimedPointsTests {
     @Test("a claimed envelope grants nothing under a normal rule, and grants under an allowClaimed rule")

@@ -7,9 +7,15 @@
  * A stable client id lives in localStorage. Shared links carry ff_sb=<sharer>, so a visit through
  * a share records who shared to whom.
  *
- * An openid the page names is only a claim (`subject.verified: false`): points rules ignore it
- * unless they opt in. A page that holds a member token (minted by the brand's server) passes it
- * with FanFlow.init({ token }) or FanFlow.setToken(token): the beacons are then the member's.
+ * An openid the page names is only a claim (`subject.verified: false`): it earns no points. A
+ * page that holds a member token (minted by the brand's server) passes it with
+ * FanFlow.init({ token }) or FanFlow.setToken(token): the beacons are then the member's, and a
+ * share can earn points.
+ * The gateway refuses a whole batch with an expired token (401), and sendBeacon cannot see that
+ * answer, so the SDK reads the expiry from the token (`m1.<member>.<expiry>.<mac>`) and stops
+ * sending it 30 seconds before then: later beacons go out as claims until the page sets a new one.
+ * The token never goes into the pixel URL (the last fallback), where access logs would keep it:
+ * a batch sent that way is a claim.
  */
 (function (window, document) {
   "use strict";
@@ -78,12 +84,22 @@
     state.timer = window.setTimeout(flush, 1000);
   }
 
+  /** The token to send, or null: a token that is not `m1.<member>.<expiry>.<mac>` or expires
+   * within 30 s is dropped, since the gateway would refuse the whole batch. */
+  function liveToken() {
+    var m = /^m1\.[0-9]+\.([0-9]+)\.[A-Za-z0-9_-]+$/.exec(state.token || "");
+    if (!m || Number(m[1]) * 1000 <= Date.now() + 30000) { state.token = null; return null; }
+    return state.token;
+  }
+
   function flush() {
     if (state.timer) { window.clearTimeout(state.timer); state.timer = null; }
     if (!state.queue.length) return;
     var payload = { site: state.site, clientId: clientId(), events: state.queue.splice(0, 50) };
-    // In the body, not a header: sendBeacon and the pixel cannot set headers.
-    if (state.token) payload.token = state.token;
+    var pixelBatch = JSON.stringify(payload);
+    // In the body, not a header: sendBeacon cannot set headers. Never in the pixel's URL.
+    var token = liveToken();
+    if (token) payload.token = token;
     var batch = JSON.stringify(payload);
     var url = state.endpoint + "/v1/collect?site=" + encodeURIComponent(state.site);
     var sent = false;
@@ -97,7 +113,7 @@
       } catch (e) { sent = false; }
     }
     if (!sent) {
-      new Image().src = state.endpoint + "/v1/collect.gif?site=" + encodeURIComponent(state.site) + "&d=" + encodeURIComponent(batch);
+      new Image().src = state.endpoint + "/v1/collect.gif?site=" + encodeURIComponent(state.site) + "&d=" + encodeURIComponent(pixelBatch);
     }
     if (state.queue.length) schedule();
   }

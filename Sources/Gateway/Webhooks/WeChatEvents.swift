@@ -2,7 +2,8 @@ import Contracts
 import Foundation
 
 /// WeChat callback XML → envelope. Kinds follow the envelope's vocabulary (`subscribe`, `scan`,
-/// `message.text`…); events we do not name pass through under their own lower-cased name.
+/// `message.text`…); events and messages we do not name pass through in WeChat's own namespace,
+/// `wechat.event.<name>` / `wechat.message.<type>` (``EventKind/passthrough(_:platform:message:)``).
 enum WeChatEvents {
     static func envelope(_ xml: XMLElement, app: String, receivedAt: Date) throws(GatewayError) -> Envelope {
         guard let from = xml.value("FromUserName"), !from.isEmpty else {
