@@ -79,7 +79,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         ("FANFLOW_HTTP_PORT", "gateway port, 1-65535 (default 8080)"),
         ("FANFLOW_ADMIN_TOKEN", "bearer token for the admin API, at least 16 characters (gateway: required)"),
         ("FANFLOW_TIMEZONE", "IANA zone for natural days and months (default Asia/Shanghai)"),
-        ("FANFLOW_SECRET_KEY", "base64 of 32 random bytes; encrypts app secrets at rest (optional)"),
+        ("FANFLOW_SECRET_KEY", "base64 of 32 random bytes; seals app secrets, signs member tokens (gateway and worker: required)"),
         ("FANFLOW_LOG_LEVEL", "trace|debug|info|notice|warning|error|critical (default info)"),
         ("FANFLOW_WEBHOOK_FRESHNESS_SECONDS", "gateway: refuse webhook timestamps older or newer than this (default 300)"),
         ("FANFLOW_DEDUPE_TTL_SECONDS", "gateway: remember published event ids this long to drop retries (default 600)"),
@@ -175,6 +175,12 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         } else if secret == nil, role == .gateway {
             problems.append(ConfigurationError(variable: "FANFLOW_SECRET_KEY",
                                                problem: "missing; the gateway seals app secrets and signs member tokens with it: base64 of 32 random bytes (openssl rand -base64 32)"))
+        } else if secret == nil, role == .worker {
+            // Every worker, not only one listing a push pool: the push pool opens sealed app
+            // secrets with it, and a worker that found it missing only when starting that pool
+            // exited 1, which scripts/run restarts forever; refused here it exits 78 naming it.
+            problems.append(ConfigurationError(variable: "FANFLOW_SECRET_KEY",
+                                               problem: "missing; workers (the push pool) open sealed app secrets with it: the gateway's key, base64 of 32 bytes"))
         }
 
         let level = value("FANFLOW_LOG_LEVEL")?.lowercased() ?? "info"

@@ -26,7 +26,9 @@ struct EdgeSettings {
         var problems: [ConfigurationError] = []
         if let text = value("FANFLOW_TRUSTED_PROXIES") {
             for entry in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !entry.isEmpty {
-                if isCIDR(entry) { settings.trustedProxies.append(entry) } else {
+                // The gateway's own parser (``CIDR``): what passes here is what the gateway uses
+                // (`::ffff:10.0.0.0/104` is an IPv4 network with a prefix over 32: refused).
+                if CIDR(entry) != nil { settings.trustedProxies.append(entry) } else {
                     problems.append(ConfigurationError(variable: "FANFLOW_TRUSTED_PROXIES",
                                                        problem: "expected comma-separated CIDRs like 10.0.0.0/8,2001:db8::/32, got \(entry)"))
                 }
@@ -79,21 +81,6 @@ struct EdgeSettings {
         configuration.metricsToken = metricsToken
         configuration.wechatRequireSafeMode = requireSafeMode
         configuration.h5Origins = h5Origins
-    }
-
-    /// `a.b.c.d[/n]` or an IPv6 address `[/n]`, checked with inet_pton.
-    static func isCIDR(_ text: String) -> Bool {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard (1...2).contains(parts.count) else { return false }
-        let address = String(parts[0])
-        var buffer = [UInt8](repeating: 0, count: 16)
-        let width: Int
-        if inet_pton(AF_INET6, address, &buffer) == 1 { width = 128 } else if inet_pton(AF_INET, address, &buffer) == 1 { width = 32 } else {
-            return false
-        }
-        guard parts.count == 2 else { return true }
-        guard let bits = Int(parts[1]) else { return false }
-        return (0...width).contains(bits)
     }
 
     /// `scheme://host[:port]` exactly as a browser sends `Origin`.

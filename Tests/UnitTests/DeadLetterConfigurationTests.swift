@@ -7,6 +7,7 @@ struct DeadLetterConfigurationTests {
         "FANFLOW_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2F",
         "FANFLOW_REDIS_URL": "redis://127.0.0.1:6379/0",
         "FANFLOW_DATABASE_URL": "postgresql://fanflow:fanflow@127.0.0.1:5432/fanflow",
+        "FANFLOW_SECRET_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
     ]
 
     @Test("default 5, a setting in 1-100 is taken, 0 and words are refused naming the variable")

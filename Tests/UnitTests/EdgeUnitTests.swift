@@ -13,18 +13,21 @@ struct EdgeConfigurationTests {
         "FANFLOW_SECRET_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
     ]
 
-    @Test("the gateway refuses to start without FANFLOW_SECRET_KEY, naming it; other roles do not need it")
+    @Test("the gateway and every worker (the push pool opens sealed secrets) refuse to start without FANFLOW_SECRET_KEY, naming it; scheduler and tools do not need it")
     func secretKeyRequired() throws {
         var environment = valid
         environment["FANFLOW_SECRET_KEY"] = nil
-        do {
-            _ = try FanFlowConfiguration.load(environment, role: .gateway)
-            Issue.record("expected the gateway to refuse")
-        } catch {
-            #expect(error.problems.map(\.variable) == ["FANFLOW_SECRET_KEY"])
-            #expect(error.description.contains("FANFLOW_SECRET_KEY: missing"))
+        for role in [FanFlowConfiguration.Role.gateway, .worker] {
+            do {
+                _ = try FanFlowConfiguration.load(environment, role: role)
+                Issue.record("expected \(role) to refuse")
+            } catch {
+                #expect(error.problems.map(\.variable) == ["FANFLOW_SECRET_KEY"])
+                #expect(error.description.contains("FANFLOW_SECRET_KEY: missing"))
+            }
         }
-        _ = try FanFlowConfiguration.load(environment, role: .worker)
+        _ = try FanFlowConfiguration.load(environment, role: .scheduler)
+        _ = try FanFlowConfiguration.load(environment, role: .tool)
     }
 
     @Test("edge settings: defaults, values, and refusals naming the variable")

@@ -56,9 +56,8 @@ extension Gateway {
     private func appPath(_ context: GatewayRequestContext) throws(GatewayError) -> (AppPlatform, String) {
         let platform = try appPlatform(context.parameters.get("platform") ?? "")
         let appID = context.parameters.get("appId") ?? ""
-        guard (1...64).contains(appID.utf8.count),
-              appID.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 95 || $0 == 45 || $0 == 46 }) else {
-            throw GatewayError.badRequest("invalid_app_id", "appId must be 1-64 characters of [A-Za-z0-9_.-]")
+        guard AppIDShape.isValid(appID) else {
+            throw GatewayError.badRequest("invalid_app_id", "appId must be \(AppIDShape.rule)")
         }
         return (platform, appID)
     }

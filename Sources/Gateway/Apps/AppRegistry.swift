@@ -170,11 +170,13 @@ public final class AppRegistry: Sendable {
                                                                 "error": "\(error)"])
             switch error {
             case .plaintext:
-                throw GatewayError(.internalServerError, "credentials_not_sealed",
-                                   "app \(key.platform.rawValue)/\(key.appID) stores its credentials unencrypted; the operator must run `fanflow secrets seal`")
+                // The caller is outside (a platform, a brand): the operator's instructions go to
+                // the log under the request id, the body says only that the gateway is at fault.
+                throw GatewayError(.internalServerError, "credentials_not_sealed", "this app's credentials cannot be used; report the request id",
+                                   detail: "app \(key.platform.rawValue)/\(key.appID) stores its credentials unencrypted; the operator must run `fanflow secrets seal`")
             case .cannotOpen:
-                throw GatewayError(.internalServerError, "credentials_unreadable",
-                                   "app \(key.platform.rawValue)/\(key.appID)'s stored credentials cannot be opened with this FANFLOW_SECRET_KEY")
+                throw GatewayError(.internalServerError, "credentials_unreadable", "this app's credentials cannot be used; report the request id",
+                                   detail: "app \(key.platform.rawValue)/\(key.appID)'s stored credentials cannot be opened with this FANFLOW_SECRET_KEY")
             }
         }
         let credentials = try AppCredentials.decode(platform: key.platform, json: json)

@@ -21,7 +21,7 @@ extension Gateway {
             case "wechatpay":
                 return await wechatPayNotification(request, body: body, store: store, stock: stock)
             case "alipay":
-                return await alipayNotification(body, store: store, stock: stock)
+                return await alipayNotification(body, context: context, store: store, stock: stock)
             default:
                 throw GatewayError(.notFound, "unknown_provider", "providers are wechatpay and alipay")
             }
@@ -93,16 +93,25 @@ extension Gateway {
     }
 
     /// Alipay wants the text `success`; anything else is retried.
-    func alipayNotification(_ body: [UInt8], store: FlashSaleStore, stock: FlashSaleStock) async -> Response {
+    func alipayNotification(_ body: [UInt8], context: GatewayRequestContext, store: FlashSaleStore, stock: FlashSaleStock) async -> Response {
         func answer(_ status: HTTPResponse.Status, _ text: String) -> Response { Response.text(text, status: status) }
         guard let parameters = FormBody.parse(body) else { return answer(.badRequest, "failure: not a form") }
         func text(_ name: String) -> String? { parameters.first { $0.name == name }.map { String(decoding: $0.value, as: UTF8.self) } }
         guard let appID = text("app_id"), let sign = text("sign"), text("sign_type") ?? "RSA2" == "RSA2" else {
             return answer(.badRequest, "failure: app_id, sign and sign_type RSA2 are required")
         }
+        // The id's shape first (``AppIDShape``), then the lookup with the client, so unknown ids
+        // count against its lookup limit like any other route's.
+        guard AppIDShape.isValid(appID) else {
+            return answer(.notFound, "failure: no alipay app has such an id (\(AppIDShape.rule))")
+        }
         let app: RegisteredApp
-        do { app = try await apps.app(.alipay, appID) } catch {
-            return answer(error.status, "failure: \(error.message)")
+        do { app = try await apps.app(.alipay, appID, client: context.clientIP) } catch {
+            guard error.status.code >= 500 else { return answer(error.status, "failure: \(error.message)") }
+            // Alipay is outside: the operator's detail goes to the log under the request id only.
+            context.logger.error("request failed", metadata: ["code": "\(error.code)", "message": "\(error.message)",
+                                                              "detail": "\(error.detail ?? "-")", "path": "/v1/payments/notify/alipay"])
+            return answer(error.status, "failure: \(error.code), request \(context.id)")
         }
         // Trade notifications are signed without sign_type (Alipay's rsaCheckV1 rule).
         let content = AlipayCrypto.signedContent(parameters.filter { $0.name != "sign_type" })

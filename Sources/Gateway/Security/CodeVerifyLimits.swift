@@ -28,8 +28,8 @@ enum ServerEventHeaders {
             throw GatewayError.unauthorized("missing_app", "X-FanFlow-App is required")
         }
         // The admin API accepts 1-64 characters of [A-Za-z0-9_.-] for an app id: nothing else can be registered.
-        guard appID.utf8.count <= 64, appID.utf8.allSatisfy({ isAppIDByte($0) }) else {
-            throw GatewayError.badRequest("invalid_app", "X-FanFlow-App must be 1-64 characters of [A-Za-z0-9_.-]")
+        guard AppIDShape.isValid(appID) else {
+            throw GatewayError.badRequest("invalid_app", "X-FanFlow-App must be \(AppIDShape.rule)")
         }
         guard let timestamp = headers[.fanflowTimestamp], let signature = headers[.fanflowSignature] else {
             throw GatewayError.unauthorized("missing_signature", "X-FanFlow-Timestamp and X-FanFlow-Signature are required")
@@ -43,9 +43,5 @@ enum ServerEventHeaders {
             throw GatewayError.unauthorized("bad_signature", "X-FanFlow-Signature must be sha256=<64 hex digits>")
         }
         return (appID, timestamp, received)
-    }
-
-    static func isAppIDByte(_ byte: UInt8) -> Bool {
-        (byte >= 48 && byte <= 57) || (byte >= 65 && byte <= 90) || (byte >= 97 && byte <= 122) || byte == 95 || byte == 45 || byte == 46
     }
 }

@@ -69,6 +69,8 @@ struct EdgeMiddleware: RouterMiddleware {
             throw error
         } catch {
             let mapped = GatewayError.storage(error)
+            // A client's fault (400) is no server error: not logged as one.
+            guard mapped.status.code >= 500 else { throw mapped }
             context.logger.error("request failed", metadata: ["code": "\(mapped.code)", "detail": "\(mapped.detail ?? "-")",
                                                               "path": "\(request.uri.path)"])
             throw mapped
@@ -85,6 +87,10 @@ extension GatewayError {
             return error
         case is PostgresPoolBusy:
             return GatewayError(.serviceUnavailable, "database_busy", "the database is busy; retry shortly", detail: "\(error)")
+        case let error as PostgresError where error.code == .invalidParameter:
+            // A value the client sent holds a NUL (refused by the wrapper before anything reached
+            // the server): the input is at fault, and a retry would fail the same way.
+            return GatewayError(.badRequest, "malformed_message", "a value holds a NUL byte, which cannot be stored", detail: "\(error)")
         case is PostgresError:
             return GatewayError(.serviceUnavailable, "database_unavailable", "the database did not answer; retry", detail: "\(error)")
         case is RedisError:

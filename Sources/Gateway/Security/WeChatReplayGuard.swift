@@ -3,9 +3,12 @@ import RedisClient
 
 /// Plain-mode WeChat callbacks sign only `(token, timestamp, nonce)`, not the body: whoever saw
 /// one request could send any body with its query for the freshness window. Each `(app,
-/// timestamp, nonce)` is remembered in Redis with a hash of its body (`SET NX`, expiring when the
+/// signature)` is remembered in Redis with a hash of its body (`SET NX`, expiring when the
 /// timestamp leaves the window): WeChat's own retry of the same request (same body) passes on to
-/// the dedupe store, the same pair with another body is refused.
+/// the dedupe store, the same signature with another body is refused. The key is the signature,
+/// not `(timestamp, nonce)`: WeChat signs the three sorted and joined, so `T=1765000000,
+/// N=4242424242` and `T=1765000000424, N=2424242` carry one signature, and a guard keyed on the
+/// pair would take the second as new.
 struct WeChatReplayGuard: Sendable {
     let redis: RedisPool
     /// The freshness window in seconds; a timestamp is accepted from `window` before now to
@@ -14,9 +17,10 @@ struct WeChatReplayGuard: Sendable {
 
     enum Verdict: Equatable { case first, sameRequest, replayed }
 
-    func check(app: String, timestamp: String, nonce: String, body: [UInt8]) async throws -> Verdict {
+    /// `signature`: the verified one, lowercase hex (40 characters), so its key is bounded.
+    func check(app: String, signature: String, body: [UInt8]) async throws -> Verdict {
         let digest = Bytes.hex(SHA256.hash(data: body))
-        let key = "fanflow:wechat:nonce:\(app):\(timestamp):\(nonce)"
+        let key = "fanflow:wechat:signature:\(app):\(signature)"
         let set = try await redis.connection.command(["SET", key, digest, "NX", "EX", String(2 * window)])
         if case .status = set { return .first }
         let stored = try await redis.connection.command(["GET", key])

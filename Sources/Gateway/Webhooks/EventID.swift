@@ -22,12 +22,35 @@ public enum EventID {
 struct FreshnessWindow: Sendable {
     let seconds: Int
 
-    /// Accepts unix seconds or milliseconds (Weibo sends milliseconds).
-    func check(_ text: String?, now: Double) throws(GatewayError) {
+    /// How a platform writes its timestamp. WeChat and Weibo sign the sorted, joined
+    /// `[token, timestamp, nonce]`, so the boundary between timestamp and nonce is not signed:
+    /// `1765000000` + `4242424242` and `1765000000424` + `2424242` join to the same string. Their
+    /// unit is therefore fixed by length, 10 digits for WeChat's seconds and 13 for Weibo's
+    /// milliseconds, so digits moved from the nonce make a timestamp that is refused.
+    enum Unit: Sendable {
+        /// Exactly 10 digits (WeChat).
+        case seconds
+        /// Exactly 13 digits (Weibo).
+        case milliseconds
+        /// Either, told apart by size (channels that sign the timestamp on its own).
+        case secondsOrMilliseconds
+    }
+
+    /// Accepts unix seconds or milliseconds as `unit` says.
+    func check(_ text: String?, now: Double, unit: Unit = .secondsOrMilliseconds) throws(GatewayError) {
         guard let text, let value = Int64(text), value > 0 else {
             throw GatewayError.badRequest("missing_timestamp", "timestamp is missing or not an integer")
         }
-        let seconds = value > 100_000_000_000 ? Double(value) / 1000 : Double(value)
+        let digits = text.utf8.count
+        switch unit {
+        case .seconds where digits != 10 || !text.utf8.allSatisfy({ (0x30...0x39).contains($0) }):
+            throw GatewayError.badRequest("missing_timestamp", "timestamp must be unix seconds, exactly 10 digits")
+        case .milliseconds where digits != 13 || !text.utf8.allSatisfy({ (0x30...0x39).contains($0) }):
+            throw GatewayError.badRequest("missing_timestamp", "timestamp must be unix milliseconds, exactly 13 digits")
+        default: break
+        }
+        let seconds = unit == .milliseconds || (unit == .secondsOrMilliseconds && value > 100_000_000_000)
+            ? Double(value) / 1000 : Double(value)
         guard abs(now - seconds) <= Double(self.seconds) else { throw GatewayError.staleTimestamp }
     }
 }
@@ -62,13 +85,13 @@ enum WebhookInput {
 }
 
 extension Gateway {
-    /// The path's app, once its id has the shape of one: 1-64 visible ASCII bytes. Anything else
-    /// (5,000 characters, `%00`, emoji) cannot be a registered app and is 404 before any lookup; a
-    /// NUL would otherwise be cut by libpq and look up another app's prefix.
+    /// The path's app, once its id has the shape of one (``AppIDShape``, the rule the admin API
+    /// registers by). Anything else (5,000 characters, `%00`, emoji) cannot be a registered app and
+    /// is 404 before any lookup; a NUL would otherwise be cut by libpq and look up another app's prefix.
     func webhookApp(_ platform: AppPlatform, _ context: GatewayRequestContext) async throws(GatewayError) -> RegisteredApp {
         let id = context.parameters.get("appId") ?? ""
-        guard InputLimits.identityProblem(id, maxBytes: 64) == nil else {
-            throw GatewayError(.notFound, "unknown_app", "no \(platform.rawValue) app has such an id (1-64 visible ASCII characters)")
+        guard AppIDShape.isValid(id) else {
+            throw GatewayError(.notFound, "unknown_app", "no \(platform.rawValue) app has such an id (\(AppIDShape.rule))")
         }
         return try await pathApp(platform, context)
     }

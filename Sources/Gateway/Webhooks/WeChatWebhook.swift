@@ -21,15 +21,19 @@ extension Gateway {
         return (app, credentials)
     }
 
-    /// Checks `signature` = sha1(sort(token, timestamp, nonce)) and the timestamp's freshness.
-    private func checkSignature(_ query: [String: String], token: String) throws(GatewayError) {
+    /// Checks `signature` = sha1(sort(token, timestamp, nonce)) and the timestamp's freshness
+    /// (10 digits: see ``FreshnessWindow/Unit``); returns the signature, lowercased, which the
+    /// plain-mode replay guard keys on.
+    @discardableResult
+    private func checkSignature(_ query: [String: String], token: String) throws(GatewayError) -> String {
         guard let signature = query["signature"], let timestamp = query["timestamp"], let nonce = query["nonce"] else {
             throw GatewayError.unauthorized("missing_signature", "signature, timestamp and nonce are required")
         }
         guard Bytes.hexSignatureMatches(signature, WeChatCrypto.signature([token, timestamp, nonce])) else {
             throw GatewayError.forbidden("bad_signature", "signature does not match")
         }
-        try freshness.check(timestamp, now: Date().timeIntervalSince1970)
+        try freshness.check(timestamp, now: Date().timeIntervalSince1970, unit: .seconds)
+        return signature.lowercased()
     }
 
     func wechatVerify(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
@@ -64,7 +68,7 @@ extension Gateway {
             guard Bytes.hexSignatureMatches(msgSignature, WeChatCrypto.signature([credentials.token, timestamp, nonce, encrypted])) else {
                 throw GatewayError.forbidden("bad_signature", "msg_signature does not match")
             }
-            try freshness.check(timestamp, now: receivedAt.timeIntervalSince1970)
+            try freshness.check(timestamp, now: receivedAt.timeIntervalSince1970, unit: .seconds)
             let plain: [UInt8]
             do {
                 plain = try cipher.decrypt(encrypted)
@@ -76,8 +80,8 @@ extension Gateway {
             // The ciphertext was signed, the plaintext inside it is still only bytes.
             message = try parseXML(try requireUTF8(plain))
         } else {
-            try checkSignature(query, token: credentials.token)
-            try await checkPlainMode(app, query: query, body: body)
+            let signature = try checkSignature(query, token: credentials.token)
+            try await checkPlainMode(app, signature: signature, body: body)
             message = try parseXML(body)
         }
 

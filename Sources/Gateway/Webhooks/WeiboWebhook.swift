@@ -34,7 +34,8 @@ extension Gateway {
         guard Bytes.hexSignatureMatches(signature, WeChatCrypto.signature([credentials.appSecret, timestamp, nonce])) else {
             throw GatewayError.forbidden("bad_signature", "signature does not match")
         }
-        try freshness.check(timestamp, now: Date().timeIntervalSince1970)
+        // Weibo signs like WeChat (sorted, joined): its milliseconds must be exactly 13 digits.
+        try freshness.check(timestamp, now: Date().timeIntervalSince1970, unit: .milliseconds)
         return (app, query)
     }
 }
