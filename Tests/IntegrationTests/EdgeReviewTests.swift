@@ -62,6 +62,26 @@ struct EdgeReviewTests {
         }
     }
 
+    @Test("Weibo's pushes sign the query, not the body: the same signature with another body is 403 replayed; the same request again passes")
+    func weiboBodyReplay() async throws {
+        try await GatewayHarness.run { client, _, _ in
+            let app = TestEnvironment.unique("wb")
+            try await GatewayHarness.register(client, "weibo", app, ["appSecret": "weibo-secret"])
+            let timestamp = GatewayWebhookTests.now + "123", nonce = String(UInt32.random(in: 100_000...UInt32.max))
+            let uri = "/weibo/\(app)?signature=\(WeChatCrypto.signature(["weibo-secret", timestamp, nonce]))&timestamp=\(timestamp)&nonce=\(nonce)"
+            func push(_ text: String) -> ByteBuffer {
+                ByteBuffer(string: #"{"type":"text","sender_id":"5123456789","receiver_id":"1902538057","created_at":"Mon Jul 16 18:09:20 +0800 2012","text":"\#(text)","data":{}}"#)
+            }
+            let genuine = try await client.execute(uri: uri, method: .post, body: push("hello"))
+            #expect(genuine.status == .ok, "\(genuine.status) \(String(buffer: genuine.body))")
+            let retry = try await client.execute(uri: uri, method: .post, body: push("hello"))
+            #expect(retry.status == .ok)
+            let forged = try await client.execute(uri: uri, method: .post, body: push("attacker-chosen"))
+            #expect(forged.status == .forbidden && GatewayHarness.errorCode(forged) == "replayed",
+                    "\(forged.status) \(String(buffer: forged.body))")
+        }
+    }
+
     @Test("the plain-mode replay guard keys on the signature: the same signature with another body is a replay whatever the pair")
     func replayGuardKeyedOnSignature() async throws {
         try await GatewayHarness.run { _, _, gateway in

@@ -18,9 +18,10 @@ struct WeChatReplayGuard: Sendable {
     enum Verdict: Equatable { case first, sameRequest, replayed }
 
     /// `signature`: the verified one, lowercase hex (40 characters), so its key is bounded.
-    func check(app: String, signature: String, body: [UInt8]) async throws -> Verdict {
+    /// `platform`: whose signature it is (`wechat`, `weibo`: Weibo signs its pushes the same way).
+    func check(platform: String = "wechat", app: String, signature: String, body: [UInt8]) async throws -> Verdict {
         let digest = Bytes.hex(SHA256.hash(data: body))
-        let key = "fanflow:wechat:signature:\(app):\(signature)"
+        let key = "fanflow:\(platform):signature:\(app):\(signature)"
         let set = try await redis.connection.command(["SET", key, digest, "NX", "EX", String(2 * window)])
         if case .status = set { return .first }
         let stored = try await redis.connection.command(["GET", key])

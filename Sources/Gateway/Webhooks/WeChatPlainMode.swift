@@ -13,14 +13,21 @@ extension Gateway {
             throw GatewayError.forbidden("safe_mode_required",
                                          "this app has an EncodingAESKey: callbacks must use safe mode (encrypt_type=aes)")
         }
+        try await refuseReplay(platform: "wechat", app: app.appID, signature: signature, body: body)
+    }
+
+    /// A body signed only through its query (WeChat plain mode, Weibo's pushes): a second body
+    /// under a signature already seen is refused with 403 `replayed`.
+    func refuseReplay(platform: String, app: String, signature: String, body: [UInt8]) async throws(GatewayError) {
         let verdict: WeChatReplayGuard.Verdict
         do {
-            verdict = try await replays.check(app: app.appID, signature: signature, body: body)
+            verdict = try await replays.check(platform: platform, app: app, signature: signature.lowercased(), body: body)
         } catch {
             // Like the dedupe store: with Redis down the callback is still taken (a platform's events
             // must not be lost to a cache outage), unchecked for replays, and counted.
             metrics.count(.replayCheckUnavailable)
-            logger.warning("replay check unavailable; plain-mode callback accepted unchecked", metadata: ["app": "\(app.appID)", "error": "\(error)"])
+            logger.warning("replay check unavailable; callback accepted unchecked",
+                           metadata: ["platform": "\(platform)", "app": "\(app)", "error": "\(error)"])
             return
         }
         guard verdict != .replayed else {

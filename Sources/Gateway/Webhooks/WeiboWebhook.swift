@@ -14,8 +14,10 @@ extension Gateway {
             return Response.text(echostr)
         }
         router.post("/weibo/:appId") { request, context in
-            let (app, _) = try await weiboVerified(request, context)
+            let (app, query) = try await weiboVerified(request, context)
             let body = try await request.collectBody(upTo: Self.webhookBodyLimit)
+            // Weibo signs the query, not the body: the same signature with another body is a replay.
+            try await refuseReplay(platform: "weibo", app: app.appID, signature: query["signature"] ?? "", body: body)
             let envelope = try WeiboEvents.envelope(body, app: app.appID, receivedAt: Date())
             try await publishWebhookEvent(envelope)
             // An empty body: no passive reply.
