@@ -74,7 +74,8 @@ public struct CounterReadiness: Sendable {
             _ = try? await redis.connection.evalSHA(release, keys: [Self.lockKey], arguments: [token])
             throw error
         }
-        try await redis.connection.evalSHA(release, keys: [Self.lockKey], arguments: [token])
+        // With the marker set nobody looks at the lock: a failed release only lets it expire.
+        _ = try? await redis.connection.evalSHA(release, keys: [Self.lockKey], arguments: [token])
     }
 
     func isReady() async throws -> Bool {
