@@ -50,6 +50,7 @@ let package = Package(
         // The loyalty program's domain: rules, members, Redis decisions, the ledger.
         .target(name: "Loyalty",
                 dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler"],
+                resources: [.copy("Resources")],
                 swiftSettings: swiftSettings),
         // Flash sales: campaigns, live stock in Redis (one Lua call per decision), orders in PostgreSQL.
         .target(name: "FlashSales",

@@ -19,12 +19,16 @@ public struct PointsPool: EnvelopeProcessor {
     let members: MemberDirectory
     let decider: PointsDecider
     let ledger: Ledger
+    /// Whether the decider's counters are whole (see ``CounterReadiness``): after Redis lost its
+    /// data the pool rebuilds them before deciding again.
+    let readiness: CounterReadiness
 
     public init(rules: RuleBook, members: MemberDirectory, decider: PointsDecider, ledger: Ledger) {
         self.rules = rules
         self.members = members
         self.decider = decider
         self.ledger = ledger
+        self.readiness = CounterReadiness(decider: decider, ledger: ledger)
     }
 
     public init(database: PostgresPool, redis: RedisPool, timeZone: TimeZone, pointsNews: any PointsNewsPolicy = AlwaysAnnounce()) {
@@ -97,6 +101,12 @@ public struct PointsPool: EnvelopeProcessor {
                                                 eventID: event.id, occurredAt: event.occurredAt, subject: subject))
             }
         }
+        // One GET per batch, right before deciding, rather than a check inside the per-member Lua,
+        // whose keys must all carry the member's `{m:<id>}` tag for Redis Cluster. A loss of Redis's
+        // data between this check and the decision is a window of one batch per worker: that batch
+        // decides against empty counters (the rebuild's settle delay lets it commit first, so the
+        // ledger read includes it).
+        if requests.contains(where: { !$0.rules.isEmpty }) { try await readiness.ensure(rules: program.rules) }
         let decisions = try await decider.decide(requests)
 
         // A referral grants the referrer too, once per new member: only where the new member's
