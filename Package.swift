@@ -47,14 +47,22 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .target(name: "Contracts", swiftSettings: swiftSettings),
+        // The job queue every domain enqueues its own follow-up work into (enqueue, claim with SKIP
+        // LOCKED, outcomes, unique keys), the runner a process drives its job kinds with, periodic
+        // schedules (cron) and the business calendar due times are counted on. No broker, no HTTP.
+        .target(name: "Jobs",
+                dependencies: ["Contracts", "PostgresClient", "ClientSupport",
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+                swiftSettings: swiftSettings),
         // The loyalty program's domain: rules, members, Redis decisions, the ledger.
         .target(name: "Loyalty",
-                dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler"],
+                dependencies: ["Contracts", "Jobs", "PostgresClient", "RedisClient"],
                 resources: [.copy("Resources")],
                 swiftSettings: swiftSettings),
         // Flash sales: campaigns, live stock in Redis (one Lua call per decision), orders in PostgreSQL.
         .target(name: "FlashSales",
-                dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler"],
+                dependencies: ["Contracts", "Jobs", "PostgresClient", "RedisClient"],
                 resources: [.copy("Resources")],
                 swiftSettings: swiftSettings),
         // Dead letters an operator can list, replay and drop; knows no broker and no HTTP.
@@ -76,7 +84,7 @@ let package = Package(
         // Pushes: templates (Mustache), triggers, the platforms' message APIs and their shared access
         // tokens, pace and quota.
         .target(name: "Pushes",
-                dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler", "PlatformSigning",
+                dependencies: ["Contracts", "Jobs", "PostgresClient", "RedisClient", "PlatformSigning",
                                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "Mustache", package: "swift-mustache"),
@@ -96,7 +104,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .target(name: "Gateway",
-                dependencies: ["DeadLetters", "Contracts", "Runtime", "Loyalty", "Scheduler", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
+                dependencies: ["DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
                                "PostgresClient", "Storage", "PlatformSigning",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -108,21 +116,21 @@ let package = Package(
                 resources: [.copy("Resources/sdk.js")],
                 swiftSettings: swiftSettings),
         .target(name: "Workers",
-                dependencies: ["DeadLetters", "Contracts", "Runtime", "Loyalty", "Scheduler", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",
+                dependencies: ["DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",
                                "Storage", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
-        // Durable delayed and periodic jobs, the business calendar and leader election: a library
-        // the gateway and workers enqueue through, and the scheduler process's dispatch loop.
+        // The scheduler process: leader election and the periodic enqueuer (only the leader turns
+        // schedules into jobs), and its health and metrics endpoint.
         .target(name: "Scheduler",
-                dependencies: ["Contracts", "Runtime", "AMQPClient", "PostgresClient", "ClientSupport",
+                dependencies: ["Contracts", "Jobs", "Runtime", "AMQPClient", "PostgresClient", "ClientSupport",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
 
         .executableTarget(name: "fanflow",
-                          dependencies: ["DeadLetters", "Contracts", "Runtime", "Gateway", "Workers", "Scheduler", "Storage", "Loyalty", "FlashSales",
+                          dependencies: ["DeadLetters", "Contracts", "Runtime", "Gateway", "Workers", "Jobs", "Scheduler", "Storage", "Loyalty", "FlashSales",
                                          "Pushes", "FakePlatform", "PlatformSigning", "AMQPClient", "PostgresClient", "RedisClient",
                                          .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -137,12 +145,12 @@ let package = Package(
                           swiftSettings: swiftSettings),
 
         .testTarget(name: "UnitTests",
-                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "Gateway", "Loyalty", "Scheduler", "FlashSales", "PlatformSigning",
+                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "PlatformSigning",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto")],
                     swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
-                    dependencies: ["DeadLetters", "Contracts", "Runtime", "Workers", "Gateway", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
+                    dependencies: ["DeadLetters", "Contracts", "Runtime", "Workers", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
                                    "RedisClient", "Pushes", "FakePlatform", "PlatformSigning",
                                    "PostgresClient", "Storage",
                                    .product(name: "Crypto", package: "swift-crypto"),

@@ -1,7 +1,7 @@
 import Contracts
 import Foundation
+import Jobs
 import PostgresClient
-import Scheduler
 
 /// Campaigns and their orders in PostgreSQL: the books Redis is reconciled against.
 public struct FlashSaleStore: Sendable {

@@ -1,7 +1,7 @@
 import Contracts
 import Foundation
+import Jobs
 import PostgresClient
-import Scheduler
 
 /// A ledger entry a worker writes for one rule's decision on one event.
 public struct LedgerGrant: Sendable {

@@ -1,5 +1,5 @@
 import Foundation
-import Scheduler
+import Jobs
 
 /// The loyalty program's scheduled work.
 ///

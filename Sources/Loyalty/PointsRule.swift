@@ -1,6 +1,6 @@
 import Contracts
 import Foundation
-import Scheduler
+import Jobs
 
 /// A brand's points rule, as the admin API takes it (`PUT /admin/v1/points-rules/{code}`) and
 /// PostgreSQL stores it. JSON field names are the public contract.

@@ -1,7 +1,7 @@
 import Contracts
 import Foundation
+import Jobs
 import PostgresClient
-import Scheduler
 import Synchronization
 
 /// Rules and the level table in PostgreSQL, for the admin API and for workers.

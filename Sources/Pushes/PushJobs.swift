@@ -1,5 +1,5 @@
 import Foundation
-import Scheduler
+import Jobs
 
 /// The scheduler jobs of pushes (published by the scheduler to the push queue as
 /// `fanflow.<kind>`): the gateway enqueues a broadcast's first batch, the push pool the rest.

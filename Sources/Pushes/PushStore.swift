@@ -1,7 +1,7 @@
 import Contracts
 import Foundation
+import Jobs
 import PostgresClient
-import Scheduler
 
 /// Templates, triggers and pushes in PostgreSQL.
 public struct PushStore: Sendable {

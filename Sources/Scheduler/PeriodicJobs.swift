@@ -1,30 +1,10 @@
 import Contracts
 import Foundation
+import Jobs
 import Logging
 import PostgresClient
 import ServiceLifecycle
 import Synchronization
-
-/// A job enqueued on a cron schedule, declared in code. `name` is stable: it keys the periods
-/// already enqueued, so renaming it starts the schedule afresh.
-public struct PeriodicJob: Sendable {
-    public let name: String
-    public let schedule: CronSchedule
-    public let kind: JobKind
-    public let payload: [String: JSONValue]
-    public let maxAttempts: Int
-
-    public init(name: String, schedule: CronSchedule, kind: JobKind, payload: [String: JSONValue] = [:], maxAttempts: Int = 5) {
-        self.name = name
-        self.schedule = schedule
-        self.kind = kind
-        self.payload = payload
-        self.maxAttempts = maxAttempts
-    }
-
-    /// The unique key of one period: a second leader enqueuing the same period is a no-op.
-    public func uniqueKey(fireAt: Date) -> String { "periodic:\(name):\(RFC3339.format(fireAt))" }
-}
 
 /// Enqueues periodic jobs while this process leads (``LeaderElection``).
 ///
@@ -40,12 +20,12 @@ public final class PeriodicEnqueuer: Service, Sendable {
     let jobs: [PeriodicJob]
     let tick: Duration
     let lookahead: Duration
-    let metrics: SchedulerMetrics
+    let metrics: JobMetrics
     let logger: Logger
     static let catchUpPerTick = 1000
 
     public init(database: PostgresPool, jobs: [PeriodicJob], tick: Duration = .seconds(1), lookahead: Duration = .seconds(30),
-                metrics: SchedulerMetrics = SchedulerMetrics(), logger: Logger) {
+                metrics: JobMetrics = JobMetrics(), logger: Logger) {
         self.database = database
         self.jobs = jobs
         self.tick = tick

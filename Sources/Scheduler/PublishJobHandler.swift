@@ -1,6 +1,7 @@
 import AMQPClient
 import Contracts
 import Foundation
+import Jobs
 import Runtime
 
 /// Hands jobs to a worker pool instead of running them here: each job is published, confirmed, to

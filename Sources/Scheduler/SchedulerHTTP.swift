@@ -1,10 +1,11 @@
 import Hummingbird
+import Jobs
 import Logging
 
 /// What the scheduler process serves for operators and Prometheus: `/health` and `/metrics`
 /// (runs by outcome, lag, due backlog, oldest due age, jobs by status, whether it leads).
 public enum SchedulerHTTP {
-    public static func application(host: String, port: Int, store: JobStore, metrics: SchedulerMetrics,
+    public static func application(host: String, port: Int, store: JobStore, metrics: JobMetrics,
                                    periodic: PeriodicEnqueuer, logger: Logger) -> some ApplicationProtocol {
         let router = Router()
         router.get("/health") { _, _ in

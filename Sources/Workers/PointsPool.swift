@@ -1,9 +1,9 @@
 import Contracts
 import Foundation
+import Jobs
 import Loyalty
 import PostgresClient
 import RedisClient
-import Scheduler
 
 /// The points pool: every qualifying event becomes the points and growth the brand's rules say,
 /// within the caps, once.

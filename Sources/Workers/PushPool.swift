@@ -1,10 +1,10 @@
 import Contracts
 import FlashSales
 import Foundation
+import Jobs
 import Logging
 import Loyalty
 import Pushes
-import Scheduler
 import Synchronization
 
 /// The push pool (`fanflow worker --pool push=N`): events on `fanflow.push` become template

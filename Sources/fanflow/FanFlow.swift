@@ -1,11 +1,12 @@
 import AMQPClient
 import ArgumentParser
+import AsyncHTTPClient
 import Contracts
 import DeadLetters
 import FlashSales
 import Foundation
 import Gateway
-import AsyncHTTPClient
+import Jobs
 import Logging
 import Loyalty
 import PlatformSigning
@@ -180,7 +181,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         try await broker.start()
         let database = PostgresPool(url: configuration.databaseURL, maximumConnections: 4)
         let store = JobStore(database: database)
-        let metrics = SchedulerMetrics()
+        let metrics = JobMetrics()
         let ledger = Ledger(database: database, news: configuration.pointsNews.policy(pushes: PushStore(database: database)))
         let rules = RuleStore(database: database)
         let zone = configuration.timeZone

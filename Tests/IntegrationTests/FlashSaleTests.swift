@@ -1,16 +1,16 @@
 import AMQPClient
 import Contracts
 import Crypto
-import PlatformSigning
-import _CryptoExtras
 import FlashSales
 import Foundation
 import Gateway
+import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
-import HTTPTypes
+import Jobs
 import Logging
 import Loyalty
+import PlatformSigning
 import PostgresClient
 import RedisClient
 import Runtime
@@ -18,6 +18,7 @@ import Scheduler
 import Synchronization
 import Testing
 import Workers
+import _CryptoExtras
 
 /// Flash sales over real HTTP, Redis, RabbitMQ and PostgreSQL: never oversold, never past a
 /// member's limit, every reservation an order, unpaid ones back in stock exactly once.

@@ -8,7 +8,7 @@ import HummingbirdTesting
 import HTTPTypes
 import Loyalty
 import Pushes
-import Scheduler
+import Jobs
 import Testing
 
 /// Input the gateway must refuse without dying or publishing: absurd times, bytes that are not

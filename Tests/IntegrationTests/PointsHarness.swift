@@ -1,9 +1,9 @@
 import AMQPClient
 import Contracts
 import Foundation
+import Jobs
 import Logging
 import Loyalty
-import Scheduler
 import PostgresClient
 import RedisClient
 import Storage

@@ -1,12 +1,12 @@
 import AMQPClient
 import Contracts
 import Foundation
+import Jobs
 import Logging
 import Loyalty
 import PostgresClient
 import RedisClient
 import Runtime
-import Scheduler
 import Testing
 import Workers
 

@@ -6,6 +6,7 @@ import FlashSales
 import Foundation
 import Hummingbird
 import HummingbirdTesting
+import Jobs
 import Logging
 import Loyalty
 import PlatformSigning

@@ -1,8 +1,9 @@
 import Contracts
 import Foundation
+import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
-import HTTPTypes
+import Jobs
 import Logging
 import Loyalty
 import PostgresClient
@@ -120,7 +121,7 @@ struct SchedulerAdminTests {
     func metrics() async throws {
         try await ScratchDatabase.with { database, _ in
             let store = JobStore(database: database)
-            let metrics = SchedulerMetrics()
+            let metrics = JobMetrics()
             let periodic = PeriodicEnqueuer(database: database, jobs: [], metrics: metrics, logger: Logger(label: "test"))
             periodic.setLeading(true)
             try await store.enqueue(NewJob(kind: JobKind("test.ok"), dueAt: Date().addingTimeInterval(-2)))

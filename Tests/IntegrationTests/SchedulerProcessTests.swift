@@ -1,8 +1,8 @@
 import Contracts
 import Foundation
+import Jobs
 import Loyalty
 import PostgresClient
-import Scheduler
 import Testing
 
 /// Real `fanflow scheduler` processes (the binary `swift build` made beside the tests) sharing one

@@ -1,6 +1,7 @@
 import AMQPClient
 import Contracts
 import Foundation
+import Jobs
 import Logging
 import Loyalty
 import PostgresClient

@@ -6,7 +6,7 @@ import HummingbirdTesting
 import HTTPTypes
 import Loyalty
 import PostgresClient
-import Scheduler
+import Jobs
 import Testing
 import Workers
 

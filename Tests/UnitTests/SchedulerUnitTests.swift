@@ -1,7 +1,7 @@
 import Contracts
 import Foundation
 import Loyalty
-@testable import Scheduler
+@testable import Jobs
 import Testing
 
 @Suite("Scheduler: cron in a time zone, working days, retry backoff")

@@ -1,7 +1,7 @@
 import Contracts
 import Foundation
 import Hummingbird
-import Scheduler
+import Jobs
 
 /// `/admin/v1/jobs` (what the scheduler holds: status, kind, due, attempts, last error; retry and
 /// cancel) and `/admin/v1/calendar` (public holidays and make-up workdays for working-day counts).

@@ -225,7 +225,7 @@ public struct JobStore: Sendable {
 
     // MARK: Rows
 
-    static func seconds(_ duration: Duration) -> Double {
+    public static func seconds(_ duration: Duration) -> Double {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 

@@ -2,7 +2,7 @@ import Synchronization
 
 /// The scheduler's counters, rendered in the Prometheus text format beside the table's gauges
 /// (due backlog, oldest due age, jobs by status), which are read from PostgreSQL at scrape time.
-public final class SchedulerMetrics: Sendable {
+public final class JobMetrics: Sendable {
     public enum Counter: String, Sendable {
         case reclaimed = "fanflow_scheduler_leases_reclaimed_total"
         case periodicEnqueued = "fanflow_scheduler_periodic_enqueued_total"
@@ -13,7 +13,7 @@ public final class SchedulerMetrics: Sendable {
     struct State {
         var runs: [RunKey: Int] = [:]
         var counters: [Counter: Int] = [:]
-        var lagBuckets = [Int](repeating: 0, count: SchedulerMetrics.bounds.count)
+        var lagBuckets = [Int](repeating: 0, count: JobMetrics.bounds.count)
         var lagCount = 0
         var lagSum = 0.0
     }

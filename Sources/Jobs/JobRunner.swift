@@ -31,11 +31,11 @@ public struct JobRunner: Service {
     let store: JobStore
     let handlers: [JobKind: any JobHandler]
     let configuration: Configuration
-    let metrics: SchedulerMetrics
+    let metrics: JobMetrics
     let logger: Logger
 
     public init(store: JobStore, handlers: [JobKind: any JobHandler], configuration: Configuration = Configuration(),
-                metrics: SchedulerMetrics = SchedulerMetrics(), logger: Logger) {
+                metrics: JobMetrics = JobMetrics(), logger: Logger) {
         self.store = store
         self.handlers = handlers
         self.configuration = configuration
