@@ -74,17 +74,29 @@ let package = Package(
                 resources: [.copy("Migrations")],
                 swiftSettings: swiftSettings),
 
-        // Alipay's RSA2 signatures: the gateway checks notifications with them, the push pool signs
-        // its requests, and the fake platform plays Alipay's side.
-        .target(name: "PlatformSigning",
-                dependencies: [.product(name: "Crypto", package: "swift-crypto"),
-                               .product(name: "_CryptoExtras", package: "swift-crypto")],
+        // The platforms as FanFlow talks to them: their signatures and ciphers (WeChat's AES and
+        // SHA-1, WeChat Pay v3, Alipay RSA2, QQ Ed25519), their message APIs, and the shared WeChat
+        // access token. Gateway checks with it, pushes send with it, the fake platform plays it.
+        .target(name: "Platforms",
+                dependencies: ["Contracts", "RedisClient",
+                               .product(name: "Crypto", package: "swift-crypto"),
+                               .product(name: "_CryptoExtras", package: "swift-crypto"),
+                               .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "Logging", package: "swift-log")],
+                swiftSettings: swiftSettings),
+        // Registered apps and their sealed credentials (AES-GCM under keys derived from
+        // FANFLOW_SECRET_KEY), cached per process: the gateway and every worker read apps here.
+        .target(name: "Apps",
+                dependencies: ["Contracts", "ClientSupport", "Platforms", "PostgresClient",
+                               .product(name: "Crypto", package: "swift-crypto"),
+                               .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
 
         // Pushes: templates (Mustache), triggers, the platforms' message APIs and their shared access
         // tokens, pace and quota.
         .target(name: "Pushes",
-                dependencies: ["Contracts", "Jobs", "PostgresClient", "RedisClient", "PlatformSigning",
+                dependencies: ["Contracts", "Jobs", "PostgresClient", "RedisClient", "Platforms",
                                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "Mustache", package: "swift-mustache"),
@@ -93,7 +105,7 @@ let package = Package(
         // A stand-in for WeChat's message APIs (token, stable token, template and custom messages) with
         // their real request and answer shapes and faults on demand: for tests, demos and benches.
         .target(name: "FakePlatform",
-                dependencies: ["PlatformSigning", .product(name: "Hummingbird", package: "hummingbird"),
+                dependencies: ["Platforms", .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "_CryptoExtras", package: "swift-crypto")],
                 swiftSettings: swiftSettings),
 
@@ -104,8 +116,8 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .target(name: "Gateway",
-                dependencies: ["DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
-                               "PostgresClient", "Storage", "PlatformSigning",
+                dependencies: ["Apps", "DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
+                               "PostgresClient", "Storage", "Platforms",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "_CryptoExtras", package: "swift-crypto"),
                                .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -116,7 +128,7 @@ let package = Package(
                 resources: [.copy("Resources/sdk.js")],
                 swiftSettings: swiftSettings),
         .target(name: "Workers",
-                dependencies: ["DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",
+                dependencies: ["Apps", "DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",
                                "Storage", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
@@ -130,28 +142,28 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .executableTarget(name: "fanflow",
-                          dependencies: ["DeadLetters", "Contracts", "Runtime", "Gateway", "Workers", "Jobs", "Scheduler", "Storage", "Loyalty", "FlashSales",
-                                         "Pushes", "FakePlatform", "PlatformSigning", "AMQPClient", "PostgresClient", "RedisClient",
+                          dependencies: ["Apps", "DeadLetters", "Contracts", "Runtime", "Gateway", "Workers", "Jobs", "Scheduler", "Storage", "Loyalty", "FlashSales",
+                                         "Pushes", "FakePlatform", "Platforms", "AMQPClient", "PostgresClient", "RedisClient",
                                          .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log"),
                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                           swiftSettings: swiftSettings),
         .executableTarget(name: "FanFlowBench",
-                          dependencies: ["Contracts", "AMQPClient", "Gateway", "RedisClient", "PostgresClient",
+                          dependencies: ["Contracts", "AMQPClient", "Gateway", "Platforms", "RedisClient", "PostgresClient",
                                          .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                          .product(name: "NIOCore", package: "swift-nio"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: swiftSettings),
 
         .testTarget(name: "UnitTests",
-                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "PlatformSigning",
+                    dependencies: ["Apps", "Contracts", "ClientSupport", "AMQPClient", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "Platforms",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto")],
                     swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
-                    dependencies: ["DeadLetters", "Contracts", "Runtime", "Workers", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
-                                   "RedisClient", "Pushes", "FakePlatform", "PlatformSigning",
+                    dependencies: ["Apps", "DeadLetters", "Contracts", "Runtime", "Workers", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
+                                   "RedisClient", "Pushes", "FakePlatform", "Platforms",
                                    "PostgresClient", "Storage",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto"),

@@ -1,7 +1,7 @@
 @preconcurrency import _CryptoExtras
 import Foundation
 import Hummingbird
-import PlatformSigning
+import Platforms
 import Synchronization
 
 /// A stand-in for Alipay's OpenAPI gateway (`POST /gateway.do`) as the push pool calls it: the

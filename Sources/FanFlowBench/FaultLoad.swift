@@ -1,10 +1,11 @@
-@preconcurrency import Crypto
 import ArgumentParser
 import AsyncHTTPClient
 import Contracts
+@preconcurrency import Crypto
 import Foundation
 import Gateway
 import NIOCore
+import Platforms
 
 /// Steady load for `scripts/bench faults`, at fixed rates whatever the gateway answers: signed
 /// WeChat webhooks (plaintext mode, one text message each, a distinct MsgId and nonce each, signed

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Gateway
+import Platforms
 
 /// Pre-signed WeChat safe-mode requests for `scripts/bench gateway`: the signature covers the
 /// ciphertext, so each distinct event must be encrypted and signed ahead of time (wrk's Lua has no

@@ -1,4 +1,6 @@
 import AMQPClient
+import Apps
+import ClientSupport
 import Contracts
 import Foundation
 import Hummingbird
@@ -132,7 +134,7 @@ public struct Gateway: Sendable {
 
     /// The registered app a webhook's path names (`/{platform}/{appId}`), or 404.
     func pathApp(_ platform: AppPlatform, _ context: GatewayRequestContext) async throws(GatewayError) -> RegisteredApp {
-        try await apps.app(platform, context.parameters.get("appId") ?? "", client: context.clientIP)
+        try await apps.gatewayApp(platform, context.parameters.get("appId") ?? "", client: context.clientIP)
     }
 
     /// Publishes one webhook's event; anything but a confirm (or a recognized retry) is an error

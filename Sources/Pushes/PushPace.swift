@@ -1,4 +1,5 @@
 import Foundation
+import Platforms
 import RedisClient
 
 /// How fast, and how many a day, one app may send: a token bucket per app in Redis shared by every

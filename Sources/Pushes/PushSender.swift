@@ -1,5 +1,5 @@
 import Foundation
-import PlatformSigning
+import Platforms
 import Synchronization
 
 /// Sends one message and decides what its outcome means, by the platform's error codes.

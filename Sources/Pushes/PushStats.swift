@@ -1,4 +1,5 @@
 import Foundation
+import Platforms
 import RedisClient
 
 /// What the push workers did today, per app, counted in Redis so every worker process adds to one

@@ -1,6 +1,7 @@
 import Contracts
 import Foundation
 import Jobs
+import Platforms
 import PostgresClient
 
 /// Templates, triggers and pushes in PostgreSQL.

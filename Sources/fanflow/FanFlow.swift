@@ -1,4 +1,5 @@
 import AMQPClient
+import Apps
 import ArgumentParser
 import AsyncHTTPClient
 import Contracts
@@ -9,7 +10,7 @@ import Gateway
 import Jobs
 import Logging
 import Loyalty
-import PlatformSigning
+import Platforms
 import PostgresClient
 import Pushes
 import RedisClient

@@ -4,7 +4,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import HTTPTypes
-import PlatformSigning
+import Platforms
 import PostgresClient
 import RedisClient
 import Testing

@@ -1,18 +1,19 @@
-@preconcurrency import Crypto
-@preconcurrency import _CryptoExtras
+#if canImport(Glibc)
+import Apps
 import Contracts
+@preconcurrency import Crypto
 import Foundation
 @testable import Gateway
+import Glibc
+import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
-import HTTPTypes
 import Loyalty
-import PlatformSigning
+import Platforms
 import PostgresClient
 import Synchronization
 import Testing
-#if canImport(Glibc)
-import Glibc
+@preconcurrency import _CryptoExtras
 #endif
 
 /// The gateway's edges over real HTTP: secrets at rest, cost before authentication, timeouts,

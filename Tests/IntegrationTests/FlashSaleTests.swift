@@ -10,7 +10,7 @@ import HummingbirdTesting
 import Jobs
 import Logging
 import Loyalty
-import PlatformSigning
+import Platforms
 import PostgresClient
 import RedisClient
 import Runtime

@@ -1,10 +1,11 @@
-@preconcurrency import Crypto
 import Contracts
+@preconcurrency import Crypto
 import Foundation
 @testable import Gateway
+import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
-import HTTPTypes
+import Platforms
 import PostgresClient
 import Testing
 

@@ -6,7 +6,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import HTTPTypes
-import PlatformSigning
+import Platforms
 import Testing
 
 /// Webhooks in over real HTTP, envelopes out on a queue bound to `fanflow.events`.

@@ -1,14 +1,15 @@
-@preconcurrency import Crypto
 import AsyncHTTPClient
 import Contracts
+@preconcurrency import Crypto
 import Foundation
 @testable import Gateway
+import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
-import HTTPTypes
-import Loyalty
-import Pushes
 import Jobs
+import Loyalty
+import Platforms
+import Pushes
 import Testing
 
 /// Input the gateway must refuse without dying or publishing: absurd times, bytes that are not

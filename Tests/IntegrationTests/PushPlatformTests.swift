@@ -5,7 +5,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Logging
-import PlatformSigning
+@testable import Platforms
 @testable import Pushes
 import RedisClient
 import Testing

@@ -9,7 +9,7 @@ import HummingbirdTesting
 import Jobs
 import Logging
 import Loyalty
-import PlatformSigning
+import Platforms
 import PostgresClient
 import Pushes
 import RedisClient

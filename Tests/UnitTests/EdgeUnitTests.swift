@@ -1,3 +1,4 @@
+@testable import ClientSupport
 import Contracts
 import Foundation
 @testable import Gateway

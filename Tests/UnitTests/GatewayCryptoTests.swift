@@ -1,10 +1,11 @@
-@preconcurrency import Crypto
-@preconcurrency import _CryptoExtras
+@testable import Apps
 import Contracts
+@preconcurrency import Crypto
 import Foundation
 @testable import Gateway
-import PlatformSigning
+import Platforms
 import Testing
+@preconcurrency import _CryptoExtras
 
 @Suite("Platform signatures and encryption")
 struct GatewayCryptoTests {

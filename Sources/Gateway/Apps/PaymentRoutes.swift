@@ -1,8 +1,9 @@
+import Apps
 import Contracts
 import FlashSales
 import Foundation
 import Hummingbird
-import PlatformSigning
+import Platforms
 
 /// `POST /v1/payments/notify/{wechatpay|alipay}`: payment notifications for flash-sale orders, in
 /// the shapes WeChat Pay (API v3: signed headers, AES-GCM resource) and Alipay (RSA2-signed form)
@@ -106,7 +107,7 @@ extension Gateway {
             return answer(.notFound, "failure: no alipay app has such an id (\(AppIDShape.rule))")
         }
         let app: RegisteredApp
-        do { app = try await apps.app(.alipay, appID, client: context.clientIP) } catch {
+        do { app = try await apps.gatewayApp(.alipay, appID, client: context.clientIP) } catch {
             guard error.status.code >= 500 else { return answer(error.status, "failure: \(error.message)") }
             // Alipay is outside: the operator's detail goes to the log under the request id only.
             context.logger.error("request failed", metadata: ["code": "\(error.code)", "message": "\(error.message)",

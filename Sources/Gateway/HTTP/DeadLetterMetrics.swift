@@ -1,3 +1,4 @@
+import ClientSupport
 import Contracts
 import DeadLetters
 import Foundation

@@ -1,3 +1,4 @@
+import ClientSupport
 /// Token buckets per beacon site and per client, kept in this process: beacons are the only
 /// unauthenticated traffic, and one noisy page must not starve webhooks of the gateway's time.
 /// Each gateway process limits on its own (N gateways allow N times the rate), which is enough

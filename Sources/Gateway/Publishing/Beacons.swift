@@ -70,7 +70,7 @@ extension Gateway {
             throw GatewayError(.contentTooLarge, "too_many_events", "at most \(Self.beaconBatchLimit) events per beacon")
         }
         let member = try beaconMember(authorization: authorization, field: batch["token"])
-        _ = try await apps.app(.server, site, client: context.clientIP)
+        _ = try await apps.gatewayApp(.server, site, client: context.clientIP)
         switch beaconLimits.take(site: site, ip: context.clientIP, cost: items.count) {
         case .allowed: break
         case .siteLimited:

@@ -1,4 +1,5 @@
 import AMQPClient
+import ClientSupport
 import Contracts
 import Foundation
 import Logging
@@ -166,8 +167,4 @@ public final class EventPublisher: Sendable {
         case .failed(let error): return .failed("publish failed: \(error)")
         }
     }
-}
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

@@ -2,6 +2,7 @@ import Contracts
 @preconcurrency import Crypto
 import Foundation
 import Hummingbird
+import Platforms
 
 /// `POST /v1/events`: business events from the brand's own systems, HMAC-signed.
 extension Gateway {
@@ -24,7 +25,7 @@ extension Gateway {
         if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.serverEventsBodyLimit {
             throw GatewayError(.contentTooLarge, "body_too_large", "body is larger than \(Self.serverEventsBodyLimit) bytes")
         }
-        let app = try await apps.app(.server, appID, client: context.clientIP)
+        let app = try await apps.gatewayApp(.server, appID, client: context.clientIP)
         guard let key = app.hmacKey else { throw GatewayError.unknownApp("server", appID) }
         let body = try await request.collectBody(upTo: Self.serverEventsBodyLimit)
         let expected = HMAC<SHA256>.authenticationCode(for: Array(timestamp.utf8) + [UInt8(ascii: ".")] + body, using: key)

@@ -1,4 +1,6 @@
+import ClientSupport
 import HTTPTypes
+import Platforms
 
 /// Product-code verifications per member and per client, per minute. A code printed on a product
 /// is the only secret a verification needs, so guessing codes is the attack: at the defaults (10 a

@@ -1,11 +1,13 @@
-@preconcurrency import Crypto
+import Apps
 import Contracts
+@preconcurrency import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
 import NIOHTTPTypes
+import Platforms
 import PostgresClient
 import RedisClient
 
@@ -85,6 +87,8 @@ extension GatewayError {
         switch error {
         case let error as GatewayError:
             return error
+        case let error as AppLookupError:
+            return GatewayError(error)
         case is PostgresPoolBusy:
             return GatewayError(.serviceUnavailable, "database_busy", "the database is busy; retry shortly", detail: "\(error)")
         case let error as PostgresError where error.code == .invalidParameter:

@@ -1,5 +1,7 @@
+import Apps
 @preconcurrency import Crypto
 import Foundation
+import Platforms
 
 /// Short-lived bearer tokens that let an H5 page act for one member (`POST /v1/codes/verify`,
 /// `POST /v1/mall/redemptions`). Minted by the brand's server through the admin API after the
@@ -66,4 +68,9 @@ public struct MemberTokens: Sendable {
         }
         return out
     }
+}
+
+extension SecretKeys {
+    /// The member-token signer of this key.
+    public var memberTokens: MemberTokens { MemberTokens(key: derived(.memberTokens)) }
 }

@@ -1,4 +1,5 @@
 @preconcurrency import Crypto
+import Platforms
 import RedisClient
 
 /// Plain-mode WeChat callbacks sign only `(token, timestamp, nonce)`, not the body: whoever saw

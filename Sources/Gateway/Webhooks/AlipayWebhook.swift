@@ -1,7 +1,7 @@
 import Contracts
 import Foundation
 import Hummingbird
-import PlatformSigning
+import Platforms
 
 /// `POST /alipay/{appId}`: service-window notifications and the gateway check, RSA2-verified.
 extension Gateway {

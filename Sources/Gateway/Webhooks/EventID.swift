@@ -1,7 +1,9 @@
+import Apps
 import Contracts
+@preconcurrency import Crypto
 import Foundation
 import Hummingbird
-@preconcurrency import Crypto
+import Platforms
 
 /// Deterministic event ids: derived from the platform's own keys, so a retried webhook gets the
 /// same id and every consumer can dedupe on it. `<platform>:` + 32 hex characters of SHA-256 over

@@ -1,4 +1,5 @@
 import Glibc
+import Platforms
 
 /// `application/x-www-form-urlencoded` parsed to raw bytes: values stay in the sender's charset
 /// (Alipay signs GBK bytes), and are converted only where text is needed.

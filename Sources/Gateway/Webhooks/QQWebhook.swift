@@ -1,6 +1,7 @@
 import Contracts
 import Foundation
 import Hummingbird
+import Platforms
 
 /// `POST /qq/{appId}`: QQ bot webhook events (op 0) and the callback validation (op 13).
 extension Gateway {

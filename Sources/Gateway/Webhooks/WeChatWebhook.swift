@@ -1,6 +1,8 @@
+import Apps
 import Contracts
 import Foundation
 import Hummingbird
+import Platforms
 
 /// `GET|POST /wechat/{appId}`: URL verification, plaintext and safe mode (AES) callbacks.
 extension Gateway {

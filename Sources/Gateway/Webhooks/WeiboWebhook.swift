@@ -1,6 +1,8 @@
+import Apps
 import Contracts
 import Foundation
 import Hummingbird
+import Platforms
 
 /// `GET|POST /weibo/{appId}`: Weibo fan-service push. Signature = sha1 of the sorted app secret,
 /// timestamp and nonce (as WeChat's, with the app secret for the token); GET echoes `echostr`.

@@ -1,9 +1,9 @@
 /// Hex and comparison helpers for signatures. Comparisons run in constant time so the time a
 /// refusal takes tells an attacker nothing about how many leading bytes were right.
-enum Bytes {
+public enum Bytes {
     private static let digits = Array("0123456789abcdef".utf8)
 
-    static func hex(_ bytes: some Sequence<UInt8>) -> String {
+    public static func hex(_ bytes: some Sequence<UInt8>) -> String {
         var out: [UInt8] = []
         out.reserveCapacity(64)
         for byte in bytes {
@@ -14,7 +14,7 @@ enum Bytes {
     }
 
     /// Lower- or upper-case hex to bytes; nil for odd lengths or other characters.
-    static func fromHex(_ text: some StringProtocol) -> [UInt8]? {
+    public static func fromHex(_ text: some StringProtocol) -> [UInt8]? {
         let utf8 = Array(text.utf8)
         guard utf8.count % 2 == 0 else { return nil }
         func nibble(_ c: UInt8) -> UInt8? {
@@ -36,7 +36,7 @@ enum Bytes {
         return out
     }
 
-    static func constantTimeEquals(_ a: some Collection<UInt8>, _ b: some Collection<UInt8>) -> Bool {
+    public static func constantTimeEquals(_ a: some Collection<UInt8>, _ b: some Collection<UInt8>) -> Bool {
         guard a.count == b.count else { return false }
         var difference: UInt8 = 0
         for (x, y) in zip(a, b) { difference |= x ^ y }
@@ -44,7 +44,7 @@ enum Bytes {
     }
 
     /// Case-insensitive constant-time comparison of two hex signatures.
-    static func hexSignatureMatches(_ received: some StringProtocol, _ expected: String) -> Bool {
+    public static func hexSignatureMatches(_ received: some StringProtocol, _ expected: String) -> Bool {
         constantTimeEquals(Array(received.lowercased().utf8), Array(expected.utf8))
     }
 }

@@ -1,7 +1,6 @@
 @preconcurrency import Crypto
-@preconcurrency import _CryptoExtras
 import Foundation
-import PlatformSigning
+@preconcurrency import _CryptoExtras
 
 /// WeChat Pay API v3 notifications, as the merchant documentation specifies them: the body is
 /// signed with SHA256-RSA (PKCS#1 v1.5) by WeChat Pay's platform key over
@@ -46,4 +45,11 @@ public struct WeChatPayCrypto: Sendable {
                                    nonce: AES.GCM.Nonce(data: Array(nonce.utf8)), authenticating: Array(associatedData.utf8))
         return (box.ciphertext + box.tag).base64EncodedString()
     }
+}
+
+/// A credential that does not parse (a key of the wrong length or form), naming which and why:
+/// the admin API answers it as 422 when an app is registered.
+public struct AppCredentialsProblem: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

@@ -64,9 +64,9 @@ public final class AccessTokenBroker: Sendable {
         self.forcedBudget = forcedBudget
     }
 
-    static func tokenKey(_ app: String) -> String { "fanflow:{wx:\(app)}:token" }
-    static func lockKey(_ app: String) -> String { "fanflow:{wx:\(app)}:token-lock" }
-    static func forcedKey(_ app: String, day: String) -> String { "fanflow:{wx:\(app)}:forced:\(day)" }
+    public static func tokenKey(_ app: String) -> String { "fanflow:{wx:\(app)}:token" }
+    public static func lockKey(_ app: String) -> String { "fanflow:{wx:\(app)}:token-lock" }
+    public static func forcedKey(_ app: String, day: String) -> String { "fanflow:{wx:\(app)}:forced:\(day)" }
 
     static let release = RedisScript("""
         if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

@@ -20,7 +20,7 @@ public struct SecretKeys: Sendable {
     }
 
     /// The purposes keys are derived for; the label is the HKDF `info` and never changes.
-    enum Purpose: String {
+    public enum Purpose: String, Sendable {
         case appSecretSealing = "fanflow app-secret sealing v2"
         case memberTokens = "fanflow member tokens v2"
     }
@@ -34,11 +34,8 @@ public struct SecretKeys: Sendable {
         root = SymmetricKey(data: bytes)
     }
 
-    func derived(_ purpose: Purpose) -> SymmetricKey {
+    public func derived(_ purpose: Purpose) -> SymmetricKey {
         HKDF<SHA256>.deriveKey(inputKeyMaterial: root, salt: Array("fanflow".utf8), info: Array(purpose.rawValue.utf8),
                                outputByteCount: 32)
     }
-
-    /// The member-token signer of this key.
-    public var memberTokens: MemberTokens { MemberTokens(key: derived(.memberTokens)) }
 }

@@ -2,7 +2,6 @@ import AsyncHTTPClient
 import Contracts
 import Foundation
 import NIOCore
-import PlatformSigning
 
 /// Alipay's service-window (生活号) template message, `alipay.open.public.message.single.send`,
 /// through the OpenAPI gateway as Alipay documents it: a form POST of the common parameters and

@@ -1,5 +1,6 @@
 import Contracts
 import Foundation
+import Platforms
 
 /// The platforms an app can be registered for, with the credentials each needs. `server` apps are
 /// the brand's own systems (`/v1/events`) and H5 sites (beacons' `site`).
@@ -150,9 +151,4 @@ public enum AppCredentials: Sendable, Equatable {
         case .wechatPay(let v): return ["apiV3Key": mask(v.apiV3Key), "platformPublicKey": v.platformPublicKey]
         }
     }
-}
-
-public struct AppCredentialsProblem: Error, Sendable, CustomStringConvertible {
-    public let description: String
-    init(_ description: String) { self.description = description }
 }

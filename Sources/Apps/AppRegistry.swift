@@ -1,7 +1,9 @@
 @preconcurrency import Crypto
 import Foundation
 import Logging
-import PlatformSigning
+import ClientSupport
+import Contracts
+import Platforms
 import PostgresClient
 import Synchronization
 
@@ -13,14 +15,14 @@ public struct RegisteredApp: Sendable {
     public let credentials: AppCredentials
     public let createdAt: String?
     public let updatedAt: String?
-    let wechat: WeChatCrypto?
-    let alipay: AlipayCrypto?
-    let qq: QQCrypto?
-    let hmacKey: SymmetricKey?
-    let wechatPay: WeChatPayCrypto?
+    public let wechat: WeChatCrypto?
+    public let alipay: AlipayCrypto?
+    public let qq: QQCrypto?
+    public let hmacKey: SymmetricKey?
+    public let wechatPay: WeChatPayCrypto?
 
     /// Builds the verifiers; a key that does not parse is an `AppCredentialsProblem` naming it.
-    init(platform: AppPlatform, appID: String, credentials: AppCredentials, createdAt: String? = nil, updatedAt: String? = nil) throws {
+    public init(platform: AppPlatform, appID: String, credentials: AppCredentials, createdAt: String? = nil, updatedAt: String? = nil) throws {
         self.platform = platform
         self.appID = appID
         self.credentials = credentials
@@ -92,23 +94,23 @@ public final class AppRegistry: Sendable {
 
     public var encryptsAtRest: Bool { true }
 
-    /// The app, or 404 `unknown_app`; 503 if it is not cached and the database cannot be asked;
-    /// 429 when `client` has looked up too many unknown ids.
-    public func app(_ platform: AppPlatform, _ appID: String, client: String? = nil) async throws(GatewayError) -> RegisteredApp {
+    /// The app, or `.unknownApp`; `.unavailable` if it is not cached and the database cannot be
+    /// asked; `.rateLimited` when `client` has looked up too many unknown ids.
+    public func app(_ platform: AppPlatform, _ appID: String, client: String? = nil) async throws(AppLookupError) -> RegisteredApp {
         let key = Key(platform: platform, appID: appID)
         let now = ContinuousClock.now
         let cached = cache.withLock { $0[key] }
         if let cached {
             let ttl = cached.app == nil ? unknownFor : freshFor
             if now - cached.loadedAt < ttl {
-                guard let app = cached.app else { throw .unknownApp(platform.rawValue, appID) }
+                guard let app = cached.app else { throw .unknownApp(platform: platform, appID: appID) }
                 return app
             }
         }
-        guard appID.utf8.count <= 64, !appID.isEmpty else { throw .unknownApp(platform.rawValue, appID) }
+        guard appID.utf8.count <= 64, !appID.isEmpty else { throw .unknownApp(platform: platform, appID: appID) }
         if cached?.app == nil, let client, let lookupLimit,
            lookupBuckets.take(("l:" + (IPAddress(client)?.limitKey ?? client), lookupLimit)) != .allowed {
-            throw GatewayError(.tooManyRequests, "rate_limited", "too many lookups of unknown apps from this client; slow down")
+            throw .rateLimited
         }
         do {
             let app = try await sharedLoad(key)
@@ -119,16 +121,16 @@ public final class AppRegistry: Sendable {
                 }
                 cache[key] = Entry(app: app, loadedAt: now)
             }
-            guard let app else { throw GatewayError.unknownApp(platform.rawValue, appID) }
+            guard let app else { throw AppLookupError.unknownApp(platform: platform, appID: appID) }
             return app
-        } catch let error as GatewayError {
+        } catch let error as AppLookupError {
             throw error
         } catch {
             if let stale = cached?.app {
                 logger.warning("app registry unreachable, serving cached credentials", metadata: ["error": "\(error)"])
                 return stale
             }
-            throw GatewayError.storage(error)
+            throw .unavailable(error)
         }
     }
 
@@ -169,14 +171,8 @@ public final class AppRegistry: Sendable {
             logger.error("app credentials refused", metadata: ["platform": "\(key.platform.rawValue)", "app": "\(key.appID)",
                                                                 "error": "\(error)"])
             switch error {
-            case .plaintext:
-                // The caller is outside (a platform, a brand): the operator's instructions go to
-                // the log under the request id, the body says only that the gateway is at fault.
-                throw GatewayError(.internalServerError, "credentials_not_sealed", "this app's credentials cannot be used; report the request id",
-                                   detail: "app \(key.platform.rawValue)/\(key.appID) stores its credentials unencrypted; the operator must run `fanflow secrets seal`")
-            case .cannotOpen:
-                throw GatewayError(.internalServerError, "credentials_unreadable", "this app's credentials cannot be used; report the request id",
-                                   detail: "app \(key.platform.rawValue)/\(key.appID)'s stored credentials cannot be opened with this FANFLOW_SECRET_KEY")
+            case .plaintext: throw AppLookupError.credentialsNotSealed(platform: key.platform, appID: key.appID)
+            case .cannotOpen: throw AppLookupError.credentialsUnreadable(platform: key.platform, appID: key.appID)
             }
         }
         let credentials = try AppCredentials.decode(platform: key.platform, json: json)
@@ -253,5 +249,31 @@ public final class AppRegistry: Sendable {
             }
         }
         return report
+    }
+}
+
+/// Why an app could not be had. The gateway maps each case to its status and code; a worker
+/// (pushes) treats all but `.unavailable` as the app being unusable.
+public enum AppLookupError: Error, Sendable, CustomStringConvertible {
+    case unknownApp(platform: AppPlatform, appID: String)
+    /// The client looked up too many unknown ids (``AppRegistry`` `lookupRatePerIP`).
+    case rateLimited
+    /// The row is plain JSON: the operator must run `fanflow secrets seal`.
+    case credentialsNotSealed(platform: AppPlatform, appID: String)
+    /// The row is sealed with another FANFLOW_SECRET_KEY, or corrupted.
+    case credentialsUnreadable(platform: AppPlatform, appID: String)
+    /// The database could not be asked and nothing was cached.
+    case unavailable(any Error)
+
+    public var description: String {
+        switch self {
+        case .unknownApp(let platform, let appID): return "no \(platform.rawValue) app \(appID) is registered"
+        case .rateLimited: return "too many lookups of unknown apps from this client"
+        case .credentialsNotSealed(let platform, let appID):
+            return "app \(platform.rawValue)/\(appID) stores its credentials unencrypted; the operator must run `fanflow secrets seal`"
+        case .credentialsUnreadable(let platform, let appID):
+            return "app \(platform.rawValue)/\(appID)'s stored credentials cannot be opened with this FANFLOW_SECRET_KEY"
+        case .unavailable(let error): return "the app registry is unreachable: \(error)"
+        }
     }
 }

@@ -4,17 +4,17 @@ import Synchronization
 /// beacon, reservation and code check takes a bucket, and with one lock the gateway's event loops
 /// queued behind each other on it. Two buckets taken together (a site's and an IP's) lock their
 /// shards in index order, so there is no deadlock and the pair is taken all or nothing.
-final class TokenBuckets: Sendable {
+public final class TokenBuckets: Sendable {
     /// One bucket's rule: refills `rate` tokens per second up to `capacity`.
-    struct Limit: Sendable, Equatable {
-        let rate: Double
-        let capacity: Double
+    public struct Limit: Sendable, Equatable {
+        public let rate: Double
+        public let capacity: Double
         /// `perSecond` a second, bursting to `burstSeconds` seconds' worth; nil for 0 (unlimited).
-        static func perSecond(_ perSecond: Int, burstSeconds: Double = 2) -> Limit? {
+        public static func perSecond(_ perSecond: Int, burstSeconds: Double = 2) -> Limit? {
             perSecond > 0 ? Limit(rate: Double(perSecond), capacity: Double(perSecond) * burstSeconds) : nil
         }
         /// `perMinute` a minute, all of it available at once; nil for 0 (unlimited).
-        static func perMinute(_ perMinute: Int) -> Limit? {
+        public static func perMinute(_ perMinute: Int) -> Limit? {
             perMinute > 0 ? Limit(rate: Double(perMinute) / 60, capacity: Double(perMinute)) : nil
         }
     }
@@ -29,17 +29,17 @@ final class TokenBuckets: Sendable {
     private let shards: [Shard]
     private let maxBucketsPerShard: Int
 
-    init(maxBuckets: Int = 100_000) {
+    public init(maxBuckets: Int = 100_000) {
         shards = (0..<Self.shardCount).map { _ in Shard() }
         maxBucketsPerShard = max(1, maxBuckets / Self.shardCount)
     }
 
     private func shardIndex(_ key: String) -> Int { Int(UInt(bitPattern: key.hashValue) % UInt(Self.shardCount)) }
 
-    enum Verdict: Equatable { case allowed, firstLimited, secondLimited }
+    public enum Verdict: Equatable { case allowed, firstLimited, secondLimited }
 
     /// Takes `cost` from both buckets (a nil limit: no bucket), or from neither if either is short.
-    func take(_ first: (key: String, limit: Limit)?, _ second: (key: String, limit: Limit)? = nil, cost: Int = 1) -> Verdict {
+    public func take(_ first: (key: String, limit: Limit)?, _ second: (key: String, limit: Limit)? = nil, cost: Int = 1) -> Verdict {
         let now = ContinuousClock.now
         let amount = Double(max(0, cost))
         switch (first, second) {
@@ -87,7 +87,7 @@ final class TokenBuckets: Sendable {
         shards[shardIndex(key)].buckets.withLock { body(&$0) }
     }
 
-    var count: Int { shards.reduce(0) { $0 + $1.buckets.withLock { $0.count } } }
+    public var count: Int { shards.reduce(0) { $0 + $1.buckets.withLock { $0.count } } }
 }
 
 extension Dictionary where Key == String, Value == TokenBuckets.Bucket {
