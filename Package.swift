@@ -125,7 +125,7 @@ let package = Package(
                                .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
-                resources: [.copy("Resources/sdk.js")],
+                resources: [.copy("Resources/sdk.js"), .copy("Resources/Lua")],
                 swiftSettings: swiftSettings),
         .target(name: "Workers",
                 dependencies: ["Apps", "DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",

@@ -189,7 +189,8 @@ public final class AppRegistry: Sendable {
             RETURNING (xmax = 0) AS inserted
             """, [platform.rawValue, appID, sealed])
         forget(platform, appID)
-        return rows.first?.bool("inserted") ?? false
+        guard let row = rows.first else { throw PostgresRowError(column: "inserted", problem: .null) }
+        return try row.requiredBool("inserted")
     }
 
     public func delete(_ platform: AppPlatform, _ appID: String) async throws -> Bool {
@@ -212,7 +213,9 @@ public final class AppRegistry: Sendable {
         let rows = try await database.query(
             "SELECT platform, app_id, updated_at::text AS updated_at FROM apps WHERE $1::text IS NULL OR platform = $1 ORDER BY platform, app_id",
             [platform?.rawValue as String?])
-        return rows.map { ($0.string("platform") ?? "", $0.string("app_id") ?? "", $0.string("updated_at") ?? "") }
+        return try rows.map { row throws(PostgresRowError) in
+            (try row.requiredString("platform"), try row.requiredString("app_id"), try row.requiredString("updated_at"))
+        }
     }
 
     /// What `fanflow secrets seal` did.

@@ -36,7 +36,12 @@ public struct DeadLetterStore: Sendable {
         // The same death again: the row is as it was.
         let existing = try await database.query("SELECT id FROM dead_letters WHERE queue = $1 AND message_id = $2",
                                                 [letter.queue, letter.messageID])
-        return Int64(existing.first?.int("id") ?? 0)
+        guard let row = existing.first else {
+            // The conflict that returned no row was on this very key; a row that vanished since is a
+            // concurrent delete, which nothing does: say so rather than answer an id of 0.
+            throw PostgresRowError(column: "id", problem: .null)
+        }
+        return try row.requiredInt64("id")
     }
 
     /// Newest first; `before` pages (ids below it). `status` nil: every status.
@@ -46,18 +51,18 @@ public struct DeadLetterStore: Sendable {
             WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR status = $2) AND ($3::bigint IS NULL OR id < $3)
             ORDER BY id DESC LIMIT $4
             """, [queue, status?.rawValue, before, max(1, min(limit, 1_000))])
-        return rows.compactMap(Self.letter)
+        return try rows.map(Self.letter)
     }
 
     public func get(_ id: Int64) async throws -> DeadLetter? {
-        try await database.query("SELECT \(Self.columns) FROM dead_letters WHERE id = $1", [id]).first.flatMap(Self.letter)
+        try await database.query("SELECT \(Self.columns) FROM dead_letters WHERE id = $1", [id]).first.map(Self.letter)
     }
 
     /// Open dead letters per queue: the depth an operator has to look at.
     public func depth() async throws -> [String: Int] {
         var depth: [String: Int] = [:]
         for row in try await database.query("SELECT queue, count(*) AS n FROM dead_letters WHERE status = 'open' GROUP BY queue") {
-            if let queue = row.string("queue") { depth[queue] = row.int("n") ?? 0 }
+            depth[try row.requiredString("queue")] = try row.requiredInt("n")
         }
         return depth
     }
@@ -88,18 +93,25 @@ public struct DeadLetterStore: Sendable {
         return try await get(id).map { .dropped($0) } ?? .notFound
     }
 
-    static func letter(_ row: PostgresRow) -> DeadLetter? {
-        func date(_ column: String) -> Date? { row.int(column).map { Date(timeIntervalSince1970: Double($0) / 1000) } }
-        guard let id = row.int("id"), let queue = row.string("queue"), let messageID = row.string("message_id"),
-              let status = row.string("status").flatMap(DeadLetterStatus.init(rawValue:)),
-              let first = date("first_ms"), let last = date("last_ms"), let created = date("created_ms"),
-              let updated = date("updated_ms") else { return nil }
-        return DeadLetter(id: Int64(id), queue: queue, messageID: messageID, reason: row.string("reason") ?? "",
-                          attempts: row.int("attempts") ?? 0, firstFailure: first, lastFailure: last,
-                          routingKey: row.string("routing_key"), contentType: row.string("content_type"),
-                          body: Self.bytea(row.string("body")), deaths: row.int("deaths") ?? 1, status: status,
-                          replayedCount: row.int("replayed_count") ?? 0, lastReplayedAt: date("replayed_ms"),
-                          droppedAt: date("dropped_ms"), createdAt: created, updatedAt: updated)
+    static func letter(_ row: PostgresRow) throws(PostgresRowError) -> DeadLetter {
+        func date(_ column: String) throws(PostgresRowError) -> Date? {
+            try row.optionalInt(column).map { Date(timeIntervalSince1970: Double($0) / 1000) }
+        }
+        func required(_ column: String) throws(PostgresRowError) -> Date {
+            guard let value = try date(column) else { throw PostgresRowError(column: column, problem: .null) }
+            return value
+        }
+        let statusText = try row.requiredString("status")
+        guard let status = DeadLetterStatus(rawValue: statusText) else {
+            throw PostgresRowError(column: "status", problem: .malformed(statusText))
+        }
+        return DeadLetter(id: try row.requiredInt64("id"), queue: try row.requiredString("queue"), messageID: try row.requiredString("message_id"),
+                          reason: try row.requiredString("reason"), attempts: try row.requiredInt("attempts"),
+                          firstFailure: try required("first_ms"), lastFailure: try required("last_ms"),
+                          routingKey: try row.optionalString("routing_key"), contentType: try row.optionalString("content_type"),
+                          body: Self.bytea(try row.optionalString("body")), deaths: try row.requiredInt("deaths"), status: status,
+                          replayedCount: try row.requiredInt("replayed_count"), lastReplayedAt: try date("replayed_ms"),
+                          droppedAt: try date("dropped_ms"), createdAt: try required("created_ms"), updatedAt: try required("updated_ms"))
     }
 
     /// `bytea` in text format arrives as `\x` and hex digits.

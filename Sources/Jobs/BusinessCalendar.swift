@@ -102,9 +102,10 @@ public struct BusinessCalendarStore: Sendable {
             SELECT to_char(day, 'YYYY-MM-DD') AS day, kind, name FROM business_days
             WHERE ($1::date IS NULL OR day >= $1::date) AND ($2::date IS NULL OR day <= $2::date) ORDER BY day
             """, [from, to])
-        return rows.compactMap { row in
-            guard let day = row.string("day"), let kind = row.string("kind").flatMap(BusinessCalendar.Kind.init) else { return nil }
-            return Entry(day: day, kind: kind, name: row.string("name") ?? "")
+        return try rows.map { row throws(PostgresRowError) in
+            let kindText = try row.requiredString("kind")
+            guard let kind = BusinessCalendar.Kind(rawValue: kindText) else { throw PostgresRowError(column: "kind", problem: .malformed(kindText)) }
+            return Entry(day: try row.requiredString("day"), kind: kind, name: try row.optionalString("name") ?? "")
         }
     }
 

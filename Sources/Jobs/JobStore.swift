@@ -1,3 +1,4 @@
+import ClientSupport
 import Contracts
 import Foundation
 import PostgresClient
@@ -105,7 +106,7 @@ public struct JobStore: Sendable {
             FROM picked WHERE jobs.id = picked.picked_id
             RETURNING \(Self.columns)
             """, [owner, limit, Self.seconds(lease), now, PostgresArray(kinds.map(\.rawValue))])
-        return rows.compactMap(Self.job).sorted { ($0.dueAt, $0.id) < ($1.dueAt, $1.id) }
+        return try rows.map(Self.job).sorted { ($0.dueAt, $0.id) < ($1.dueAt, $1.id) }
     }
 
     /// Takes back jobs whose lease ran out (their scheduler died or hung): scheduled again at
@@ -181,7 +182,7 @@ public struct JobStore: Sendable {
     // MARK: Operators
 
     public func job(id: Int64) async throws -> Job? {
-        try await database.query("SELECT \(Self.columns) FROM jobs WHERE id = $1", [id]).first.flatMap(Self.job)
+        try await database.query("SELECT \(Self.columns) FROM jobs WHERE id = $1", [id]).first.map(Self.job)
     }
 
     /// Newest first; `before` pages (ids below it).
@@ -190,7 +191,7 @@ public struct JobStore: Sendable {
             SELECT \(Self.columns) FROM jobs
             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2) AND ($3::bigint IS NULL OR id < $3)
             ORDER BY id DESC LIMIT $4
-            """, [status?.rawValue, kind, before, max(1, min(limit, 500))]).compactMap(Self.job)
+            """, [status?.rawValue, kind, before, max(1, min(limit, 500))]).map(Self.job)
     }
 
     public struct Stats: Sendable, Equatable {
@@ -209,10 +210,13 @@ public struct JobStore: Sendable {
         let counts = try await database.query("SELECT status, count(*) AS n FROM jobs GROUP BY status")
         var byStatus: [JobStatus: Int] = [:]
         for row in counts {
-            if let status = row.string("status").flatMap(JobStatus.init) { byStatus[status] = row.int("n") ?? 0 }
+            let text = try row.requiredString("status")
+            guard let status = JobStatus(rawValue: text) else { throw PostgresRowError(column: "status", problem: .malformed(text)) }
+            byStatus[status] = try row.requiredInt("n")
         }
-        return Stats(dueBacklog: due.first?.int("backlog") ?? 0,
-                     oldestDueSeconds: due.first?.string("oldest").flatMap(Double.init) ?? 0, byStatus: byStatus)
+        // An aggregate without GROUP BY always returns one row.
+        guard let totals = due.first else { throw PostgresRowError(column: "backlog", problem: .null) }
+        return Stats(dueBacklog: try totals.requiredInt("backlog"), oldestDueSeconds: try totals.requiredDouble("oldest"), byStatus: byStatus)
     }
 
     /// Deletes finished jobs older than `age`; their unique keys become free again.
@@ -225,9 +229,7 @@ public struct JobStore: Sendable {
 
     // MARK: Rows
 
-    public static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-    }
+    public static func seconds(_ duration: Duration) -> Double { duration.seconds }
 
     static func encode(_ payload: [String: JSONValue]) -> String {
         let encoder = JSONEncoder()
@@ -235,17 +237,24 @@ public struct JobStore: Sendable {
         return (try? encoder.encode(payload)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
     }
 
-    static func job(_ row: PostgresRow) -> Job? {
-        func time(_ column: String) -> Date? {
-            row.string(column).flatMap(Double.init).map(Date.init(timeIntervalSince1970:))
+    static func job(_ row: PostgresRow) throws(PostgresRowError) -> Job {
+        func time(_ column: String) throws(PostgresRowError) -> Date? {
+            try row.optionalDouble(column).map(Date.init(timeIntervalSince1970:))
         }
-        guard let id = row.int("id"), let kind = row.string("kind"), let status = row.string("status").flatMap(JobStatus.init),
-              let due = time("due_at"), let created = time("created_at") else { return nil }
-        var payload: [String: JSONValue] = [:]
-        if let bytes = row.bytes("payload"), case .object(let object)? = try? JSONValue.parse(bytes) { payload = object }
-        return Job(id: Int64(id), kind: JobKind(kind), payload: payload, status: status, dueAt: due,
-                   uniqueKey: row.string("unique_key"), attempts: row.int("attempts") ?? 0, maxAttempts: row.int("max_attempts") ?? 1,
-                   lastError: row.string("last_error"), lockedBy: row.string("locked_by"), createdAt: created,
-                   startedAt: time("started_at"), finishedAt: time("finished_at"))
+        func required(_ column: String) throws(PostgresRowError) -> Date {
+            guard let value = try time(column) else { throw PostgresRowError(column: column, problem: .null) }
+            return value
+        }
+        let statusText = try row.requiredString("status")
+        guard let status = JobStatus(rawValue: statusText) else { throw PostgresRowError(column: "status", problem: .malformed(statusText)) }
+        // The column is jsonb: anything but an object would be a row no enqueue wrote.
+        guard case .object(let payload)? = try? JSONValue.parse(Array(try row.requiredString("payload").utf8)) else {
+            throw PostgresRowError(column: "payload", problem: .malformed("not a JSON object"))
+        }
+        return Job(id: try row.requiredInt64("id"), kind: JobKind(try row.requiredString("kind")), payload: payload, status: status,
+                   dueAt: try required("due_at"), uniqueKey: try row.optionalString("unique_key"), attempts: try row.requiredInt("attempts"),
+                   maxAttempts: try row.requiredInt("max_attempts"), lastError: try row.optionalString("last_error"),
+                   lockedBy: try row.optionalString("locked_by"), createdAt: try required("created_at"),
+                   startedAt: try time("started_at"), finishedAt: try time("finished_at"))
     }
 }

@@ -190,3 +190,88 @@ public struct PostgresArray: PostgresEncodable {
 
     public var postgresValue: PostgresValue { .text(literal) }
 }
+
+/// A cell that is not what the query promised: a column the result lacks (a typo, a query that
+/// changed), a NULL where the schema has NOT NULL, or text that is not a number. A read that
+/// defaulted instead would turn a broken query into zeros in a balance.
+public struct PostgresRowError: Error, Sendable, CustomStringConvertible {
+    public enum Problem: Sendable, Equatable {
+        case missingColumn
+        case null
+        case malformed(String)
+    }
+
+    public let column: String
+    public let problem: Problem
+
+    public init(column: String, problem: Problem) {
+        self.column = column
+        self.problem = problem
+    }
+
+    public var description: String {
+        switch problem {
+        case .missingColumn: return "the result has no column \(column)"
+        case .null: return "column \(column) is NULL where a value is required"
+        case .malformed(let text): return "column \(column) holds \(text.prefix(64)), not the type asked for"
+        }
+    }
+}
+
+extension PostgresRow {
+    /// The cell's bytes; nil for NULL. Throws when the result has no such column.
+    public func cell(_ column: String) throws(PostgresRowError) -> [UInt8]? {
+        guard let index = columns.firstIndex(of: column) else { throw PostgresRowError(column: column, problem: .missingColumn) }
+        return cells[index]
+    }
+
+    /// Text of a column that must exist and be non-NULL.
+    public func requiredString(_ column: String) throws(PostgresRowError) -> String {
+        guard let text = try optionalString(column) else { throw PostgresRowError(column: column, problem: .null) }
+        return text
+    }
+
+    /// Text of a column that must exist; nil for NULL.
+    public func optionalString(_ column: String) throws(PostgresRowError) -> String? {
+        try cell(column).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// An integer column that must exist and be non-NULL.
+    public func requiredInt(_ column: String) throws(PostgresRowError) -> Int {
+        guard let value = try optionalInt(column) else { throw PostgresRowError(column: column, problem: .null) }
+        return value
+    }
+
+    /// An integer column that must exist; nil for NULL, an error for anything but an integer.
+    public func optionalInt(_ column: String) throws(PostgresRowError) -> Int? {
+        guard try cell(column) != nil else { return nil }
+        guard let value = int(column) else {
+            throw PostgresRowError(column: column, problem: .malformed(string(column) ?? "binary"))
+        }
+        return value
+    }
+
+    public func requiredInt64(_ column: String) throws(PostgresRowError) -> Int64 { Int64(try requiredInt(column)) }
+
+    public func optionalInt64(_ column: String) throws(PostgresRowError) -> Int64? { try optionalInt(column).map(Int64.init) }
+
+    /// A boolean column that must exist and be non-NULL.
+    public func requiredBool(_ column: String) throws(PostgresRowError) -> Bool {
+        guard try cell(column) != nil, let value = bool(column) else { throw PostgresRowError(column: column, problem: .null) }
+        return value
+    }
+
+    /// A float column (text format) that must exist and be non-NULL.
+    public func requiredDouble(_ column: String) throws(PostgresRowError) -> Double {
+        let text = try requiredString(column)
+        guard let value = Double(text) else { throw PostgresRowError(column: column, problem: .malformed(text)) }
+        return value
+    }
+
+    /// A float column that must exist; nil for NULL.
+    public func optionalDouble(_ column: String) throws(PostgresRowError) -> Double? {
+        guard let text = try optionalString(column) else { return nil }
+        guard let value = Double(text) else { throw PostgresRowError(column: column, problem: .malformed(text)) }
+        return value
+    }
+}

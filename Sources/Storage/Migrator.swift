@@ -93,7 +93,7 @@ public struct Migrator: Sendable {
         }
         var applied: [Int] = []
         for migration in migrations {
-            let checksum = try await connection.query("SELECT md5($1) AS sum", [migration.sql])[0].string("sum") ?? ""
+            let checksum = try await connection.query("SELECT md5($1) AS sum", [migration.sql])[0].requiredString("sum")
             if let existing = recorded[migration.version] {
                 guard existing == checksum else {
                     throw MigrationError("migration \(migration.version)_\(migration.name) was changed after it was applied; add a new migration instead")

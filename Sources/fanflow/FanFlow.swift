@@ -61,6 +61,7 @@ struct GatewayCommand: AsyncParsableCommand {
         let configuration = try loadConfiguration(role: .gateway)
         let logger = Logger(label: "fanflow.gateway")
         try FlashSaleScripts.check()  // a missing Lua resource stops the start, naming the file
+        try EventPublisher.scripts.check()
         let gateway = try await Gateway(configuration: configuration, logger: logger)
         logger.notice("gateway listening", metadata: ["address": "http://\(configuration.httpHost):\(configuration.httpPort)"])
         try await runServices([gateway.application()], logger: logger)

@@ -34,24 +34,35 @@ public final class EventPublisher: Sendable {
     private let metrics: GatewayMetrics
     private let logger: Logger
 
-    static let claim = RedisScript("""
-        local v = redis.call('GET', KEYS[1])
-        if not v then
-          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-          return 'new'
-        end
-        if v == 'done' then return 'done' end
-        return 'pending'
-        """)
-    static let settle = RedisScript("""
-        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-        if ARGV[2] == 'done' then
-          redis.call('SET', KEYS[1], 'done', 'PX', ARGV[3])
-        else
-          redis.call('DEL', KEYS[1])
-        end
-        return 1
-        """)
+    /// `Resources/Lua/dedupe-claim.lua` and `dedupe-settle.lua`.
+    public static let scripts = RedisScriptLibrary.load(["dedupe-claim", "dedupe-settle"], from: .module, folder: "Lua", module: "Gateway")
+
+    /// What `dedupe-claim.lua` answers for one id.
+    enum Claim: Equatable {
+        /// This request holds the claim: publish, then settle.
+        case new
+        /// Published and confirmed before: a platform's retry.
+        case done
+        /// Another request is publishing it right now.
+        case pending
+        /// No claim was taken (Redis unreachable, or a script error reply): publish anyway, settle nothing.
+        case unclaimed
+
+        static func decode(_ reply: RedisReply) throws(RedisScriptReplyError) -> Claim {
+            switch reply {
+            case .error: return .unclaimed
+            case .bulk, .status:
+                switch reply.string {
+                case "new": return .new
+                case "done": return .done
+                case "pending": return .pending
+                default: break
+                }
+            default: break
+            }
+            throw RedisScriptReplyError(script: "dedupe-claim", reply: reply)
+        }
+    }
 
     public init(broker: ManagedAMQPConnection, redis: RedisPool, dedupeTTL: Duration, claimTTL: Duration = .seconds(30),
                 metrics: GatewayMetrics, logger: Logger) {
@@ -74,41 +85,48 @@ public final class EventPublisher: Sendable {
         guard !envelopes.isEmpty else { return [] }
         let token = UUID().uuidString
         let keys = envelopes.map { Self.dedupeKey($0.id) }
-        var claims: [String]
+        var claims: [Claim]
         do {
+            let claim = try Self.scripts.script("dedupe-claim")
             let replies = try await redis.evalSHA(keys.map {
-                (script: Self.claim, keys: [$0], arguments: [token, String(claimTTLMilliseconds)])
+                (script: claim, keys: [$0], arguments: [token, String(claimTTLMilliseconds)])
             })
             // An error reply (a script failure) claimed nothing: publish, and settle nothing.
-            claims = replies.map { $0.string ?? "unclaimed" }
+            claims = try replies.map(Claim.decode)
+        } catch let error as RedisScriptReplyError {
+            // The script and this code disagree: publishing without the dedupe loses nothing (the
+            // consumers are idempotent by id), so the event still goes out, loudly.
+            logger.error("dedupe script gave an unexpected reply, publishing without it", metadata: ["error": "\(error)"])
+            claims = Array(repeating: .unclaimed, count: envelopes.count)
         } catch {
             metrics.count(.dedupeUnavailable)
             logger.warning("dedupe store unreachable, publishing without it", metadata: ["error": "\(error)"])
-            claims = Array(repeating: "unclaimed", count: envelopes.count)
+            claims = Array(repeating: .unclaimed, count: envelopes.count)
         }
 
         var results = [PublishResult](repeating: .duplicate, count: envelopes.count)
         var toPublish: [Int] = []
         for (index, claim) in claims.enumerated() {
             switch claim {
-            case "done": results[index] = .duplicate
-            case "pending": results[index] = .inFlight
-            default: toPublish.append(index)
+            case .done: results[index] = .duplicate
+            case .pending: results[index] = .inFlight
+            case .new, .unclaimed: toPublish.append(index)
             }
         }
         if toPublish.isEmpty { return results }
 
         let outcomes = await send(toPublish.map { envelopes[$0] })
-        var settles: [(script: RedisScript, keys: [String], arguments: [String])] = []
+        var settles: [(keys: [String], arguments: [String])] = []
         for (position, index) in toPublish.enumerated() {
             results[index] = outcomes[position]
-            guard claims[index] == "new" else { continue }
+            guard claims[index] == .new else { continue }
             let done = outcomes[position] == .accepted
-            settles.append((Self.settle, [keys[index]], [token, done ? "done" : "release", String(dedupeTTLMilliseconds)]))
+            settles.append(([keys[index]], [token, done ? "done" : "release", String(dedupeTTLMilliseconds)]))
         }
         if !settles.isEmpty {
             do {
-                _ = try await redis.evalSHA(settles)
+                let settle = try Self.scripts.script("dedupe-settle")
+                _ = try await redis.evalSHA(settles.map { (script: settle, keys: $0.keys, arguments: $0.arguments) })
             } catch {
                 // The claims expire on their own; a retry inside claimTTL is answered "in flight".
                 logger.warning("could not settle dedupe claims", metadata: ["error": "\(error)"])
