@@ -101,9 +101,9 @@ public struct Gateway: Sendable {
         router.get("/metrics") { request, _ in
             if let metricsToken {
                 guard let presented = BearerToken.presented(request) else {
-                    throw GatewayError.unauthorized("missing_token", "Authorization: Bearer <metrics token> is required")
+                    throw GatewayError.unauthorized(.missingToken, "Authorization: Bearer <metrics token> is required")
                 }
-                guard metricsToken.accepts(presented) else { throw GatewayError.unauthorized("bad_token", "the metrics token is not valid") }
+                guard metricsToken.accepts(presented) else { throw GatewayError.unauthorized(.badToken, "the metrics token is not valid") }
             }
             let outstanding = await (try? broker.current())?.outstandingConfirms ?? 0
             // Push figures are every push worker's, from Redis; without Redis the gateway's own still render.
@@ -145,9 +145,9 @@ public struct Gateway: Sendable {
         switch result {
         case .accepted, .duplicate: return
         case .inFlight:
-            throw GatewayError.unavailable("in_flight", "the same event is being published by another request; retry")
+            throw GatewayError.unavailable(.inFlight, "the same event is being published by another request; retry")
         case .failed(let why):
-            throw GatewayError.unavailable("publish_unconfirmed", "the event was not confirmed by the broker; retry", detail: "\(why)")
+            throw GatewayError.unavailable(.publishUnconfirmed, "the event was not confirmed by the broker; retry", detail: "\(why)")
         }
     }
 
@@ -222,7 +222,7 @@ struct RequestMetricsMiddleware: RouterMiddleware {
             metrics.request(route: context.endpointPath ?? "unmatched", status: Int(response.status.code))
             return response
         } catch let error as GatewayError {
-            metrics.request(route: context.endpointPath ?? "unmatched", status: Int(error.status.code), errorCode: error.code)
+            metrics.request(route: context.endpointPath ?? "unmatched", status: Int(error.status.code), errorCode: error.code.rawValue)
             throw error
         } catch let error as any HTTPResponseError {
             metrics.request(route: context.endpointPath ?? "unmatched", status: Int(error.status.code), errorCode: "http")

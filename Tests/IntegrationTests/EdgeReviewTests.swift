@@ -141,7 +141,7 @@ struct EdgeReviewTests {
                 Issue.record("the NUL reached the server")
             } catch {
                 let mapped = GatewayError.storage(error)
-                #expect(mapped.status == .badRequest && mapped.code == "malformed_message", "\(mapped)")
+                #expect(mapped.status == .badRequest && mapped.code.rawValue == "malformed_message", "\(mapped)")
             }
         }
     }

@@ -64,7 +64,7 @@ struct InputLimitsTests {
             _ = try envelope.encoded()
             Issue.record("CreateTime \(createTime) was accepted")
         } catch let error as GatewayError {
-            #expect(error.code == "malformed_message")
+            #expect(error.code.rawValue == "malformed_message")
             #expect(error.status == .badRequest)
         }
     }

@@ -27,11 +27,11 @@ extension Gateway {
                 credentials = try AppCredentials.decode(platform: platform, json: body)
                 _ = try RegisteredApp(platform: platform, appID: appID, credentials: credentials)
             } catch {
-                throw GatewayError.badRequest("invalid_credentials", "\(error)")
+                throw GatewayError.badRequest(.invalidCredentials, "\(error)")
             }
             let created = try await apps.put(platform, appID, credentials)
             guard let stored = try await apps.fetch(platform, appID) else {
-                throw GatewayError(.internalServerError, "not_stored", "the app was not found after storing it")
+                throw GatewayError(.internalServerError, .notStored, "the app was not found after storing it")
             }
             return Response.json(AppView(stored, encrypted: apps.encryptsAtRest), status: created ? .created : .ok)
         }
@@ -49,7 +49,7 @@ extension Gateway {
 
     private func appPlatform(_ text: String) throws(GatewayError) -> AppPlatform {
         guard let platform = AppPlatform(rawValue: text) else {
-            throw GatewayError.badRequest("unknown_platform", "platform must be one of wechat, alipay, weibo, qq, server")
+            throw GatewayError.badRequest(.unknownPlatform, "platform must be one of wechat, alipay, weibo, qq, server")
         }
         return platform
     }
@@ -58,7 +58,7 @@ extension Gateway {
         let platform = try appPlatform(context.parameters.get("platform") ?? "")
         let appID = context.parameters.get("appId") ?? ""
         guard AppIDShape.isValid(appID) else {
-            throw GatewayError.badRequest("invalid_app_id", "appId must be \(AppIDShape.rule)")
+            throw GatewayError.badRequest(.invalidAppId, "appId must be \(AppIDShape.rule)")
         }
         return (platform, appID)
     }
@@ -97,10 +97,10 @@ struct AdminAuthMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard let presented = BearerToken.presented(request) else {
-            throw GatewayError.unauthorized("missing_token", "Authorization: Bearer <admin token> is required")
+            throw GatewayError.unauthorized(.missingToken, "Authorization: Bearer <admin token> is required")
         }
         guard let token, token.accepts(presented) else {
-            throw GatewayError.forbidden("bad_token", "the admin token is not valid")
+            throw GatewayError.forbidden(.badToken, "the admin token is not valid")
         }
         return try await next(request, context)
     }

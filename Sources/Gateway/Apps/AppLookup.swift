@@ -9,12 +9,12 @@ extension GatewayError {
         case .unknownApp(let platform, let appID):
             self = .unknownApp(platform.rawValue, appID)
         case .rateLimited:
-            self.init(.tooManyRequests, "rate_limited", "too many lookups of unknown apps from this client; slow down")
+            self.init(.tooManyRequests, .rateLimited, "too many lookups of unknown apps from this client; slow down")
         case .credentialsNotSealed:
-            self.init(.internalServerError, "credentials_not_sealed", "this app's credentials cannot be used; report the request id",
+            self.init(.internalServerError, .credentialsNotSealed, "this app's credentials cannot be used; report the request id",
                       detail: error.description)
         case .credentialsUnreadable:
-            self.init(.internalServerError, "credentials_unreadable", "this app's credentials cannot be used; report the request id",
+            self.init(.internalServerError, .credentialsUnreadable, "this app's credentials cannot be used; report the request id",
                       detail: error.description)
         case .unavailable(let underlying):
             self = .storage(underlying)

@@ -15,7 +15,7 @@ extension Gateway {
             let isCSV = request.headers[.contentType]?.lowercased().hasPrefix("text/csv") == true
             let parsed = try isCSV ? Self.codesFromCSV(body) : Self.codesFromJSON(body)
             guard parsed.count <= ProductCodes.maximumImport else {
-                throw GatewayError(.contentTooLarge, "too_many_codes", "at most \(ProductCodes.maximumImport) codes per request, got \(parsed.count)")
+                throw GatewayError(.contentTooLarge, .tooManyCodes, "at most \(ProductCodes.maximumImport) codes per request, got \(parsed.count)")
             }
             let imported = try await stored { try await codes.importCodes(parsed) }
             return Response.json(["received": parsed.count, "imported": imported, "alreadyImported": parsed.count - imported])
@@ -25,11 +25,11 @@ extension Gateway {
             let id = try giftID(context)
             let body = try await request.collectBody(upTo: 16 * 1024)
             guard let given = try? JSONDecoder().decode(GiftBody.self, from: Data(body)) else {
-                throw GatewayError.badRequest("invalid_gift", #"body must be {"name":…,"points":…,"stock":…}"#)
+                throw GatewayError.badRequest(.invalidGift, #"body must be {"name":…,"points":…,"stock":…}"#)
             }
             let gift = PointsMall.Gift(id: id, name: given.name, points: given.points, stock: given.stock)
             guard (1...200).contains(gift.name.count), gift.points > 0, gift.stock >= 0 else {
-                throw GatewayError.badRequest("invalid_gift", "name must be 1-200 characters, points positive, stock not negative")
+                throw GatewayError.badRequest(.invalidGift, "name must be 1-200 characters, points positive, stock not negative")
             }
             try await stored { try await mall.putGift(gift) }
             return Response.json(gift)
@@ -37,7 +37,7 @@ extension Gateway {
         admin.get("/gifts/:id") { _, context in
             let id = try giftID(context)
             guard let gift = try await stored({ try await mall.gift(id) }) else {
-                throw GatewayError(.notFound, "unknown_gift", "no gift \(id)")
+                throw GatewayError(.notFound, .unknownGift, "no gift \(id)")
             }
             return Response.json(gift)
         }
@@ -45,7 +45,7 @@ extension Gateway {
 
     private func giftID(_ context: GatewayRequestContext) throws(GatewayError) -> String {
         let id = context.parameters.get("id") ?? ""
-        guard PointsRule.isValidCode(id) else { throw GatewayError.badRequest("invalid_gift_id", "a gift id is 1-64 characters of [a-z0-9._-]") }
+        guard PointsRule.isValidCode(id) else { throw GatewayError.badRequest(.invalidGiftId, "a gift id is 1-64 characters of [a-z0-9._-]") }
         return id
     }
 
@@ -67,20 +67,20 @@ extension Gateway {
     static func codesFromJSON(_ body: [UInt8]) throws(GatewayError) -> [ProductCodes.Code] {
         guard case .object(let object)? = try? JSONValue.parse(body),
               case .array(let items)? = object["codes"] else {
-            throw GatewayError.badRequest("malformed_json", #"body must be {"codes":[{"code":…,"sku":…}]} or text/csv"#)
+            throw GatewayError.badRequest(.malformedJson, #"body must be {"codes":[{"code":…,"sku":…}]} or text/csv"#)
         }
         return try items.enumerated().map { (index, item) throws(GatewayError) in
-            guard case .object(let fields) = item else { throw GatewayError.badRequest("invalid_code", "codes[\(index)] must be an object") }
+            guard case .object(let fields) = item else { throw GatewayError.badRequest(.invalidCode, "codes[\(index)] must be an object") }
             return try code(fields["code"]?.string, fields["sku"]?.string, fields["batch"]?.string, where: "codes[\(index)]")
         }
     }
 
     private static func code(_ code: String?, _ sku: String?, _ batch: String?, where place: String) throws(GatewayError) -> ProductCodes.Code {
         guard let code, ProductCodes.isValid(code), let sku, ProductCodes.isValid(sku) else {
-            throw GatewayError.badRequest("invalid_code", "\(place): code and sku are required, 1-128 visible characters without commas")
+            throw GatewayError.badRequest(.invalidCode, "\(place): code and sku are required, 1-128 visible characters without commas")
         }
         if let batch, !batch.isEmpty, !ProductCodes.isValid(batch) {
-            throw GatewayError.badRequest("invalid_code", "\(place): batch must be 1-128 visible characters")
+            throw GatewayError.badRequest(.invalidCode, "\(place): batch must be 1-128 visible characters")
         }
         return ProductCodes.Code(code: code, sku: sku, batch: batch?.isEmpty == false ? batch : nil)
     }

@@ -21,13 +21,13 @@ extension Gateway {
                     status = nil
                 } else {
                     guard let parsed = DeadLetterStatus(rawValue: text) else {
-                        throw GatewayError.badRequest("invalid_status", "status must be one of open, replayed, dropped, all")
+                        throw GatewayError.badRequest(.invalidStatus, "status must be one of open, replayed, dropped, all")
                     }
                     status = parsed
                 }
             }
-            let limit = try Self.integerParameter(query["limit"].map(String.init), name: "limit", range: 1...500) ?? 50
-            let before = try Self.integerParameter(query["before"].map(String.init), name: "before", range: 1...Int.max)
+            let limit = try Self.integerParameter(query["limit"].map(String.init), name: "limit", code: .invalidLimit, range: 1...500) ?? 50
+            let before = try Self.integerParameter(query["before"].map(String.init), name: "before", code: .invalidBefore, range: 1...Int.max)
             let page = try await stored { try await letters.list(queue: queue, status: status, limit: limit, before: before.map(Int64.init)) }
             let depth = try await stored { try await letters.depth() }
             var body: [String: JSONValue] = ["deadLetters": .array(page.map { .object($0.json(withEnvelope: false)) })]
@@ -48,9 +48,9 @@ extension Gateway {
             case .notFound:
                 throw Self.unknownDeadLetter(id)
             case .dropped:
-                throw GatewayError(.conflict, "dead_letter_dropped", "dead letter \(id) was dropped; it is not replayed")
+                throw GatewayError(.conflict, .deadLetterDropped, "dead letter \(id) was dropped; it is not replayed")
             case .unconfirmed:
-                throw GatewayError.unavailable("publish_unconfirmed", "the broker did not confirm the replay; nothing was marked, try again")
+                throw GatewayError.unavailable(.publishUnconfirmed, "the broker did not confirm the replay; nothing was marked, try again")
             }
         }
         admin.post("/dead-letters/:id/drop") { _, context in
@@ -66,7 +66,7 @@ extension Gateway {
 
     static func deadLetterID(_ context: GatewayRequestContext) throws(GatewayError) -> Int64 {
         guard let text = context.parameters.get("id"), let id = Int64(text), id > 0 else {
-            throw GatewayError.badRequest("invalid_dead_letter_id", "a dead letter id is a positive integer")
+            throw GatewayError.badRequest(.invalidDeadLetterId, "a dead letter id is a positive integer")
         }
         return id
     }
@@ -76,13 +76,13 @@ extension Gateway {
         guard let text, !text.isEmpty else { return nil }
         guard text.utf8.count <= 255,
               text.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 95 || $0 == 45 || $0 == 46 }) else {
-            throw GatewayError.badRequest("invalid_queue", "queue must be 1-255 characters of [A-Za-z0-9_.-], e.g. fanflow.points")
+            throw GatewayError.badRequest(.invalidQueue, "queue must be 1-255 characters of [A-Za-z0-9_.-], e.g. fanflow.points")
         }
         return text
     }
 
     static func unknownDeadLetter(_ id: Int64) -> GatewayError {
-        GatewayError(.notFound, "unknown_dead_letter", "no dead letter \(id)")
+        GatewayError(.notFound, .unknownDeadLetter, "no dead letter \(id)")
     }
 }
 

@@ -22,14 +22,14 @@ extension Gateway {
             let body = try await request.collectBody(upTo: 16 * 1024)
             let sale: FlashSale
             do { sale = try FlashSale.parse(id: id, json: body) } catch {
-                throw GatewayError.badRequest("invalid_flash_sale", "\(error)")
+                throw GatewayError.badRequest(.invalidFlashSale, "\(error)")
             }
             let outcome = try await stored { try await store.put(sale) }
             switch outcome {
             case .stockBelowHeld(let held):
-                throw GatewayError(.conflict, "stock_below_held", "\(held) units are already reserved or paid; stock cannot be less")
+                throw GatewayError(.conflict, .stockBelowHeld, "\(held) units are already reserved or paid; stock cannot be less")
             case .slotsFixed(let slots):
-                throw GatewayError(.conflict, "stock_slots_fixed", "stockSlots is \(slots) and cannot change once the campaign exists")
+                throw GatewayError(.conflict, .stockSlotsFixed, "stockSlots is \(slots) and cannot change once the campaign exists")
             case .created, .updated:
                 break
             }
@@ -39,7 +39,7 @@ extension Gateway {
         admin.post("/flash-sales/:id/load") { _, context in
             let id = context.parameters.get("id") ?? ""
             guard let sale = try await stored({ try await store.get(id) }) else {
-                throw GatewayError(.notFound, "unknown_flash_sale", "no flash sale \(id)")
+                throw GatewayError(.notFound, .unknownFlashSale, "no flash sale \(id)")
             }
             try await loadStock(sale, store: store, stock: stock)
             return Response.json(try await flashSaleView(sale, store: store, stock: stock))
@@ -47,7 +47,7 @@ extension Gateway {
         admin.get("/flash-sales/:id") { _, context in
             let id = context.parameters.get("id") ?? ""
             guard let sale = try await stored({ try await store.get(id) }) else {
-                throw GatewayError(.notFound, "unknown_flash_sale", "no flash sale \(id)")
+                throw GatewayError(.notFound, .unknownFlashSale, "no flash sale \(id)")
             }
             return Response.json(try await flashSaleView(sale, store: store, stock: stock))
         }
@@ -58,10 +58,10 @@ extension Gateway {
     func loadStock(_ sale: FlashSale, store: FlashSaleStore, stock: FlashSaleStock) async throws(GatewayError) {
         let loaded: Bool
         do { loaded = try await stock.load(sale, from: store) } catch {
-            throw GatewayError.unavailable("stock_not_loaded", "the stock could not be loaded into Redis; retry", detail: "\(error)")
+            throw GatewayError.unavailable(.stockNotLoaded, "the stock could not be loaded into Redis; retry", detail: "\(error)")
         }
         guard loaded else {
-            throw GatewayError(.conflict, "stock_below_held", "Redis holds more reserved or paid units than the new stock")
+            throw GatewayError(.conflict, .stockBelowHeld, "Redis holds more reserved or paid units than the new stock")
         }
     }
 
@@ -82,22 +82,22 @@ extension Gateway {
             let member = try authenticatedMember(request)
             let saleID = context.parameters.get("id") ?? ""
             guard let sale = try await stored({ try await catalog.sale(saleID) }) else {
-                throw GatewayError(.notFound, "unknown_flash_sale", "no flash sale \(saleID)")
+                throw GatewayError(.notFound, .unknownFlashSale, "no flash sale \(saleID)")
             }
             let body = try await request.collectBody(upTo: 4 * 1024)
             guard case .object(let object)? = try? JSONValue.parse(body) else {
-                throw GatewayError.badRequest("malformed_json", #"body must be {"quantity":1,"requestId":"<uuid>"}"#)
+                throw GatewayError.badRequest(.malformedJson, #"body must be {"quantity":1,"requestId":"<uuid>"}"#)
             }
             guard let requestID = object["requestId"]?.string, (8...64).contains(requestID.utf8.count),
                   requestID.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
-                throw GatewayError.badRequest("invalid_request_id", "requestId is required: 8-64 visible characters, a uuid is best")
+                throw GatewayError.badRequest(.invalidRequestId, "requestId is required: 8-64 visible characters, a uuid is best")
             }
             let quantity = object["quantity"].map { $0.intStrict ?? 0 } ?? 1
             guard quantity >= 1, quantity <= sale.perMemberLimit else {
-                throw GatewayError.badRequest("invalid_quantity", "quantity must be 1-\(sale.perMemberLimit)")
+                throw GatewayError.badRequest(.invalidQuantity, "quantity must be 1-\(sale.perMemberLimit)")
             }
             if flashSaleIPLimits.take(site: "", ip: context.clientIP, cost: 1) != .allowed {
-                throw GatewayError(.tooManyRequests, "rate_limited", "too many reservation attempts from this address; slow down")
+                throw GatewayError(.tooManyRequests, .rateLimited, "too many reservation attempts from this address; slow down")
             }
             let answer: FlashSaleStock.Answer
             do {
@@ -106,7 +106,7 @@ extension Gateway {
             } catch {
                 // The call may have run with its reply lost: a unit held that nobody knows of goes
                 // back through the periodic reconcile (2 minutes), with the request id's answer.
-                throw GatewayError.unavailable("redis_unavailable", "the reservation could not be decided; retry in a moment", detail: "\(error)")
+                throw GatewayError.unavailable(.redisUnavailable, "the reservation could not be decided; retry in a moment", detail: "\(error)")
             }
             switch answer {
             case .refused(let refusal):
@@ -114,7 +114,7 @@ extension Gateway {
             case .reserved(let reservation, .confirmed):
                 return Self.reservationResponse(reservation, sale: sale)
             case .reserved(_, .inFlight):
-                throw GatewayError.unavailable("in_flight", "an earlier attempt with this requestId is still being confirmed; retry")
+                throw GatewayError.unavailable(.inFlight, "an earlier attempt with this requestId is still being confirmed; retry")
             case .reserved(let reservation, .new):
                 let event = FlashSaleStore.ReservationEvent(reservationID: reservation.id, sale: sale.id, member: member,
                                                             quantity: reservation.quantity, amount: sale.price * Int64(reservation.quantity),
@@ -150,7 +150,7 @@ extension Gateway {
         }
     }
 
-    static let unconfirmed = GatewayError.unavailable("publish_unconfirmed", "the reservation could not be recorded; nothing was reserved, retry")
+    static let unconfirmed = GatewayError.unavailable(.publishUnconfirmed, "the reservation could not be recorded; nothing was reserved, retry")
 
     /// One envelope, persistent, confirmed by the broker.
     func publishConfirmed(_ envelope: Envelope) async -> Bool {
@@ -170,13 +170,13 @@ extension Gateway {
 
     static func refusal(_ refusal: FlashSaleStock.Refusal, sale: FlashSale) -> GatewayError {
         switch refusal {
-        case .soldOut: return GatewayError(.conflict, "sold_out", "flash sale \(sale.id) is sold out")
-        case .limitReached: return GatewayError(.conflict, "limit_reached", "at most \(sale.perMemberLimit) per member")
-        case .notStarted: return GatewayError(.forbidden, "not_started", "flash sale \(sale.id) starts at \(RFC3339.format(sale.startAt))")
-        case .ended: return GatewayError(.forbidden, "ended", "flash sale \(sale.id) ended at \(RFC3339.format(sale.endAt))")
-        case .notEligible: return GatewayError(.forbidden, "not_eligible", "this flash sale is for members tagged \(sale.audienceTag ?? "")")
-        case .rateLimited: return GatewayError(.tooManyRequests, "rate_limited", "too many reservation attempts; slow down")
-        case .notLoaded: return GatewayError.unavailable("sale_not_ready", "flash sale \(sale.id) is not loaded yet; retry")
+        case .soldOut: return GatewayError(.conflict, .soldOut, "flash sale \(sale.id) is sold out")
+        case .limitReached: return GatewayError(.conflict, .limitReached, "at most \(sale.perMemberLimit) per member")
+        case .notStarted: return GatewayError(.forbidden, .notStarted, "flash sale \(sale.id) starts at \(RFC3339.format(sale.startAt))")
+        case .ended: return GatewayError(.forbidden, .ended, "flash sale \(sale.id) ended at \(RFC3339.format(sale.endAt))")
+        case .notEligible: return GatewayError(.forbidden, .notEligible, "this flash sale is for members tagged \(sale.audienceTag ?? "")")
+        case .rateLimited: return GatewayError(.tooManyRequests, .rateLimited, "too many reservation attempts; slow down")
+        case .notLoaded: return GatewayError.unavailable(.saleNotReady, "flash sale \(sale.id) is not loaded yet; retry")
         }
     }
 }

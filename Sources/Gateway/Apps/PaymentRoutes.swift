@@ -24,7 +24,7 @@ extension Gateway {
             case "alipay":
                 return await alipayNotification(body, context: context, store: store, stock: stock)
             default:
-                throw GatewayError(.notFound, "unknown_provider", "providers are wechatpay and alipay")
+                throw GatewayError(.notFound, .unknownProvider, "providers are wechatpay and alipay")
             }
         }
     }

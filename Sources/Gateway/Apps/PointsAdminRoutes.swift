@@ -19,7 +19,7 @@ extension Gateway {
             let body = try await request.collectBody(upTo: 64 * 1024)
             let rule: PointsRule
             do { rule = try PointsRule.parse(code: code, json: body) } catch {
-                throw GatewayError.badRequest("invalid_rule", "\(error)")
+                throw GatewayError.badRequest(.invalidRule, "\(error)")
             }
             let created = try await stored { try await ruleStore.put(rule) }
             return Response.json(rule, status: created ? .created : .ok)
@@ -43,7 +43,7 @@ extension Gateway {
         }
         admin.post("/points-rules/presets/:name") { _, context in
             guard let preset = ProgramPreset(rawValue: context.parameters.get("name") ?? "") else {
-                throw GatewayError(.notFound, "unknown_preset",
+                throw GatewayError(.notFound, .unknownPreset,
                                    "presets are \(ProgramPreset.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             let rules = try await stored { try await ruleStore.apply(preset) }
@@ -55,7 +55,7 @@ extension Gateway {
             let body = try await request.collectBody(upTo: 64 * 1024)
             let table: LevelTable
             do { table = try LevelTable.parse(json: body) } catch {
-                throw GatewayError.badRequest("invalid_levels", "\(error)")
+                throw GatewayError.badRequest(.invalidLevels, "\(error)")
             }
             try await stored { try await ruleStore.putLevels(table) }
             return Response.json(table)
@@ -65,15 +65,15 @@ extension Gateway {
             let query = request.uri.queryParameters
             guard let platformText = query["platform"].map(String.init), let platform = Platform(rawValue: platformText),
                   ServerEvents.memberPlatforms.contains(platformText) else {
-                throw GatewayError.badRequest("invalid_platform", "platform must be one of wechat, alipay, weibo, qq")
+                throw GatewayError.badRequest(.invalidPlatform, "platform must be one of wechat, alipay, weibo, qq")
             }
             guard let app = query["app"].map(String.init), !app.isEmpty, let openid = query["openid"].map(String.init), !openid.isEmpty else {
-                throw GatewayError.badRequest("invalid_identity", "app and openid are required")
+                throw GatewayError.badRequest(.invalidIdentity, "app and openid are required")
             }
             let identity = Identity(platform: platform, app: app, openid: openid)
             guard let id = try await stored({ try await directory.lookup(identity) }),
                   let member = try await stored({ try await queries.member(id) }) else {
-                throw GatewayError(.notFound, "unknown_member", "no member has \(platform.rawValue) \(app) openid \(openid)")
+                throw GatewayError(.notFound, .unknownMember, "no member has \(platform.rawValue) \(app) openid \(openid)")
             }
             return Response.json(member)
         }
@@ -88,11 +88,11 @@ extension Gateway {
             var ttl: Int64 = 3600
             if !body.isEmpty {
                 guard case .object(let object)? = try? JSONValue.parse(body) else {
-                    throw GatewayError.badRequest("malformed_json", #"body must be {"ttlSeconds":…}"#)
+                    throw GatewayError.badRequest(.malformedJson, #"body must be {"ttlSeconds":…}"#)
                 }
                 if let given = object["ttlSeconds"] {
                     guard let seconds = given.intStrict, (60...86_400 * 30).contains(seconds) else {
-                        throw GatewayError.badRequest("invalid_ttl", "ttlSeconds must be 60-2592000")
+                        throw GatewayError.badRequest(.invalidTtl, "ttlSeconds must be 60-2592000")
                     }
                     ttl = seconds
                 }
@@ -113,11 +113,11 @@ extension Gateway {
     }
 
     static func unknownRule(_ code: String) -> GatewayError {
-        GatewayError(.notFound, "unknown_rule", "no points rule \(code)")
+        GatewayError(.notFound, .unknownRule, "no points rule \(code)")
     }
 
     static func unknownMember(_ id: Int64) -> GatewayError {
-        GatewayError(.notFound, "unknown_member", "no member \(id)")
+        GatewayError(.notFound, .unknownMember, "no member \(id)")
     }
 
     /// Runs a storage call; a database failure is a 503 the operator can retry, not a 500.
@@ -134,14 +134,14 @@ extension Gateway {
     private func ruleCode(_ context: GatewayRequestContext) throws(GatewayError) -> String {
         let code = context.parameters.get("code") ?? ""
         guard PointsRule.isValidCode(code) else {
-            throw GatewayError.badRequest("invalid_rule_code", "a rule code is 1-64 characters of [a-z0-9._-]")
+            throw GatewayError.badRequest(.invalidRuleCode, "a rule code is 1-64 characters of [a-z0-9._-]")
         }
         return code
     }
 
     private func memberID(_ context: GatewayRequestContext) throws(GatewayError) -> Int64 {
         guard let id = context.parameters.get("id").flatMap({ Int64($0) }), id > 0 else {
-            throw GatewayError.badRequest("invalid_member_id", "a member id is a positive integer")
+            throw GatewayError.badRequest(.invalidMemberId, "a member id is a positive integer")
         }
         return id
     }
@@ -152,7 +152,7 @@ extension Gateway {
         func time(_ name: String) throws(GatewayError) -> Date? {
             guard let text = query[Substring(name)] else { return nil }
             guard let date = RFC3339.parse(String(text)) else {
-                throw GatewayError.badRequest("invalid_filter", "\(name) must be an RFC 3339 time")
+                throw GatewayError.badRequest(.invalidFilter, "\(name) must be an RFC 3339 time")
             }
             return date
         }
@@ -161,11 +161,11 @@ extension Gateway {
         filter.kind = query["kind"].map(String.init)
         filter.rule = query["rule"].map(String.init)
         if let text = query["before"] {
-            guard let before = Int64(text), before > 0 else { throw GatewayError.badRequest("invalid_filter", "before must be a ledger entry id") }
+            guard let before = Int64(text), before > 0 else { throw GatewayError.badRequest(.invalidFilter, "before must be a ledger entry id") }
             filter.before = before
         }
         if let text = query["limit"] {
-            guard let limit = Int(text), (1...500).contains(limit) else { throw GatewayError.badRequest("invalid_filter", "limit must be 1-500") }
+            guard let limit = Int(text), (1...500).contains(limit) else { throw GatewayError.badRequest(.invalidFilter, "limit must be 1-500") }
             filter.limit = limit
         }
         return filter

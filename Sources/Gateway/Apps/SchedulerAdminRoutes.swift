@@ -15,12 +15,12 @@ extension Gateway {
             var status: JobStatus?
             if let text = query["status"].map(String.init) {
                 guard let parsed = JobStatus(rawValue: text) else {
-                    throw GatewayError.badRequest("invalid_status", "status must be one of \(JobStatus.allCases.map(\.rawValue).joined(separator: ", "))")
+                    throw GatewayError.badRequest(.invalidStatus, "status must be one of \(JobStatus.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 status = parsed
             }
-            let limit = try Self.integerParameter(query["limit"].map(String.init), name: "limit", range: 1...500) ?? 50
-            let before = try Self.integerParameter(query["before"].map(String.init), name: "before", range: 1...Int.max)
+            let limit = try Self.integerParameter(query["limit"].map(String.init), name: "limit", code: .invalidLimit, range: 1...500) ?? 50
+            let before = try Self.integerParameter(query["before"].map(String.init), name: "before", code: .invalidBefore, range: 1...Int.max)
             let kind = query["kind"].map(String.init).flatMap { $0.isEmpty ? nil : $0 }
             let page = try await stored { try await jobs.list(status: status, kind: kind, limit: limit, before: before.map(Int64.init)) }
             var body: [String: JSONValue] = ["jobs": .array(page.map { .object($0.json) })]
@@ -34,9 +34,9 @@ extension Gateway {
         }
         let actions: [(name: String, act: @Sendable (Int64) async throws -> Bool, refusal: GatewayError)] = [
             ("retry", { try await jobs.retry(id: $0) },
-             GatewayError(.conflict, "not_retryable", "only a failed or cancelled job can be retried")),
+             GatewayError(.conflict, .notRetryable, "only a failed or cancelled job can be retried")),
             ("cancel", { try await jobs.cancel(id: $0) },
-             GatewayError(.conflict, "not_cancellable", "only a scheduled or failed job can be cancelled")),
+             GatewayError(.conflict, .notCancellable, "only a scheduled or failed job can be cancelled")),
         ]
         for action in actions {
             admin.post("/jobs/:id/\(action.name)") { _, context in
@@ -59,54 +59,54 @@ extension Gateway {
             let day = try Self.day(context)
             let body = try await request.collectBody(upTo: 4096)
             guard case .object(let object)? = try? JSONValue.parse(body) else {
-                throw GatewayError.badRequest("invalid_day", "body must be a JSON object {\"kind\":\"holiday\"|\"workday\",\"name\":…}")
+                throw GatewayError.badRequest(.invalidDay, "body must be a JSON object {\"kind\":\"holiday\"|\"workday\",\"name\":…}")
             }
             if let unknown = object.keys.sorted().first(where: { !["kind", "name"].contains($0) }) {
-                throw GatewayError.badRequest("invalid_day", "unknown field \(unknown)")
+                throw GatewayError.badRequest(.invalidDay, "unknown field \(unknown)")
             }
             guard let kind = object["kind"]?.string.flatMap(BusinessCalendar.Kind.init) else {
-                throw GatewayError.badRequest("invalid_day", "kind must be holiday or workday")
+                throw GatewayError.badRequest(.invalidDay, "kind must be holiday or workday")
             }
             let name = object["name"]?.string ?? ""
-            guard name.count <= 100 else { throw GatewayError.badRequest("invalid_day", "name must be at most 100 characters") }
+            guard name.count <= 100 else { throw GatewayError.badRequest(.invalidDay, "name must be at most 100 characters") }
             try await stored { try await calendar.put(.init(day: day, kind: kind, name: name)) }
             return Response.json(["day": day, "kind": kind.rawValue, "name": name])
         }
         admin.delete("/calendar/:day") { _, context in
             let day = try Self.day(context)
             guard try await stored({ try await calendar.delete(day) }) else {
-                throw GatewayError(.notFound, "unknown_day", "\(day) is not declared")
+                throw GatewayError(.notFound, .unknownDay, "\(day) is not declared")
             }
             return Response(status: .noContent)
         }
     }
 
-    static func unknownJob(_ id: Int64) -> GatewayError { GatewayError(.notFound, "unknown_job", "no job \(id)") }
+    static func unknownJob(_ id: Int64) -> GatewayError { GatewayError(.notFound, .unknownJob, "no job \(id)") }
 
     static func jobID(_ context: GatewayRequestContext) throws -> Int64 {
         guard let text = context.parameters.get("id"), let id = Int64(text), id > 0 else {
-            throw GatewayError.badRequest("invalid_job_id", "a job id is a positive integer")
+            throw GatewayError.badRequest(.invalidJobId, "a job id is a positive integer")
         }
         return id
     }
 
     static func day(_ context: GatewayRequestContext) throws -> String {
         guard let day = try dayParameter(context.parameters.get("day"), name: "day") else {
-            throw GatewayError.badRequest("invalid_day", "day must be a date yyyy-MM-dd")
+            throw GatewayError.badRequest(.invalidDay, "day must be a date yyyy-MM-dd")
         }
         return day
     }
 
     static func dayParameter(_ text: String?, name: String) throws -> String? {
         guard let text else { return nil }
-        guard BusinessCalendar.isValidDay(text) else { throw GatewayError.badRequest("invalid_day", "\(name) must be a date yyyy-MM-dd") }
+        guard BusinessCalendar.isValidDay(text) else { throw GatewayError.badRequest(.invalidDay, "\(name) must be a date yyyy-MM-dd") }
         return text
     }
 
-    static func integerParameter(_ text: String?, name: String, range: ClosedRange<Int>) throws -> Int? {
+    static func integerParameter(_ text: String?, name: String, code: ErrorCode, range: ClosedRange<Int>) throws -> Int? {
         guard let text else { return nil }
         guard let value = Int(text), range.contains(value) else {
-            throw GatewayError.badRequest("invalid_\(name)", "\(name) must be an integer \(range.lowerBound)-\(range.upperBound)")
+            throw GatewayError.badRequest(code, "\(name) must be an integer \(range.lowerBound)-\(range.upperBound)")
         }
         return value
     }

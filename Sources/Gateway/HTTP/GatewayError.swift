@@ -6,13 +6,13 @@ import Hummingbird
 /// `{"error":{"code":…,"message":…}}`. Nothing is published when one is thrown.
 public struct GatewayError: HTTPResponseError, Sendable, CustomStringConvertible {
     public let status: HTTPResponse.Status
-    public let code: String
+    public let code: ErrorCode
     public let message: String
     /// What went wrong inside (a dependency's own error text): logged with the request id, never
     /// sent to the client.
     public let detail: String?
 
-    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String, detail: String? = nil) {
+    public init(_ status: HTTPResponse.Status, _ code: ErrorCode, _ message: String, detail: String? = nil) {
         self.status = status
         self.code = code
         self.message = message
@@ -24,7 +24,7 @@ public struct GatewayError: HTTPResponseError, Sendable, CustomStringConvertible
     /// `{"error":{"code","message"}}`, and for a 5xx also `requestId` in it (the same id as the
     /// `X-Request-Id` header every response carries), so a report can be matched with the log line.
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        var error: [String: JSONValue] = ["code": .string(code), "message": .string(message)]
+        var error: [String: JSONValue] = ["code": .string(code.rawValue), "message": .string(message)]
         if status.code >= 500 { error["requestId"] = .string(context.id) }
         let bytes = JSONValue.object(["error": .object(error)]).jsonBytes
         var response = Response(status: status, headers: [.contentType: "application/json"],
@@ -34,23 +34,23 @@ public struct GatewayError: HTTPResponseError, Sendable, CustomStringConvertible
         return response
     }
 
-    static func badRequest(_ code: String, _ message: String) -> GatewayError { GatewayError(.badRequest, code, message) }
-    static func unauthorized(_ code: String, _ message: String) -> GatewayError { GatewayError(.unauthorized, code, message) }
-    static func forbidden(_ code: String, _ message: String) -> GatewayError { GatewayError(.forbidden, code, message) }
+    static func badRequest(_ code: ErrorCode, _ message: String) -> GatewayError { GatewayError(.badRequest, code, message) }
+    static func unauthorized(_ code: ErrorCode, _ message: String) -> GatewayError { GatewayError(.unauthorized, code, message) }
+    static func forbidden(_ code: ErrorCode, _ message: String) -> GatewayError { GatewayError(.forbidden, code, message) }
     static func unknownApp(_ platform: String, _ app: String) -> GatewayError {
-        GatewayError(.notFound, "unknown_app", "no \(platform) app \(app) is registered")
+        GatewayError(.notFound, .unknownApp, "no \(platform) app \(app) is registered")
     }
-    static func unavailable(_ code: String, _ message: String, detail: String? = nil) -> GatewayError {
+    static func unavailable(_ code: ErrorCode, _ message: String, detail: String? = nil) -> GatewayError {
         GatewayError(.serviceUnavailable, code, message, detail: detail)
     }
-    static let staleTimestamp = GatewayError(.forbidden, "stale_timestamp", "timestamp is outside the freshness window")
+    static let staleTimestamp = GatewayError(.forbidden, .staleTimestamp, "timestamp is outside the freshness window")
 }
 
 extension Request {
     /// The body, refused with 413 past `limit` bytes (checked while reading, not after).
     func collectBody(upTo limit: Int) async throws(GatewayError) -> [UInt8] {
         if let length = headers[.contentLength].flatMap({ Int($0) }), length > limit {
-            throw GatewayError(.contentTooLarge, "body_too_large", "body is larger than \(limit) bytes")
+            throw GatewayError(.contentTooLarge, .bodyTooLarge, "body is larger than \(limit) bytes")
         }
         do {
             var buffer = try await body.collect(upTo: limit)
@@ -58,7 +58,7 @@ extension Request {
         } catch let error as GatewayError {
             throw error
         } catch {
-            throw GatewayError(.contentTooLarge, "body_too_large", "body is larger than \(limit) bytes")
+            throw GatewayError(.contentTooLarge, .bodyTooLarge, "body is larger than \(limit) bytes")
         }
     }
 }
@@ -68,7 +68,7 @@ extension Request {
 /// downstream turns them into U+FFFD, or a NUL, that a queue or an index then chokes on.
 func requireUTF8(_ bytes: [UInt8]) throws(GatewayError) -> [UInt8] {
     guard String(validating: bytes, as: UTF8.self) != nil else {
-        throw GatewayError.badRequest("malformed_body", "the body is not valid UTF-8")
+        throw GatewayError.badRequest(.malformedBody, "the body is not valid UTF-8")
     }
     return bytes
 }

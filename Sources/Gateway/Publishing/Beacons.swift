@@ -18,7 +18,7 @@ extension Gateway {
         router.get("/v1/collect.gif") { request, context in
             // The pixel carries the same JSON batch, URL-encoded in `d`.
             guard let data = request.uri.queryParameters["d"] else {
-                throw GatewayError.badRequest("missing_data", "d (the JSON batch) is required")
+                throw GatewayError.badRequest(.missingData, "d (the JSON batch) is required")
             }
             // The router decodes %FF to U+FFFD without a word; the raw bytes must be UTF-8 like any body.
             if let raw = FormBody.parse(Array((request.uri.query ?? "").utf8))?.first(where: { $0.name == "d" }) {
@@ -52,22 +52,22 @@ extension Gateway {
 
     func collect(_ body: [UInt8], siteParameter: String?, authorization: String?, _ context: GatewayRequestContext) async throws -> Response {
         guard let root = try? JSONValue.parse(body), case .object(let batch) = root else {
-            throw GatewayError.badRequest("malformed_json", "body must be a JSON object")
+            throw GatewayError.badRequest(.malformedJson, "body must be a JSON object")
         }
         guard let site = batch["site"]?.string ?? siteParameter, !site.isEmpty else {
-            throw GatewayError.badRequest("missing_site", "site is required (in the body or as ?site=)")
+            throw GatewayError.badRequest(.missingSite, "site is required (in the body or as ?site=)")
         }
         guard InputLimits.identityProblem(site, maxBytes: 64) == nil else {
-            throw GatewayError.badRequest("invalid_site", "site must be 1-64 visible ASCII characters")
+            throw GatewayError.badRequest(.invalidSite, "site must be 1-64 visible ASCII characters")
         }
         guard let clientID = batch["clientId"]?.string, InputLimits.identityProblem(clientID, maxBytes: 64) == nil else {
-            throw GatewayError.badRequest("missing_client_id", "clientId must be a string of 1-64 visible ASCII characters")
+            throw GatewayError.badRequest(.missingClientId, "clientId must be a string of 1-64 visible ASCII characters")
         }
         guard case .array(let items) = batch["events"], !items.isEmpty else {
-            throw GatewayError.badRequest("missing_events", "events must be a non-empty array")
+            throw GatewayError.badRequest(.missingEvents, "events must be a non-empty array")
         }
         guard items.count <= Self.beaconBatchLimit else {
-            throw GatewayError(.contentTooLarge, "too_many_events", "at most \(Self.beaconBatchLimit) events per beacon")
+            throw GatewayError(.contentTooLarge, .tooManyEvents, "at most \(Self.beaconBatchLimit) events per beacon")
         }
         let member = try beaconMember(authorization: authorization, field: batch["token"])
         _ = try await apps.gatewayApp(.server, site, client: context.clientIP)
@@ -75,10 +75,10 @@ extension Gateway {
         case .allowed: break
         case .siteLimited:
             metrics.count(.beaconsRateLimited, by: items.count)
-            throw GatewayError(.tooManyRequests, "rate_limited", "site \(site) is sending beacons faster than allowed")
+            throw GatewayError(.tooManyRequests, .rateLimited, "site \(site) is sending beacons faster than allowed")
         case .ipLimited:
             metrics.count(.beaconsRateLimited, by: items.count)
-            throw GatewayError(.tooManyRequests, "rate_limited", "this client is sending beacons faster than allowed")
+            throw GatewayError(.tooManyRequests, .rateLimited, "this client is sending beacons faster than allowed")
         }
 
         let receivedAt = Date()
@@ -89,7 +89,7 @@ extension Gateway {
             case .success(let envelope): envelopes.append(envelope)
             case .failure(let rejection) where rejection.invalidSubject:
                 // A page that sends a malformed identity is broken or forging: nothing of the batch goes out.
-                throw GatewayError.badRequest("invalid_subject", "event \(rejection.id): \(rejection.reason)")
+                throw GatewayError.badRequest(.invalidSubject, "event \(rejection.id): \(rejection.reason)")
             case .failure(let rejection): rejected.append(rejection)
             }
         }
@@ -101,7 +101,7 @@ extension Gateway {
             case .accepted: accepted += 1
             case .duplicate: duplicates += 1
             case .inFlight, .failed(_):
-                throw GatewayError.unavailable("publish_unconfirmed", "beacons were not confirmed by the broker; retry")
+                throw GatewayError.unavailable(.publishUnconfirmed, "beacons were not confirmed by the broker; retry")
             }
         }
         return .json(BeaconAnswer(accepted: accepted, duplicates: duplicates, rejected: rejected))
@@ -118,15 +118,15 @@ extension Gateway {
             switch field {
             case nil, .null?: return nil
             case .string(let text)?: token = text
-            default: throw GatewayError.unauthorized("bad_token", "token must be a member token (a string)")
+            default: throw GatewayError.unauthorized(.badToken, "token must be a member token (a string)")
             }
         }
         do {
             return try memberTokens.verify(token)
         } catch {
             switch error {
-            case .expired: throw GatewayError.unauthorized("token_expired", "the member token has expired; mint a new one or send none")
-            case .malformed, .badSignature: throw GatewayError.unauthorized("bad_token", "the member token is not valid")
+            case .expired: throw GatewayError.unauthorized(.tokenExpired, "the member token has expired; mint a new one or send none")
+            case .malformed, .badSignature: throw GatewayError.unauthorized(.badToken, "the member token is not valid")
             }
         }
     }

@@ -23,22 +23,22 @@ extension Gateway {
         let receivedAt = Date()
         try freshness.check(timestamp, now: receivedAt.timeIntervalSince1970)
         if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.serverEventsBodyLimit {
-            throw GatewayError(.contentTooLarge, "body_too_large", "body is larger than \(Self.serverEventsBodyLimit) bytes")
+            throw GatewayError(.contentTooLarge, .bodyTooLarge, "body is larger than \(Self.serverEventsBodyLimit) bytes")
         }
         let app = try await apps.gatewayApp(.server, appID, client: context.clientIP)
         guard let key = app.hmacKey else { throw GatewayError.unknownApp("server", appID) }
         let body = try await request.collectBody(upTo: Self.serverEventsBodyLimit)
         let expected = HMAC<SHA256>.authenticationCode(for: Array(timestamp.utf8) + [UInt8(ascii: ".")] + body, using: key)
         guard Bytes.constantTimeEquals(received, Array(expected)) else {
-            throw GatewayError.forbidden("bad_signature", "HMAC-SHA256 signature does not match")
+            throw GatewayError.forbidden(.badSignature, "HMAC-SHA256 signature does not match")
         }
 
         guard let root = try? JSONValue.parse(body), case .object(let object) = root,
               case .array(let items) = object["events"] else {
-            throw GatewayError.badRequest("malformed_json", #"body must be {"events":[…]}"#)
+            throw GatewayError.badRequest(.malformedJson, #"body must be {"events":[…]}"#)
         }
         guard items.count <= Self.serverEventsLimit else {
-            throw GatewayError(.contentTooLarge, "too_many_events", "at most \(Self.serverEventsLimit) events per request, got \(items.count)")
+            throw GatewayError(.contentTooLarge, .tooManyEvents, "at most \(Self.serverEventsLimit) events per request, got \(items.count)")
         }
 
         var results: [ServerEventResult] = []

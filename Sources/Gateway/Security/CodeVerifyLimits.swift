@@ -27,22 +27,22 @@ enum ServerEventHeaders {
     /// The app id, the timestamp text (as signed) and the signature's 32 bytes.
     static func check(_ headers: HTTPFields) throws(GatewayError) -> (app: String, timestamp: String, signature: [UInt8]) {
         guard let appID = headers[.fanflowApp], !appID.isEmpty else {
-            throw GatewayError.unauthorized("missing_app", "X-FanFlow-App is required")
+            throw GatewayError.unauthorized(.missingApp, "X-FanFlow-App is required")
         }
         // The admin API accepts 1-64 characters of [A-Za-z0-9_.-] for an app id: nothing else can be registered.
         guard AppIDShape.isValid(appID) else {
-            throw GatewayError.badRequest("invalid_app", "X-FanFlow-App must be \(AppIDShape.rule)")
+            throw GatewayError.badRequest(.invalidApp, "X-FanFlow-App must be \(AppIDShape.rule)")
         }
         guard let timestamp = headers[.fanflowTimestamp], let signature = headers[.fanflowSignature] else {
-            throw GatewayError.unauthorized("missing_signature", "X-FanFlow-Timestamp and X-FanFlow-Signature are required")
+            throw GatewayError.unauthorized(.missingSignature, "X-FanFlow-Timestamp and X-FanFlow-Signature are required")
         }
         // Unix seconds or milliseconds: at most 13 digits.
         guard (1...13).contains(timestamp.utf8.count), timestamp.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
-            throw GatewayError.badRequest("missing_timestamp", "X-FanFlow-Timestamp must be unix seconds or milliseconds")
+            throw GatewayError.badRequest(.missingTimestamp, "X-FanFlow-Timestamp must be unix seconds or milliseconds")
         }
         guard signature.utf8.count == 71, signature.hasPrefix("sha256="), let received = Bytes.fromHex(signature.dropFirst(7)),
               received.count == 32 else {
-            throw GatewayError.unauthorized("bad_signature", "X-FanFlow-Signature must be sha256=<64 hex digits>")
+            throw GatewayError.unauthorized(.badSignature, "X-FanFlow-Signature must be sha256=<64 hex digits>")
         }
         return (appID, timestamp, received)
     }

@@ -90,17 +90,17 @@ extension GatewayError {
         case let error as AppLookupError:
             return GatewayError(error)
         case is PostgresPoolBusy:
-            return GatewayError(.serviceUnavailable, "database_busy", "the database is busy; retry shortly", detail: "\(error)")
+            return GatewayError(.serviceUnavailable, .databaseBusy, "the database is busy; retry shortly", detail: "\(error)")
         case let error as PostgresError where error.code == .invalidParameter:
             // A value the client sent holds a NUL (refused by the wrapper before anything reached
             // the server): the input is at fault, and a retry would fail the same way.
-            return GatewayError(.badRequest, "malformed_message", "a value holds a NUL byte, which cannot be stored", detail: "\(error)")
+            return GatewayError(.badRequest, .malformedMessage, "a value holds a NUL byte, which cannot be stored", detail: "\(error)")
         case is PostgresError:
-            return GatewayError(.serviceUnavailable, "database_unavailable", "the database did not answer; retry", detail: "\(error)")
+            return GatewayError(.serviceUnavailable, .databaseUnavailable, "the database did not answer; retry", detail: "\(error)")
         case is RedisError:
-            return GatewayError(.serviceUnavailable, "redis_unavailable", "Redis did not answer; retry", detail: "\(error)")
+            return GatewayError(.serviceUnavailable, .redisUnavailable, "Redis did not answer; retry", detail: "\(error)")
         default:
-            return GatewayError(.internalServerError, "internal_error", "the request failed inside the gateway", detail: "\(error)")
+            return GatewayError(.internalServerError, .internalError, "the request failed inside the gateway", detail: "\(error)")
         }
     }
 }

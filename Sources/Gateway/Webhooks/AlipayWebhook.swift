@@ -18,31 +18,31 @@ extension Gateway {
         let body = try await request.collectBody(upTo: Self.webhookBodyLimit)
         let receivedAt = Date()
         guard let parameters = FormBody.parse(body) else {
-            throw GatewayError.badRequest("malformed_form", "body is not application/x-www-form-urlencoded")
+            throw GatewayError.badRequest(.malformedForm, "body is not application/x-www-form-urlencoded")
         }
         func text(_ name: String) -> String? {
             parameters.first { $0.name == name }.map { String(decoding: $0.value, as: UTF8.self) }
         }
         guard let sign = text("sign"), !sign.isEmpty else {
-            throw GatewayError.unauthorized("missing_signature", "sign is required")
+            throw GatewayError.unauthorized(.missingSignature, "sign is required")
         }
         let signType = text("sign_type") ?? "RSA2"
         let valid: Bool
         do {
             valid = try crypto.verify(content: AlipayCrypto.signedContent(parameters), signatureBase64: sign, signType: signType)
         } catch {
-            throw GatewayError.badRequest("unsupported_sign_type", "only sign_type RSA2 is accepted")
+            throw GatewayError.badRequest(.unsupportedSignType, "only sign_type RSA2 is accepted")
         }
-        guard valid else { throw GatewayError.forbidden("bad_signature", "RSA2 signature does not match") }
+        guard valid else { throw GatewayError.forbidden(.badSignature, "RSA2 signature does not match") }
 
         let charset = text("charset") ?? "GBK"
         guard let bizBytes = parameters.first(where: { $0.name == "biz_content" })?.value,
               let bizText = Charset.utf8(bizBytes, from: charset) else {
-            throw GatewayError.badRequest("malformed_message", "biz_content is missing or not in charset \(charset)")
+            throw GatewayError.badRequest(.malformedMessage, "biz_content is missing or not in charset \(charset)")
         }
         let biz = try parseXML(Array(bizText.utf8))
         if let inner = biz.value("AppId"), !inner.isEmpty, inner != appID {
-            throw GatewayError.forbidden("wrong_appid", "the message is for app \(inner)")
+            throw GatewayError.forbidden(.wrongAppid, "the message is for app \(inner)")
         }
 
         switch text("service") {
@@ -57,7 +57,7 @@ extension Gateway {
                 + "<MsgType><![CDATA[ack]]></MsgType></XML>"
             return try alipayAnswer(ack, crypto)
         case let other:
-            throw GatewayError.badRequest("unsupported_service", "service \(other ?? "(none)") is not handled")
+            throw GatewayError.badRequest(.unsupportedService, "service \(other ?? "(none)") is not handled")
         }
     }
 
@@ -73,10 +73,10 @@ extension Gateway {
 enum AlipayEvents {
     static func envelope(_ biz: XMLElement, app: String, receivedAt: Date) throws(GatewayError) -> Envelope {
         guard let from = biz.value("FromUserId") ?? biz.value("FromAlipayUserId"), !from.isEmpty else {
-            throw GatewayError.badRequest("malformed_message", "FromUserId is missing")
+            throw GatewayError.badRequest(.malformedMessage, "FromUserId is missing")
         }
         guard let msgType = biz.value("MsgType"), !msgType.isEmpty else {
-            throw GatewayError.badRequest("malformed_message", "MsgType is missing")
+            throw GatewayError.badRequest(.malformedMessage, "MsgType is missing")
         }
         _ = try WebhookInput.identity(from, "FromUserId")
         let createText = biz.value("CreateTime") ?? ""
@@ -84,7 +84,7 @@ enum AlipayEvents {
         var occurred = receivedAt
         if !createText.isEmpty {
             guard let millis = Int64(createText), let created = InputLimits.time(unixMilliseconds: millis) else {
-                throw GatewayError.badRequest("malformed_message", "CreateTime must be unix milliseconds in 2000-01-01..2100-01-01")
+                throw GatewayError.badRequest(.malformedMessage, "CreateTime must be unix milliseconds in 2000-01-01..2100-01-01")
             }
             occurred = created
         }

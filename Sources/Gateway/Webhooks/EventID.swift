@@ -41,14 +41,14 @@ struct FreshnessWindow: Sendable {
     /// Accepts unix seconds or milliseconds as `unit` says.
     func check(_ text: String?, now: Double, unit: Unit = .secondsOrMilliseconds) throws(GatewayError) {
         guard let text, let value = Int64(text), value > 0 else {
-            throw GatewayError.badRequest("missing_timestamp", "timestamp is missing or not an integer")
+            throw GatewayError.badRequest(.missingTimestamp, "timestamp is missing or not an integer")
         }
         let digits = text.utf8.count
         switch unit {
         case .seconds where digits != 10 || !text.utf8.allSatisfy({ (0x30...0x39).contains($0) }):
-            throw GatewayError.badRequest("missing_timestamp", "timestamp must be unix seconds, exactly 10 digits")
+            throw GatewayError.badRequest(.missingTimestamp, "timestamp must be unix seconds, exactly 10 digits")
         case .milliseconds where digits != 13 || !text.utf8.allSatisfy({ (0x30...0x39).contains($0) }):
-            throw GatewayError.badRequest("missing_timestamp", "timestamp must be unix milliseconds, exactly 13 digits")
+            throw GatewayError.badRequest(.missingTimestamp, "timestamp must be unix milliseconds, exactly 13 digits")
         default: break
         }
         let seconds = unit == .milliseconds || (unit == .secondsOrMilliseconds && value > 100_000_000_000)
@@ -64,7 +64,7 @@ enum WebhookInput {
     static func identity(_ value: String?, _ field: String) throws(GatewayError) -> String? {
         guard let value else { return nil }
         if let problem = InputLimits.identityProblem(value) {
-            throw GatewayError.badRequest("invalid_subject", "\(field) \(problem)")
+            throw GatewayError.badRequest(.invalidSubject, "\(field) \(problem)")
         }
         return value
     }
@@ -72,7 +72,7 @@ enum WebhookInput {
     /// A time the platform sends, in 2000-01-01..2100-01-01.
     static func time(_ date: Date, _ field: String) throws(GatewayError) -> Date {
         guard InputLimits.isPlausible(date) else {
-            throw GatewayError.badRequest("malformed_message", "\(field) is outside 2000-01-01..2100-01-01")
+            throw GatewayError.badRequest(.malformedMessage, "\(field) is outside 2000-01-01..2100-01-01")
         }
         return date
     }
@@ -80,7 +80,7 @@ enum WebhookInput {
     /// The envelope's attributes (the platform's payload kept whole under `raw`): no NUL, sane depth.
     static func attributes(_ attributes: [String: JSONValue]) throws(GatewayError) -> [String: JSONValue] {
         if let problem = InputLimits.attributesProblem(attributes, .webhook) {
-            throw GatewayError.badRequest("malformed_message", problem)
+            throw GatewayError.badRequest(.malformedMessage, problem)
         }
         return attributes
     }
@@ -93,7 +93,7 @@ extension Gateway {
     func webhookApp(_ platform: AppPlatform, _ context: GatewayRequestContext) async throws(GatewayError) -> RegisteredApp {
         let id = context.parameters.get("appId") ?? ""
         guard AppIDShape.isValid(id) else {
-            throw GatewayError(.notFound, "unknown_app", "no \(platform.rawValue) app has such an id (\(AppIDShape.rule))")
+            throw GatewayError(.notFound, .unknownApp, "no \(platform.rawValue) app has such an id (\(AppIDShape.rule))")
         }
         return try await pathApp(platform, context)
     }

@@ -16,12 +16,12 @@ extension Gateway {
         let appID = app.appID
         guard let crypto = app.qq else { throw GatewayError.unknownApp("qq", appID) }
         if let botAppID = request.headers[.qqBotAppID], botAppID != appID {
-            throw GatewayError.forbidden("wrong_appid", "X-Bot-Appid \(botAppID) is not this app")
+            throw GatewayError.forbidden(.wrongAppid, "X-Bot-Appid \(botAppID) is not this app")
         }
         let body = try await request.collectBody(upTo: Self.webhookBodyLimit)
         guard let value = try? JSONValue.parse(body), case .object(let payload) = value,
               let op = payload["op"]?.intStrict else {
-            throw GatewayError.badRequest("malformed_json", "body is not a QQ webhook payload (a JSON object with op)")
+            throw GatewayError.badRequest(.malformedJson, "body is not a QQ webhook payload (a JSON object with op)")
         }
         if op == 13 {
             return try qqValidation(payload, crypto)
@@ -30,15 +30,15 @@ extension Gateway {
         // The signature covers the bytes exactly as they arrived, never a re-serialized body.
         guard let signature = request.headers[.qqSignature],
               let timestamp = request.headers[.qqTimestamp] else {
-            throw GatewayError.unauthorized("missing_signature", "X-Signature-Ed25519 and X-Signature-Timestamp are required")
+            throw GatewayError.unauthorized(.missingSignature, "X-Signature-Ed25519 and X-Signature-Timestamp are required")
         }
         guard crypto.verify(signatureHex: signature, timestamp: timestamp, body: body) else {
-            throw GatewayError.forbidden("bad_signature", "Ed25519 signature does not match")
+            throw GatewayError.forbidden(.badSignature, "Ed25519 signature does not match")
         }
         let receivedAt = Date()
         try freshness.check(timestamp, now: receivedAt.timeIntervalSince1970)
         guard op == 0 else {
-            throw GatewayError.badRequest("unsupported_op", "op \(op) is not handled (0: dispatch, 13: validation)")
+            throw GatewayError.badRequest(.unsupportedOp, "op \(op) is not handled (0: dispatch, 13: validation)")
         }
         let envelope = try QQEvents.envelope(payload, app: appID, receivedAt: receivedAt)
         try await publishWebhookEvent(envelope)
@@ -50,15 +50,15 @@ extension Gateway {
     /// can never pass for an event (timestamp + a JSON body): not a signing oracle.
     private func qqValidation(_ payload: [String: JSONValue], _ crypto: QQCrypto) throws(GatewayError) -> Response {
         guard case .object(let d) = payload["d"], let token = d["plain_token"]?.string, let eventTS = d["event_ts"]?.string else {
-            throw GatewayError.badRequest("malformed_message", "op 13 needs d.plain_token and d.event_ts")
+            throw GatewayError.badRequest(.malformedMessage, "op 13 needs d.plain_token and d.event_ts")
         }
         let tokenShaped = (1...64).contains(token.utf8.count)
             && token.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 95 || $0 == 45 }
         guard tokenShaped else {
-            throw GatewayError.badRequest("bad_plain_token", "plain_token must be 1-64 characters of [A-Za-z0-9_-]")
+            throw GatewayError.badRequest(.badPlainToken, "plain_token must be 1-64 characters of [A-Za-z0-9_-]")
         }
         guard (1...13).contains(eventTS.utf8.count), eventTS.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
-            throw GatewayError.badRequest("bad_event_ts", "event_ts must be unix time in digits")
+            throw GatewayError.badRequest(.badEventTs, "event_ts must be unix time in digits")
         }
         return .json(QQValidation(plain_token: token, signature: crypto.sign(Array((eventTS + token).utf8))))
     }
@@ -70,7 +70,7 @@ struct QQValidation: Encodable { let plain_token: String; let signature: String 
 enum QQEvents {
     static func envelope(_ payload: [String: JSONValue], app: String, receivedAt: Date) throws(GatewayError) -> Envelope {
         guard let eventID = payload["id"]?.string, !eventID.isEmpty, let type = payload["t"]?.string, !type.isEmpty else {
-            throw GatewayError.badRequest("malformed_message", "op 0 needs id and t")
+            throw GatewayError.badRequest(.malformedMessage, "op 0 needs id and t")
         }
         var data: [String: JSONValue] = [:]
         if case .object(let d) = payload["d"] { data = d }
@@ -93,7 +93,7 @@ enum QQEvents {
         var occurred = receivedAt
         if let text = data["timestamp"]?.string {
             guard let time = RFC3339.parse(text) else {
-                throw GatewayError.badRequest("malformed_message", "d.timestamp is not an RFC 3339 time")
+                throw GatewayError.badRequest(.malformedMessage, "d.timestamp is not an RFC 3339 time")
             }
             occurred = try WebhookInput.time(time, "d.timestamp")
         }

@@ -7,19 +7,19 @@ import Foundation
 enum WeChatEvents {
     static func envelope(_ xml: XMLElement, app: String, receivedAt: Date) throws(GatewayError) -> Envelope {
         guard let from = xml.value("FromUserName"), !from.isEmpty else {
-            throw GatewayError.badRequest("malformed_message", "FromUserName is missing")
+            throw GatewayError.badRequest(.malformedMessage, "FromUserName is missing")
         }
         guard let createText = xml.value("CreateTime"), let seconds = Int64(createText) else {
-            throw GatewayError.badRequest("malformed_message", "CreateTime is missing or not an integer")
+            throw GatewayError.badRequest(.malformedMessage, "CreateTime is missing or not an integer")
         }
         // Plain mode signs only the query, so this number is whatever the sender wrote: Int64.max
         // once trapped while the envelope's time was formatted, and took the gateway down.
         guard let created = InputLimits.time(unixSeconds: seconds) else {
-            throw GatewayError.badRequest("malformed_message", "CreateTime is outside 2000-01-01..2100-01-01")
+            throw GatewayError.badRequest(.malformedMessage, "CreateTime is outside 2000-01-01..2100-01-01")
         }
         _ = try WebhookInput.identity(from, "FromUserName")
         guard let msgType = xml.value("MsgType"), !msgType.isEmpty else {
-            throw GatewayError.badRequest("malformed_message", "MsgType is missing")
+            throw GatewayError.badRequest(.malformedMessage, "MsgType is missing")
         }
         let to = xml.value("ToUserName") ?? ""
         var attributes: [String: JSONValue] = ["raw": .object(xml.jsonFields)]

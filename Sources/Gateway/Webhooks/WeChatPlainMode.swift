@@ -11,7 +11,7 @@ extension Gateway {
     /// to the other give a new pair with the same signature.
     func checkPlainMode(_ app: RegisteredApp, signature: String, body: [UInt8]) async throws(GatewayError) {
         if configuration.wechatRequireSafeMode, app.wechat != nil {
-            throw GatewayError.forbidden("safe_mode_required",
+            throw GatewayError.forbidden(.safeModeRequired,
                                          "this app has an EncodingAESKey: callbacks must use safe mode (encrypt_type=aes)")
         }
         try await refuseReplay(platform: "wechat", app: app.appID, signature: signature, body: body)
@@ -32,7 +32,7 @@ extension Gateway {
             return
         }
         guard verdict != .replayed else {
-            throw GatewayError.forbidden("replayed", "this signature came before with another body")
+            throw GatewayError.forbidden(.replayed, "this signature came before with another body")
         }
     }
 }

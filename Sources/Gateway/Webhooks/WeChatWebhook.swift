@@ -29,10 +29,10 @@ extension Gateway {
     @discardableResult
     private func checkSignature(_ query: [String: String], token: String) throws(GatewayError) -> String {
         guard let signature = query["signature"], let timestamp = query["timestamp"], let nonce = query["nonce"] else {
-            throw GatewayError.unauthorized("missing_signature", "signature, timestamp and nonce are required")
+            throw GatewayError.unauthorized(.missingSignature, "signature, timestamp and nonce are required")
         }
         guard Bytes.hexSignatureMatches(signature, WeChatCrypto.signature([token, timestamp, nonce])) else {
-            throw GatewayError.forbidden("bad_signature", "signature does not match")
+            throw GatewayError.forbidden(.badSignature, "signature does not match")
         }
         try freshness.check(timestamp, now: Date().timeIntervalSince1970, unit: .seconds)
         return signature.lowercased()
@@ -43,7 +43,7 @@ extension Gateway {
         let query = request.uri.queryParameters.flattened
         try checkSignature(query, token: credentials.token)
         guard let echostr = query["echostr"] else {
-            throw GatewayError.badRequest("missing_echostr", "echostr is required for URL verification")
+            throw GatewayError.badRequest(.missingEchostr, "echostr is required for URL verification")
         }
         return .text(echostr)
     }
@@ -58,26 +58,26 @@ extension Gateway {
         let message: XMLElement
         if safeMode {
             guard let cipher = app.wechat else {
-                throw GatewayError.badRequest("encryption_not_configured", "safe mode needs the app's encodingAESKey")
+                throw GatewayError.badRequest(.encryptionNotConfigured, "safe mode needs the app's encodingAESKey")
             }
             let outer = try parseXML(body)
             guard let encrypted = outer.value("Encrypt"), !encrypted.isEmpty else {
-                throw GatewayError.badRequest("malformed_message", "Encrypt is missing")
+                throw GatewayError.badRequest(.malformedMessage, "Encrypt is missing")
             }
             guard let msgSignature = query["msg_signature"], let timestamp = query["timestamp"], let nonce = query["nonce"] else {
-                throw GatewayError.unauthorized("missing_signature", "msg_signature, timestamp and nonce are required in safe mode")
+                throw GatewayError.unauthorized(.missingSignature, "msg_signature, timestamp and nonce are required in safe mode")
             }
             guard Bytes.hexSignatureMatches(msgSignature, WeChatCrypto.signature([credentials.token, timestamp, nonce, encrypted])) else {
-                throw GatewayError.forbidden("bad_signature", "msg_signature does not match")
+                throw GatewayError.forbidden(.badSignature, "msg_signature does not match")
             }
             try freshness.check(timestamp, now: receivedAt.timeIntervalSince1970, unit: .seconds)
             let plain: [UInt8]
             do {
                 plain = try cipher.decrypt(encrypted)
             } catch .appIDMismatch {
-                throw GatewayError.forbidden("wrong_appid", "the encrypted message is for another appid")
+                throw GatewayError.forbidden(.wrongAppid, "the encrypted message is for another appid")
             } catch {
-                throw GatewayError.badRequest("bad_ciphertext", "the message cannot be decrypted with this app's key: \(error)")
+                throw GatewayError.badRequest(.badCiphertext, "the message cannot be decrypted with this app's key: \(error)")
             }
             // The ciphertext was signed, the plaintext inside it is still only bytes.
             message = try parseXML(try requireUTF8(plain))
@@ -117,7 +117,7 @@ func parseXML(_ bytes: [UInt8]) throws(GatewayError) -> XMLElement {
     do {
         return try XMLTree.parse(bytes)
     } catch {
-        throw GatewayError.badRequest("malformed_xml", "body is not acceptable XML: \(error)")
+        throw GatewayError.badRequest(.malformedXml, "body is not acceptable XML: \(error)")
     }
 }
 

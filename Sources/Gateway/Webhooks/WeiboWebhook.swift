@@ -11,7 +11,7 @@ extension Gateway {
         router.get("/weibo/:appId") { request, context in
             let query = try await weiboVerified(request, context).query
             guard let echostr = query["echostr"] else {
-                throw GatewayError.badRequest("missing_echostr", "echostr is required for URL verification")
+                throw GatewayError.badRequest(.missingEchostr, "echostr is required for URL verification")
             }
             return Response.text(echostr)
         }
@@ -33,10 +33,10 @@ extension Gateway {
         guard case .weibo(let credentials) = app.credentials else { throw GatewayError.unknownApp("weibo", app.appID) }
         let query = request.uri.queryParameters.flattened
         guard let signature = query["signature"], let timestamp = query["timestamp"], let nonce = query["nonce"] else {
-            throw GatewayError.unauthorized("missing_signature", "signature, timestamp and nonce are required")
+            throw GatewayError.unauthorized(.missingSignature, "signature, timestamp and nonce are required")
         }
         guard Bytes.hexSignatureMatches(signature, WeChatCrypto.signature([credentials.appSecret, timestamp, nonce])) else {
-            throw GatewayError.forbidden("bad_signature", "signature does not match")
+            throw GatewayError.forbidden(.badSignature, "signature does not match")
         }
         // Weibo signs like WeChat (sorted, joined): its milliseconds must be exactly 13 digits.
         try freshness.check(timestamp, now: Date().timeIntervalSince1970, unit: .milliseconds)
@@ -64,7 +64,7 @@ enum WeiboEvents {
 
     static func envelope(_ body: [UInt8], app: String, receivedAt: Date) throws(GatewayError) -> Envelope {
         guard let value = try? JSONValue.parse(body), case .object(let message) = value else {
-            throw GatewayError.badRequest("malformed_json", "body is not a JSON object")
+            throw GatewayError.badRequest(.malformedJson, "body is not a JSON object")
         }
         func field(_ name: String) -> String? {
             switch message[name] {
@@ -75,9 +75,9 @@ enum WeiboEvents {
             }
         }
         guard let sender = field("sender_id"), !sender.isEmpty else {
-            throw GatewayError.badRequest("malformed_message", "sender_id is missing")
+            throw GatewayError.badRequest(.malformedMessage, "sender_id is missing")
         }
-        guard let type = field("type"), !type.isEmpty else { throw GatewayError.badRequest("malformed_message", "type is missing") }
+        guard let type = field("type"), !type.isEmpty else { throw GatewayError.badRequest(.malformedMessage, "type is missing") }
         var data: [String: JSONValue] = [:]
         if case .object(let d) = message["data"] { data = d }
         let subtype = data["subtype"]?.string ?? ""
