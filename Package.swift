@@ -62,7 +62,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
         // Flash sales: campaigns, live stock in Redis (one Lua call per decision), orders in PostgreSQL.
         .target(name: "FlashSales",
-                dependencies: ["Contracts", "Jobs", "PostgresClient", "RedisClient"],
+                dependencies: ["Contracts", "Jobs", "PostgresClient", "RedisClient", .product(name: "Logging", package: "swift-log")],
                 resources: [.copy("Resources")],
                 swiftSettings: swiftSettings),
         // Dead letters an operator can list, replay and drop; knows no broker and no HTTP.

@@ -118,9 +118,9 @@ public struct FlashSaleStock: Sendable {
 
     /// One change of a reservation's hold, compare-and-set: it happens only from one of the states
     /// in `from`, and only `released` (units back to stock and to the member's limit) and `paid`
-    /// (reserved to paid) move units. Answers `1:<state>` when this call made the change,
-    /// `0:<state>` with the state it found otherwise (`0:none`: no record), `lost` when Redis no
-    /// longer holds the campaign (rebuild it: ``Reconciler``).
+    /// (reserved to paid) move units. Answers whether this call made the change and the state
+    /// after it (none: no record), or that Redis no longer holds the campaign (rebuild it:
+    /// ``Reconciler``): ``ScriptReply/Hold``.
     ///
     /// A missing record (Redis lost it, or the reservation predates hold records) is handled as
     /// `missing` says: `none` changes nothing; `adopt` (an order arriving) takes the units from
@@ -211,7 +211,7 @@ public struct FlashSaleStock: Sendable {
             String(initial), String(sale.perMemberLimit), String(Self.milliseconds(sale.startAt)), String(Self.milliseconds(sale.endAt)),
             String(sale.paymentTimeoutSeconds), sale.audienceTag == nil ? "0" : "1", String(fresh?.remaining ?? 0),
             String(fresh?.reserved ?? 0), String(fresh?.paid ?? 0), delta.map(String.init) ?? "",
-        ]).int == 1
+        ]).decoded(ScriptReply.load)
     }
 
     /// `total` split into `count` near-equal shares.
@@ -282,18 +282,14 @@ public struct FlashSaleStock: Sendable {
             String(Self.milliseconds(now)), String(quantity), reservationID, String(ratePerSecond), "1000",
             String(requestTTLMilliseconds), String(member), requestID,
         ])
-        guard let text = reply.string else { throw RedisError(.protocolError, "unexpected reserve reply \(reply)") }
-        if text.hasPrefix("err:") {
-            guard let refusal = Refusal(rawValue: String(text.dropFirst(4))) else { throw RedisError(.protocolError, "unknown refusal \(text)") }
+        switch try ScriptReply.Reserve.decode(reply) {
+        case .refused(let refusal):
             return .refused(refusal)
+        case .answer(let confirmed, let id, let payBy, let units):
+            let reservation = Reservation(id: id, payBy: Date(timeIntervalSince1970: Double(payBy) / 1000), quantity: units)
+            let state: Answer.State = confirmed ? .confirmed : (id == reservationID ? .new : .inFlight)
+            return .reserved(reservation, state: state)
         }
-        let parts = text.split(separator: ":")
-        guard parts.count == 4, let payBy = Int64(parts[2]), let units = Int(parts[3]) else {
-            throw RedisError(.protocolError, "unreadable reservation \(text)")
-        }
-        let reservation = Reservation(id: String(parts[1]), payBy: Date(timeIntervalSince1970: Double(payBy) / 1000), quantity: units)
-        let state: Answer.State = parts[0] == "ok" ? .confirmed : (reservation.id == reservationID ? .new : .inFlight)
-        return .reserved(reservation, state: state)
     }
 
     /// Moves units from other stripes to a dry one, `quantity` at least where there is that much.
@@ -303,7 +299,7 @@ public struct FlashSaleStock: Sendable {
     /// False when every stripe is empty.
     func borrow(into home: Stripe, sale: String, slots: Int, quantity: Int) async throws -> Bool {
         if drained.isDrained(sale) { return false }
-        if try await evaluate(Self.drainedScript, keys: [Self.drainedKey(sale)], arguments: ["check"]).int == 1 {
+        if try await evaluate(Self.drainedScript, keys: [Self.drainedKey(sale)], arguments: ["check"]).decoded(ScriptReply.drained) {
             drained.remember(sale)
             return false
         }
@@ -311,10 +307,11 @@ public struct FlashSaleStock: Sendable {
         var moved: Int64 = 0
         for step in 1..<stripes.count where moved < Int64(quantity) {
             let donor = stripes[(home.index + step) % stripes.count]
-            let lent = try await evaluate(Self.lendScript, keys: [donor.key("sale")], arguments: [String(Int64(quantity) - moved)]).int ?? 0
+            let lent = try await evaluate(Self.lendScript, keys: [donor.key("sale")], arguments: [String(Int64(quantity) - moved)])
+                .decoded(ScriptReply.lend)
             guard lent > 0 else { continue }
-            if try await evaluate(Self.creditScript, keys: [home.key("sale")], arguments: [String(lent)]).int != 1 {
-                _ = try await evaluate(Self.creditScript, keys: [donor.key("sale")], arguments: [String(lent)])
+            if try await !evaluate(Self.creditScript, keys: [home.key("sale")], arguments: [String(lent)]).decoded(ScriptReply.credit) {
+                _ = try await evaluate(Self.creditScript, keys: [donor.key("sale")], arguments: [String(lent)]).decoded(ScriptReply.credit)
                 return false
             }
             moved += lent
@@ -388,16 +385,11 @@ public struct FlashSaleStock: Sendable {
         var refilled: Set<String> = []  // striped campaigns that got units back
         for (call, reply) in zip(calls, replies) {
             if case .error(let message) = reply { throw RedisError(.server, message) }
-            guard let text = reply.string else { throw RedisError(.protocolError, "unexpected hold reply \(reply)") }
-            if text == "lost" { throw CampaignLost(sale: call.sale) }
-            let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
-            guard parts.count == 2, parts[0] == "1" || parts[0] == "0" else { throw RedisError(.protocolError, "unreadable hold reply \(text)") }
-            let state: HoldState?
-            if parts[1] == "none" { state = nil } else {
-                guard let known = HoldState(rawValue: parts[1]) else { throw RedisError(.protocolError, "unknown hold state \(text)") }
-                state = known
+            let change: HoldChange
+            switch try ScriptReply.Hold.decode(reply) {
+            case .lost: throw CampaignLost(sale: call.sale)
+            case .change(let won, let state): change = HoldChange(won: won, state: state)
             }
-            let change = HoldChange(won: parts[0] == "1", state: state)
             if change.won && call.to == .released && call.slots > 1 { refilled.insert(call.sale) }
             changes.append(change)
         }
@@ -493,31 +485,44 @@ public struct FlashSaleStock: Sendable {
         for stripe in Self.stripes(sale, slots: slots) {
             var offset = 0
             while holds.count < limit {
+                // The index's score is the reservation's time (ms), the one its age is judged by.
                 let reply = try await redis.connection.command(["ZRANGEBYSCORE", stripe.key("holds"), "-inf", "(\(Self.milliseconds(before))",
-                                                                "LIMIT", String(offset), String(page)])
-                let ids = reply.array?.compactMap(\.string) ?? []
-                offset += ids.count
-                let records = ids.isEmpty ? [] : try await redis.connection.pipeline(ids.map {
-                    ["HMGET", stripe.key("hold:\($0)"), "state", "q", "member", "req", "at"]
+                                                                "WITHSCORES", "LIMIT", String(offset), String(page)])
+                if case .error(let message) = reply { throw RedisError(.server, message) }
+                guard let flat = reply.array, flat.count % 2 == 0 else { throw RedisError(.protocolError, "unexpected ZRANGEBYSCORE reply \(reply)") }
+                var indexed: [(id: String, at: Double)] = []
+                for pair in stride(from: 0, to: flat.count, by: 2) {
+                    guard let id = flat[pair].string, let at = flat[pair + 1].string.flatMap(Double.init) else {
+                        throw RedisError(.protocolError, "unreadable hold index entry \(flat[pair]) \(flat[pair + 1])")
+                    }
+                    indexed.append((id, at))
+                }
+                offset += indexed.count
+                let records = indexed.isEmpty ? [] : try await redis.connection.pipeline(indexed.map {
+                    ["HMGET", stripe.key("hold:\($0.id)"), "state", "q", "member", "req"]
                 })
                 var gone: [String] = []
-                for (id, record) in zip(ids, records) {
+                for (entry, record) in zip(indexed, records) {
+                    if case .error(let message) = record { throw RedisError(.server, message) }
                     let fields = record.array?.map(\.string) ?? []
-                    guard fields.count == 5, let state = fields[0].flatMap(HoldState.init(rawValue:)),
-                          let quantity = fields[1].flatMap({ Int($0) }), let member = fields[2].flatMap({ Int64($0) }) else {
-                        gone.append(id)
+                    // A record that expired or was dropped leaves its index entry behind: drop it too.
+                    guard fields.count == 4, let stateText = fields[0] else {
+                        gone.append(entry.id)
                         continue
                     }
+                    guard let state = HoldState(rawValue: stateText), let quantity = fields[1].flatMap({ Int($0) }),
+                          let member = fields[2].flatMap({ Int64($0) }) else {
+                        throw RedisError(.protocolError, "unreadable hold record \(entry.id): \(fields)")
+                    }
                     guard state == .held else { continue }
-                    let at = fields[4].flatMap { Int64($0) } ?? 0
-                    holds.append(Hold(reservationID: id, stripe: stripe, state: state, member: member, quantity: quantity, requestID: fields[3],
-                                      reservedAt: Date(timeIntervalSince1970: Double(at) / 1000)))
+                    holds.append(Hold(reservationID: entry.id, stripe: stripe, state: state, member: member, quantity: quantity, requestID: fields[3],
+                                      reservedAt: Date(timeIntervalSince1970: entry.at / 1000)))
                 }
                 if !gone.isEmpty {
                     _ = try await redis.connection.command(["ZREM", stripe.key("holds")] + gone)
                     offset -= gone.count
                 }
-                if ids.count < page { break }
+                if indexed.count < page { break }
             }
         }
         return holds
@@ -609,7 +614,7 @@ extension FlashSaleStock {
                 let records = try await redis.connection.pipeline(batch.map { ["HMGET", $0, "state", "member", "req"] })
                 for (key, record) in zip(batch, records) {
                     let fields = record.array?.map(\.string) ?? []
-                    if fields.first == HoldState.held.rawValue {
+                    if fields.first.flatMap({ $0.flatMap(HoldState.init(rawValue:)) }) == .held {
                         commands.append(["HSET", key, "state", HoldState.released.rawValue])
                         continue
                     }
@@ -627,17 +632,17 @@ extension FlashSaleStock {
             let units = Int64(order.quantity)
             let state: HoldState
             switch order.status {
-            case "reserved":
+            case .reserved:
                 held[order.member, default: 0] += order.quantity
                 counters[stripe.index].reserved += units
                 counters[stripe.index].initial += units
                 state = .ordered
-            case "paid":
+            case .paid:
                 held[order.member, default: 0] += order.quantity
                 counters[stripe.index].paid += units
                 counters[stripe.index].initial += units
                 state = .paid
-            default:
+            case .expired, .refundRequired, .cancelled:
                 state = .released
             }
             commands += [

@@ -57,14 +57,17 @@ public struct FlashSaleStore: Sendable {
     /// Creates or updates a campaign; refuses a stock below the units already reserved or paid.
     public func put(_ sale: FlashSale) async throws -> PutOutcome {
         try await database.transaction { connection in
-            let held = try connection.query("""
-                SELECT coalesce(sum(quantity), 0) AS held FROM flash_orders WHERE sale_id = $1 AND status IN ('reserved', 'paid')
-                """, [sale.id]).first?.int("held") ?? 0
-            guard Int64(sale.stock) >= Int64(held) else { return .stockBelowHeld(Int64(held)) }
+            // An aggregate without GROUP BY answers one row, also for a campaign with no orders.
+            guard let sums = try connection.query("""
+                SELECT coalesce(sum(quantity), 0) AS held FROM flash_orders
+                WHERE sale_id = $1 AND status IN (\(OrderStatus.reserved.sql), \(OrderStatus.paid.sql))
+                """, [sale.id]).first else { throw PostgresRowError(column: "held", problem: .missingColumn) }
+            let held = try sums.requiredInt64("held")
+            guard Int64(sale.stock) >= held else { return .stockBelowHeld(held) }
             // Members' counters live on the stripe their id maps to: another count would strand them.
-            if let slots = try connection.query("SELECT stock_slots FROM flash_sales WHERE id = $1", [sale.id]).first?.int("stock_slots"),
-               slots != sale.stockSlots {
-                return .slotsFixed(slots)
+            if let existing = try connection.query("SELECT stock_slots FROM flash_sales WHERE id = $1", [sale.id]).first {
+                let slots = try existing.requiredInt("stock_slots")
+                if slots != sale.stockSlots { return .slotsFixed(slots) }
             }
             let rows = try connection.query("""
                 INSERT INTO flash_sales (id, sku, title, price, stock, per_member_limit, start_at, end_at, payment_timeout_seconds, audience_tag,
@@ -83,30 +86,31 @@ public struct FlashSaleStore: Sendable {
                                              uniqueKey: "flashsale.load:\(sale.id):\(RFC3339.format(sale.startAt))", maxAttempts: 20)],
                                      on: connection)
             }
-            return rows.first?.bool("inserted") == true ? .created : .updated
+            guard let row = rows.first else { throw PostgresRowError(column: "inserted", problem: .missingColumn) }
+            return try row.requiredBool("inserted") ? .created : .updated
         }
     }
 
     public func get(_ id: String) async throws -> FlashSale? {
-        try await database.query("SELECT \(Self.columns) FROM flash_sales WHERE id = $1", [id]).first.flatMap(Self.sale)
+        try await database.query("SELECT \(Self.columns) FROM flash_sales WHERE id = $1", [id]).first.map(Self.sale)
     }
 
     /// Units by state as the orders say: `remaining` is the stock less what is reserved or paid.
     public func inventory(_ id: String) async throws -> Inventory? {
         let rows = try await database.query("""
             SELECT s.stock,
-                   coalesce(sum(o.quantity) FILTER (WHERE o.status = 'reserved'), 0) AS reserved,
-                   coalesce(sum(o.quantity) FILTER (WHERE o.status = 'paid'), 0) AS paid
+                   coalesce(sum(o.quantity) FILTER (WHERE o.status = \(OrderStatus.reserved.sql)), 0) AS reserved,
+                   coalesce(sum(o.quantity) FILTER (WHERE o.status = \(OrderStatus.paid.sql)), 0) AS paid
             FROM flash_sales s LEFT JOIN flash_orders o ON o.sale_id = s.id WHERE s.id = $1 GROUP BY s.stock
             """, [id])
-        guard let row = rows.first, let stock = row.int("stock") else { return nil }
-        let reserved = Int64(row.int("reserved") ?? 0), paid = Int64(row.int("paid") ?? 0)
-        return Inventory(initial: Int64(stock), remaining: Int64(stock) - reserved - paid, reserved: reserved, paid: paid)
+        guard let row = rows.first else { return nil }
+        let stock = try row.requiredInt64("stock"), reserved = try row.requiredInt64("reserved"), paid = try row.requiredInt64("paid")
+        return Inventory(initial: stock, remaining: stock - reserved - paid, reserved: reserved, paid: paid)
     }
 
     /// Members carrying the campaign's audience tag.
     public func audience(tag: String) async throws -> [Int64] {
-        try await database.query("SELECT member_id FROM member_tags WHERE tag = $1", [tag]).compactMap { $0.int("member_id").map(Int64.init) }
+        try await database.query("SELECT member_id FROM member_tags WHERE tag = $1", [tag]).map { try $0.requiredInt64("member_id") }
     }
 
     /// A reservation as the gateway publishes it.
@@ -155,16 +159,16 @@ public struct FlashSaleStore: Sendable {
         return try await database.transaction { connection in
             var rows: [String] = []
             var parameters: [any PostgresEncodable] = []
-            for (index, (r, status)) in (reservations.map { ($0, "reserved") } + cancelled.map { ($0, "cancelled") }).enumerated() {
+            for (index, (r, status)) in (reservations.map { ($0, OrderStatus.reserved) } + cancelled.map { ($0, OrderStatus.cancelled) }).enumerated() {
                 let b = index * 7
                 rows.append("($\(b + 1),$\(b + 2),$\(b + 3)::bigint,$\(b + 4)::int,$\(b + 5)::bigint,$\(b + 6),$\(b + 7)::timestamptz)")
-                parameters += [r.reservationID, r.sale, r.member, r.quantity, r.amount, status, r.payBy] as [any PostgresEncodable]
+                parameters += [r.reservationID, r.sale, r.member, r.quantity, r.amount, status.rawValue, r.payBy] as [any PostgresEncodable]
             }
             let inserted = try connection.query("""
                 INSERT INTO flash_orders (reservation_id, sale_id, member_id, quantity, amount, status, pay_by)
                 VALUES \(rows.joined(separator: ",")) ON CONFLICT (reservation_id) DO NOTHING RETURNING reservation_id
                 """, parameters)
-            let new = Set(inserted.compactMap { $0.string("reservation_id") })
+            let new = Set(try inserted.map { try $0.requiredString("reservation_id") })
             let now = Date()
             try JobStore.enqueue(reservations.filter { new.contains($0.reservationID) }.flatMap { r in
                 [NewJob(kind: Self.expireJob, payload: ["saleId": .string(r.sale), "reservationId": .string(r.reservationID)],
@@ -180,7 +184,7 @@ public struct FlashSaleStore: Sendable {
     public func existingOrders(_ ids: [String]) async throws -> Set<String> {
         guard !ids.isEmpty else { return [] }
         return Set(try await database.query("SELECT reservation_id FROM flash_orders WHERE reservation_id = ANY($1::text[])",
-                                            [PostgresArray(ids)]).compactMap { $0.string("reservation_id") })
+                                            [PostgresArray(ids)]).map { try $0.requiredString("reservation_id") })
     }
 
     /// Campaigns whose Redis state may still live: ended less than 29 days ago (Redis keeps a
@@ -188,7 +192,7 @@ public struct FlashSaleStore: Sendable {
     public func recent(limit: Int = 10_000) async throws -> [FlashSale] {
         try await database.query("""
             SELECT \(Self.columns) FROM flash_sales WHERE end_at > now() - interval '29 days' ORDER BY end_at DESC LIMIT $1
-            """, [limit]).compactMap(Self.sale)
+            """, [limit]).map(Self.sale)
     }
 
     /// An order whose units went back to stock.
@@ -208,16 +212,16 @@ public struct FlashSaleStore: Sendable {
         guard !reservationIDs.isEmpty else { return [] }
         let ids = PostgresArray(reservationIDs)
         try await database.query("""
-            UPDATE flash_orders SET status = 'expired', expired_at = now()
-            WHERE reservation_id = ANY($1::text[]) AND status = 'reserved' AND pay_by <= now()
+            UPDATE flash_orders SET status = \(OrderStatus.expired.sql), expired_at = now()
+            WHERE reservation_id = ANY($1::text[]) AND status = \(OrderStatus.reserved.sql) AND pay_by <= now()
             """, [ids])
         return try await database.query("""
             SELECT o.reservation_id, o.sale_id, o.member_id, o.quantity, s.stock_slots
-            FROM flash_orders o JOIN flash_sales s ON s.id = o.sale_id WHERE o.reservation_id = ANY($1::text[]) AND o.status = 'expired'
-            """, [ids]).compactMap { row in
-            guard let id = row.string("reservation_id"), let sale = row.string("sale_id"), let member = row.int("member_id"),
-                  let quantity = row.int("quantity"), let slots = row.int("stock_slots") else { return nil }
-            return Expired(reservationID: id, sale: sale, member: Int64(member), quantity: quantity, stockSlots: slots)
+            FROM flash_orders o JOIN flash_sales s ON s.id = o.sale_id
+            WHERE o.reservation_id = ANY($1::text[]) AND o.status = \(OrderStatus.expired.sql)
+            """, [ids]).map { row in
+            Expired(reservationID: try row.requiredString("reservation_id"), sale: try row.requiredString("sale_id"),
+                    member: try row.requiredInt64("member_id"), quantity: try row.requiredInt("quantity"), stockSlots: try row.requiredInt("stock_slots"))
         }
     }
 
@@ -250,32 +254,39 @@ public struct FlashSaleStore: Sendable {
             guard let row = try connection.query("""
                 SELECT o.sale_id, o.member_id, o.quantity, o.amount, o.status, extract(epoch FROM o.pay_by)::float8 AS pay_by, s.stock_slots
                 FROM flash_orders o JOIN flash_sales s ON s.id = o.sale_id WHERE o.reservation_id = $1 FOR UPDATE OF o
-                """, [reservationID]).first,
-                let sale = row.string("sale_id"), let member = row.int("member_id"), let quantity = row.int("quantity"),
-                let expected = row.int("amount"), let status = row.string("status"),
-                let payBy = row.string("pay_by").flatMap(Double.init), let slots = row.int("stock_slots") else { return .unknownOrder }
-            let order = Order(reservationID: reservationID, sale: sale, member: Int64(member), quantity: quantity, amount: Int64(expected),
-                              stockSlots: slots)
-            guard Int64(expected) == amount else { return .amountMismatch(expected: Int64(expected)) }
+                """, [reservationID]).first else { return .unknownOrder }
+            let order = Order(reservationID: reservationID, sale: try row.requiredString("sale_id"), member: try row.requiredInt64("member_id"),
+                              quantity: try row.requiredInt("quantity"), amount: try row.requiredInt64("amount"),
+                              stockSlots: try row.requiredInt("stock_slots"))
+            let status = try Self.status(row)
+            let payBy = try row.requiredDouble("pay_by")
+            guard order.amount == amount else { return .amountMismatch(expected: order.amount) }
             switch status {
-            case "paid":
+            case .paid:
                 return .paid(order)
-            case "refund_required":
+            case .refundRequired:
                 return .refundRequired(order, release: false)
-            case "reserved" where paidAt.timeIntervalSince1970 <= payBy:
+            case .reserved where paidAt.timeIntervalSince1970 <= payBy:
                 try connection.query("""
-                    UPDATE flash_orders SET status = 'paid', paid_at = $2, payment_ref = $3 WHERE reservation_id = $1
+                    UPDATE flash_orders SET status = \(OrderStatus.paid.sql), paid_at = $2, payment_ref = $3 WHERE reservation_id = $1
                     """, [reservationID, paidAt, reference])
                 return .paid(order)
-            default:
+            case .reserved, .expired, .cancelled:
                 // Late, expired, or cancelled (its hold was released before the order came): the
                 // money goes back; only units still reserved return to stock.
                 try connection.query("""
-                    UPDATE flash_orders SET status = 'refund_required', paid_at = $2, payment_ref = $3 WHERE reservation_id = $1
+                    UPDATE flash_orders SET status = \(OrderStatus.refundRequired.sql), paid_at = $2, payment_ref = $3 WHERE reservation_id = $1
                     """, [reservationID, paidAt, reference])
-                return .refundRequired(order, release: status == "reserved")
+                return .refundRequired(order, release: status == .reserved)
             }
         }
+    }
+
+    /// A row's `status`, read as ``OrderStatus``: a status this version does not know fails loudly.
+    static func status(_ row: PostgresRow) throws -> OrderStatus {
+        let text = try row.requiredString("status")
+        guard let status = OrderStatus(rawValue: text) else { throw PostgresRowError(column: "status", problem: .malformed(text)) }
+        return status
     }
 
     /// An order's state, for rebuilding Redis.
@@ -283,33 +294,32 @@ public struct FlashSaleStore: Sendable {
         public let reservationID: String
         public let member: Int64
         public let quantity: Int
-        public let status: String
+        public let status: OrderStatus
     }
 
     public func orders(sale: String) async throws -> [OrderState] {
         try await database.query("SELECT reservation_id, member_id, quantity, status FROM flash_orders WHERE sale_id = $1", [sale])
-            .compactMap { row in
-                guard let id = row.string("reservation_id"), let member = row.int("member_id"), let quantity = row.int("quantity"),
-                      let status = row.string("status") else { return nil }
-                return OrderState(reservationID: id, member: Int64(member), quantity: quantity, status: status)
+            .map { row in
+                OrderState(reservationID: try row.requiredString("reservation_id"), member: try row.requiredInt64("member_id"),
+                           quantity: try row.requiredInt("quantity"), status: try Self.status(row))
             }
     }
 
-    static func sale(_ row: PostgresRow) -> FlashSale? {
-        func time(_ column: String) -> Date? { row.string(column).flatMap(Double.init).map(Date.init(timeIntervalSince1970:)) }
-        guard let id = row.string("id"), let sku = row.string("sku"), let title = row.string("title"), let price = row.int("price"),
-              let stock = row.int("stock"), let limit = row.int("per_member_limit"), let start = time("start_at"),
-              let end = time("end_at"), let timeout = row.int("payment_timeout_seconds") else { return nil }
-        return FlashSale(id: id, sku: sku, title: title, price: Int64(price), stock: stock, perMemberLimit: limit, startAt: start,
-                         endAt: end, paymentTimeoutSeconds: timeout, audienceTag: row.string("audience_tag"),
-                         stockSlots: row.int("stock_slots") ?? 1)
+    /// A campaign's row; `audience_tag` is the one column that may be NULL.
+    static func sale(_ row: PostgresRow) throws -> FlashSale {
+        func time(_ column: String) throws -> Date { Date(timeIntervalSince1970: try row.requiredDouble(column)) }
+        return FlashSale(id: try row.requiredString("id"), sku: try row.requiredString("sku"), title: try row.requiredString("title"),
+                         price: try row.requiredInt64("price"), stock: try row.requiredInt("stock"),
+                         perMemberLimit: try row.requiredInt("per_member_limit"), startAt: try time("start_at"), endAt: try time("end_at"),
+                         paymentTimeoutSeconds: try row.requiredInt("payment_timeout_seconds"), audienceTag: row.string("audience_tag"),
+                         stockSlots: try row.requiredInt("stock_slots"))
     }
 }
 
 extension FlashSaleStore {
     /// Whether a reservation's order still waits for its payment (a reminder is only for those).
     public func awaitingPayment(_ reservationID: String) async throws -> Bool {
-        try await !database.query("SELECT 1 FROM flash_orders WHERE reservation_id = $1 AND status = 'reserved' AND pay_by > now()",
+        try await !database.query("SELECT 1 FROM flash_orders WHERE reservation_id = $1 AND status = \(OrderStatus.reserved.sql) AND pay_by > now()",
                                   [reservationID]).isEmpty
     }
 }

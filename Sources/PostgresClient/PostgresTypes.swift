@@ -194,7 +194,7 @@ public struct PostgresArray: PostgresEncodable {
 /// A cell that is not what the query promised: a column the result lacks (a typo, a query that
 /// changed), a NULL where the schema has NOT NULL, or text that is not a number. A read that
 /// defaulted instead would turn a broken query into zeros in a balance.
-public struct PostgresRowError: Error, Sendable, CustomStringConvertible {
+public struct PostgresRowError: Error, Sendable, Equatable, CustomStringConvertible {
     public enum Problem: Sendable, Equatable {
         case missingColumn
         case null

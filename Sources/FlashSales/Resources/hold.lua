@@ -1,9 +1,10 @@
 -- hold.lua: FlashSaleStock.holdScript (Sources/FlashSales/FlashSaleStock.swift).
 -- One change of a reservation's hold, compare-and-set: it happens only from one of the states
 -- in `from`, and only `released` (units back to stock and to the member's limit) and `paid`
--- (reserved to paid) move units. Answers `1:<state>` when this call made the change,
--- `0:<state>` with the state it found otherwise (`0:none`: no record), `lost` when Redis no
--- longer holds the campaign (rebuild it: `Reconciler`).
+-- (reserved to paid) move units. Answers {'changed', <state>} when this call made the change,
+-- {'unchanged', <state>} with the state it found otherwise ({'unchanged', 'none'}: no record),
+-- {'lost'} when Redis no longer holds the campaign (rebuild it: `Reconciler`). Read by
+-- ScriptReply.Hold.
 --
 -- A missing record (Redis lost it, or the reservation predates hold records) is handled as
 -- `missing` says: `none` changes nothing; `adopt` (an order arriving) takes the units from
@@ -24,7 +25,7 @@ local to = ARGV[1]
 local state = redis.call('HGET', KEYS[3], 'state')
 local q = tonumber(redis.call('HGET', KEYS[3], 'q') or ARGV[3])
 if not state then
-  if redis.call('EXISTS', KEYS[1]) == 0 then return 'lost' end
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
   local legacy = redis.call('GET', KEYS[6])
   if legacy then
     if legacy == 'paid' then state = 'paid' else state = 'released' end
@@ -47,7 +48,7 @@ if not state then
   elseif ARGV[5] == 'assume' then
     state = 'ordered'
   else
-    return '0:none'
+    return {'unchanged', 'none'}
   end
   redis.call('HSET', KEYS[3], 'state', state, 'q', q, 'member', ARGV[4])
   redis.call('PEXPIREAT', KEYS[3], tonumber(redis.call('HGET', KEYS[1], 'end')) + 30 * 86400000)
@@ -57,7 +58,7 @@ for from in string.gmatch(ARGV[2], '[^,]+') do
   if from == state then won = true end
 end
 if won then
-  if (to == 'released' or to == 'paid') and redis.call('EXISTS', KEYS[1]) == 0 then return 'lost' end
+  if (to == 'released' or to == 'paid') and redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
   if to == 'released' then
     redis.call('HINCRBY', KEYS[1], 'remaining', q)
     redis.call('HINCRBY', KEYS[1], 'reserved', -q)
@@ -81,5 +82,5 @@ if ARGV[6] == '1' then
     end
   end
 end
-if won then return '1:' .. state end
-return '0:' .. state
+if won then return {'changed', state} end
+return {'unchanged', state}

@@ -7,26 +7,30 @@ import Platforms
 
 /// `POST /v1/payments/notify/{wechatpay|alipay}`: payment notifications for flash-sale orders, in
 /// the shapes WeChat Pay (API v3: signed headers, AES-GCM resource) and Alipay (RSA2-signed form)
-/// send them. The order's row decides a race with the expiry (``FlashSaleStore/pay``); Redis
-/// follows, once per reservation. An answer other than success makes the provider retry, which is
+/// send them. The edge checks what is the platform's (signatures, the AES-GCM resource, the
+/// merchant, field shapes); what a verified payment does to its order is the flash-sale service's
+/// (``FlashSaleService/pay(_:)``). An answer other than success makes the provider retry, which is
 /// what a notification for an order the orders pool has not created yet, or a Redis outage after
 /// the commit, needs: both steps are idempotent.
 extension Gateway {
     func addPaymentRoutes(_ router: Router<GatewayRequestContext>) {
-        let store = FlashSaleStore(database: database)
-        let stock = FlashSaleStock(redis: redis)
+        router.addRoutes(paymentRoutes(flashSaleService()))
+    }
 
-        router.post("/v1/payments/notify/:provider") { request, context in
+    func paymentRoutes(_ service: FlashSaleService) -> RouteCollection<GatewayRequestContext> {
+        let routes = RouteCollection(context: GatewayRequestContext.self)
+        routes.post("/v1/payments/notify/:provider") { request, context in
             let body = try await request.collectBody(upTo: 64 * 1024)
             switch context.parameters.get("provider") ?? "" {
             case "wechatpay":
-                return await wechatPayNotification(request, body: body, store: store, stock: stock)
+                return await wechatPayNotification(request, body: body, service: service)
             case "alipay":
-                return await alipayNotification(body, context: context, store: store, stock: stock)
+                return await alipayNotification(body, context: context, service: service)
             default:
                 throw GatewayError(.notFound, .unknownProvider, "providers are wechatpay and alipay")
             }
         }
+        return routes
     }
 
     /// WeChat Pay wants 200 or 204 with no body for success, and a 4xx/5xx with `{"code","message"}` otherwise.
@@ -35,7 +39,7 @@ extension Gateway {
         return Response.json(["code": "FAIL", "message": message], status: status)
     }
 
-    func wechatPayNotification(_ request: Request, body: [UInt8], store: FlashSaleStore, stock: FlashSaleStock) async -> Response {
+    func wechatPayNotification(_ request: Request, body: [UInt8], service: FlashSaleService) async -> Response {
         let headers = request.headers
         guard let timestamp = headers[.wechatPayTimestamp], let nonce = headers[.wechatPayNonce],
               let signature = headers[.wechatPaySignature] else {
@@ -86,15 +90,15 @@ extension Gateway {
         case .success(let time): paidAt = time
         case .failure: return Self.wechatPayAnswer(.badRequest, "success_time must be an RFC 3339 time in 2000-01-01..2100-01-01")
         }
-        switch await settlePayment(reservation: reservation, amount: total, paidAt: paidAt, reference: "wechatpay:\(reference)",
-                                   store: store, stock: stock) {
+        switch await settlePayment(.init(reservationID: reservation, amount: total, paidAt: paidAt, reference: "wechatpay:\(reference)"),
+                                   service: service) {
         case .settled: return Self.wechatPayAnswer(.ok)
         case .failed(let status, let message): return Self.wechatPayAnswer(status, message)
         }
     }
 
     /// Alipay wants the text `success`; anything else is retried.
-    func alipayNotification(_ body: [UInt8], context: GatewayRequestContext, store: FlashSaleStore, stock: FlashSaleStock) async -> Response {
+    func alipayNotification(_ body: [UInt8], context: GatewayRequestContext, service: FlashSaleService) async -> Response {
         func answer(_ status: HTTPResponse.Status, _ text: String) -> Response { Response.text(text, status: status) }
         guard let parameters = FormBody.parse(body) else { return answer(.badRequest, "failure: not a form") }
         func text(_ name: String) -> String? { parameters.first { $0.name == name }.map { String(decoding: $0.value, as: UTF8.self) } }
@@ -134,8 +138,8 @@ extension Gateway {
         case .success(let time): paidAt = time
         case .failure: return answer(.badRequest, "failure: gmt_payment must be yyyy-MM-dd HH:mm:ss in 2000..2100")
         }
-        switch await settlePayment(reservation: reservation, amount: total, paidAt: paidAt, reference: "alipay:\(reference)",
-                                   store: store, stock: stock) {
+        switch await settlePayment(.init(reservationID: reservation, amount: total, paidAt: paidAt, reference: "alipay:\(reference)"),
+                                   service: service) {
         case .settled: return answer(.ok, "success")
         case .failed(let status, let message): return answer(status, "failure: \(message)")
         }
@@ -143,33 +147,15 @@ extension Gateway {
 
     enum Settlement { case settled, failed(HTTPResponse.Status, String) }
 
-    func settlePayment(reservation: String, amount: Int64, paidAt: Date, reference: String, store: FlashSaleStore,
-                       stock: FlashSaleStock) async -> Settlement {
-        let outcome: FlashSaleStore.PaymentOutcome
-        do { outcome = try await store.pay(reservationID: reservation, amount: amount, paidAt: paidAt, reference: reference) } catch {
-            return .failed(.serviceUnavailable, "the database did not answer")
-        }
-        do {
-            switch outcome {
-            case .paid(let order):
-                try await stock.markPaid(sale: order.sale, slots: order.stockSlots, member: order.member, reservationID: order.reservationID, quantity: order.quantity)
-                return .settled
-            case .refundRequired(let order, let release):
-                logger.warning("payment after the reservation's pay-by time: flagged for refund",
-                               metadata: ["reservation": "\(order.reservationID)", "reference": "\(reference)"])
-                if release {
-                    try await stock.release(sale: order.sale, slots: order.stockSlots, member: order.member, reservationID: order.reservationID, quantity: order.quantity)
-                }
-                return .settled
-            case .unknownOrder:
-                return .failed(.notFound, "no order \(reservation) (yet)")
-            case .amountMismatch(let expected):
-                logger.error("payment amount differs from the order", metadata: ["reservation": "\(reservation)", "paid": "\(amount)",
-                                                                                 "expected": "\(expected)"])
-                return .failed(.badRequest, "amount \(amount) differs from the order's \(expected)")
-            }
-        } catch {
-            return .failed(.serviceUnavailable, "the stock could not be updated; retry")
+    /// The service's outcome as the providers' answer: success for a payment recorded (or flagged
+    /// for refund), a retryable failure otherwise.
+    func settlePayment(_ notification: FlashSaleService.PaymentNotification, service: FlashSaleService) async -> Settlement {
+        switch await service.pay(notification) {
+        case .paid, .refundRequired: return .settled
+        case .unknownOrder: return .failed(.notFound, "no order \(notification.reservationID) (yet)")
+        case .amountMismatch(let expected): return .failed(.badRequest, "amount \(notification.amount) differs from the order's \(expected)")
+        case .ordersUnavailable: return .failed(.serviceUnavailable, "the database did not answer")
+        case .stockUnavailable: return .failed(.serviceUnavailable, "the stock could not be updated; retry")
         }
     }
 
