@@ -47,9 +47,14 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .target(name: "Contracts", swiftSettings: swiftSettings),
-        // The loyalty program's domain: rules, members, Redis decisions, the ledger.
+        // Members: identities per platform app, unionid links, phone binding and merges; every domain
+        // finds its member here without importing Loyalty.
+        .target(name: "Members",
+                dependencies: ["Contracts", "PostgresClient"],
+                swiftSettings: swiftSettings),
+        // The loyalty program's domain: rules, Redis decisions, the ledger.
         .target(name: "Loyalty",
-                dependencies: ["Contracts", "PostgresClient", "RedisClient", "Scheduler"],
+                dependencies: ["Contracts", "Members", "PostgresClient", "RedisClient", "Scheduler"],
                 resources: [.copy("Resources")],
                 swiftSettings: swiftSettings),
         // Flash sales: campaigns, live stock in Redis (one Lua call per decision), orders in PostgreSQL.
@@ -96,7 +101,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .target(name: "Gateway",
-                dependencies: ["DeadLetters", "Contracts", "Runtime", "Loyalty", "Scheduler", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
+                dependencies: ["Members", "DeadLetters", "Contracts", "Runtime", "Loyalty", "Scheduler", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
                                "PostgresClient", "Storage", "PlatformSigning",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -107,8 +112,13 @@ let package = Package(
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 resources: [.copy("Resources/sdk.js")],
                 swiftSettings: swiftSettings),
+        // One delivery per event: history and every domain's writes in one transaction per batch.
+        // Knows no broker: the worker's consumer feeds it.
+        .target(name: "Pipeline",
+                dependencies: ["Contracts", "Loyalty", "PostgresClient"],
+                swiftSettings: swiftSettings),
         .target(name: "Workers",
-                dependencies: ["DeadLetters", "Contracts", "Runtime", "Loyalty", "Scheduler", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",
+                dependencies: ["Pipeline", "Members", "DeadLetters", "Contracts", "Runtime", "Loyalty", "Scheduler", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",
                                "Storage", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
@@ -122,7 +132,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .executableTarget(name: "fanflow",
-                          dependencies: ["DeadLetters", "Contracts", "Runtime", "Gateway", "Workers", "Scheduler", "Storage", "Loyalty", "FlashSales",
+                          dependencies: ["Pipeline", "DeadLetters", "Contracts", "Runtime", "Gateway", "Workers", "Scheduler", "Storage", "Loyalty", "FlashSales",
                                          "Pushes", "FakePlatform", "PlatformSigning", "AMQPClient", "PostgresClient", "RedisClient",
                                          .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -137,12 +147,12 @@ let package = Package(
                           swiftSettings: swiftSettings),
 
         .testTarget(name: "UnitTests",
-                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "Gateway", "Loyalty", "Scheduler", "FlashSales", "PlatformSigning",
+                    dependencies: ["Contracts", "ClientSupport", "AMQPClient", "RedisClient", "Gateway", "Loyalty", "Scheduler", "FlashSales", "PlatformSigning",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto")],
                     swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
-                    dependencies: ["DeadLetters", "Contracts", "Runtime", "Workers", "Gateway", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
+                    dependencies: ["Pipeline", "Members", "DeadLetters", "Contracts", "Runtime", "Workers", "Gateway", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
                                    "RedisClient", "Pushes", "FakePlatform", "PlatformSigning",
                                    "PostgresClient", "Storage",
                                    .product(name: "Crypto", package: "swift-crypto"),

@@ -3,6 +3,7 @@ import FlashSales
 import Foundation
 import Logging
 import Loyalty
+import Members
 import Pushes
 import Scheduler
 import Synchronization

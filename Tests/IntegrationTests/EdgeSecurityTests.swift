@@ -7,6 +7,7 @@ import Hummingbird
 import HummingbirdTesting
 import HTTPTypes
 import Loyalty
+import Members
 import PlatformSigning
 import PostgresClient
 import Synchronization

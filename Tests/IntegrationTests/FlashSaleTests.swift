@@ -11,6 +11,7 @@ import HummingbirdTesting
 import HTTPTypes
 import Logging
 import Loyalty
+import Members
 import PostgresClient
 import RedisClient
 import Runtime

@@ -8,6 +8,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import Loyalty
+import Members
 import PlatformSigning
 import PostgresClient
 import Pushes

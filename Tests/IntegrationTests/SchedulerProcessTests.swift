@@ -1,6 +1,7 @@
 import Contracts
 import Foundation
 import Loyalty
+import Members
 import PostgresClient
 import Scheduler
 import Testing

@@ -3,6 +3,7 @@ import Contracts
 import Foundation
 import Logging
 import Loyalty
+import Members
 import PostgresClient
 import Runtime
 import Scheduler
