@@ -352,7 +352,7 @@ struct RebuildCountersCommand: AsyncParsableCommand {
         let rules = try await RuleStore(database: database).list()
         let raised = try await CounterRebuild(database: database, redis: redis, calendar: PeriodCalendar(timeZone: configuration.timeZone))
             .run(now: Date(), rules: rules)
-        try await CounterReadiness.markReady(redis) // the points pool decides again (see CounterReadiness)
+        try await CounterReadiness.markReady(redis) // the pipeline decides again (see CounterReadiness)
         logger.notice("counters rebuilt", metadata: ["raised": "\(raised)", "zone": "\(configuration.timeZone.identifier)"])
         await redis.close()
         await database.close()
