@@ -55,9 +55,14 @@ let package = Package(
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
-        // The loyalty program's domain: rules, members, Redis decisions, the ledger.
+        // Members: identities per platform app, unionid links, phone binding and merges; every domain
+        // finds its member here without importing Loyalty.
+        .target(name: "Members",
+                dependencies: ["Contracts", "PostgresClient"],
+                swiftSettings: swiftSettings),
+        // The loyalty program's domain: rules, Redis decisions, the ledger.
         .target(name: "Loyalty",
-                dependencies: ["Contracts", "Jobs", "PostgresClient", "RedisClient"],
+                dependencies: ["Contracts", "Jobs", "Members", "PostgresClient", "RedisClient"],
                 resources: [.copy("Resources")],
                 swiftSettings: swiftSettings),
         // Flash sales: campaigns, live stock in Redis (one Lua call per decision), orders in PostgreSQL.
@@ -116,7 +121,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .target(name: "Gateway",
-                dependencies: ["Apps", "DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
+                dependencies: ["Apps", "DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "Members", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
                                "PostgresClient", "Storage", "Platforms",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -127,8 +132,13 @@ let package = Package(
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 resources: [.copy("Resources/sdk.js"), .copy("Resources/Lua")],
                 swiftSettings: swiftSettings),
+        // One delivery per event: history and every domain's writes in one transaction per batch.
+        // Knows no broker: the worker's consumer feeds it.
+        .target(name: "Pipeline",
+                dependencies: ["Contracts", "Loyalty", "PostgresClient"],
+                swiftSettings: swiftSettings),
         .target(name: "Workers",
-                dependencies: ["Apps", "DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",
+                dependencies: ["Apps", "Pipeline", "Members", "DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",
                                "Storage", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: swiftSettings),
@@ -142,7 +152,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .executableTarget(name: "fanflow",
-                          dependencies: ["Apps", "DeadLetters", "Contracts", "Runtime", "Gateway", "Workers", "Jobs", "Scheduler", "Storage", "Loyalty", "FlashSales",
+                          dependencies: ["Apps", "Pipeline", "Members", "DeadLetters", "Contracts", "Runtime", "Gateway", "Workers", "Jobs", "Scheduler", "Storage", "Loyalty", "FlashSales",
                                          "Pushes", "FakePlatform", "Platforms", "AMQPClient", "PostgresClient", "RedisClient",
                                          .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -157,12 +167,12 @@ let package = Package(
                           swiftSettings: swiftSettings),
 
         .testTarget(name: "UnitTests",
-                    dependencies: ["Apps", "Contracts", "ClientSupport", "AMQPClient", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "Platforms",
+                    dependencies: ["Apps", "Contracts", "ClientSupport", "AMQPClient", "RedisClient", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "Platforms",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto")],
                     swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
-                    dependencies: ["Apps", "DeadLetters", "Contracts", "Runtime", "Workers", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
+                    dependencies: ["Apps", "Pipeline", "Members", "DeadLetters", "Contracts", "Runtime", "Workers", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
                                    "RedisClient", "Pushes", "FakePlatform", "Platforms",
                                    "PostgresClient", "Storage",
                                    .product(name: "Crypto", package: "swift-crypto"),

@@ -132,6 +132,32 @@ public actor AMQPConnection {
         try checkRPC("queue.bind \(queue) to \(exchange) \(routingKey)")
     }
 
+    /// Removes a binding. Unbinding one that does not exist is no error; a queue that does not
+    /// exist is (404, and the channel is re-opened).
+    public func unbindQueue(_ queue: String, exchange: String, routingKey: String) throws(AMQPError) {
+        let conn = try usable()
+        let arena = CArena()
+        defer { withExtendedLifetime(arena) {} } // rabbitmq-c reads its memory during the call
+        _ = amqp_queue_unbind(conn, channel, arena.bytes(queue), arena.bytes(exchange), arena.bytes(routingKey),
+                              amqp_empty_table)
+        try checkRPC("queue.unbind \(queue) from \(exchange) \(routingKey)")
+    }
+
+    /// A queue's ready messages and consumers, or nil when it does not exist (a passive declare:
+    /// the broker's 404 closes the channel, which is re-opened before this returns).
+    public func queueStatus(_ name: String) throws(AMQPError) -> (messages: Int, consumers: Int)? {
+        let conn = try usable()
+        let arena = CArena()
+        defer { withExtendedLifetime(arena) {} } // rabbitmq-c reads its memory during the call
+        let ok = amqp_queue_declare(conn, channel, arena.bytes(name), 1, 0, 0, 0, amqp_empty_table)
+        do {
+            try checkRPC("queue.declare passive \(name)")
+        } catch where error.replyCode == 404 {
+            return nil
+        }
+        return ok.map { (Int($0.pointee.message_count), Int($0.pointee.consumer_count)) } ?? (0, 0)
+    }
+
     public func deleteQueue(_ name: String) throws(AMQPError) {
         let conn = try usable()
         let arena = CArena()

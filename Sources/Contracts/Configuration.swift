@@ -41,7 +41,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
     public var alipayAPIBase: String = "https://openapi.alipay.com"
     /// Push pool: messages per second per app (0: unlimited) and per app and day (WeChat's template quota).
     public var pushRatePerApp: Int = 50
-    /// Points pool and scheduler: when to publish `fanflow.points.granted` / `fanflow.points.matured`.
+    /// Pipeline pool and scheduler: when to publish `fanflow.points.granted` / `fanflow.points.matured`.
     public var pointsNews: PointsNews = .auto
     public var pushDailyQuota: Int = 100_000
     /// Workers: failures of a message (alone, for its content) before it is dead-lettered.
@@ -92,7 +92,7 @@ public struct FanFlowConfiguration: Sendable, Equatable {
         ("FANFLOW_ALIPAY_API_BASE", "push pool: base URL of Alipay's OpenAPI gateway, /gateway.do under it (default https://openapi.alipay.com)"),
         ("FANFLOW_PUSH_RATE_PER_APP", "push pool: messages per second per app, 0 = unlimited (default 50)"),
         ("FANFLOW_PUSH_DAILY_QUOTA", "push pool: messages per app and Beijing day before deferring (default 100000)"),
-        ("FANFLOW_POINTS_NEWS", "points pool and scheduler: publish fanflow.points.granted/matured: auto (while an enabled push trigger listens), on or off (default auto)"),
+        ("FANFLOW_POINTS_NEWS", "pipeline pool and scheduler: publish fanflow.points.granted/matured: auto (while an enabled push trigger listens), on or off (default auto)"),
         ("FANFLOW_DEAD_LETTER_AFTER", "workers: failures of a message, for its content, before it is dead-lettered, 1-100 (default 5)"),
         ("FANFLOW_TRUSTED_PROXIES", "gateway: comma-separated CIDRs of proxies whose X-Forwarded-For is believed (default none)"),
         ("FANFLOW_APP_LOOKUP_RATE_PER_IP", "gateway: database lookups of unknown app ids per second per client IP (IPv6: /64), 0 = unlimited (default 10)"),
@@ -263,7 +263,7 @@ public struct ConfigurationErrors: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// When the points pool and the scheduler publish points news (`FANFLOW_POINTS_NEWS`). Each is one
+/// When the pipeline pool and the scheduler publish points news (`FANFLOW_POINTS_NEWS`). Each is one
 /// more broker message per grant, and the broker is what runs out first, so by default they are
 /// published only while something listens.
 public enum PointsNews: String, Sendable, Equatable {

@@ -16,7 +16,11 @@ public struct QueueName: RawRepresentable, Sendable, Hashable, CustomStringConve
     public init(rawValue: String) { self.rawValue = rawValue }
     public var description: String { rawValue }
 
+    /// Every external event, once: history and every domain's writes in one transaction.
+    public static let pipeline = QueueName(rawValue: "fanflow.pipeline")
+    /// Retired (``Topology/retired``): the points pool's queue before the pipeline.
     public static let points = QueueName(rawValue: "fanflow.points")
+    /// Retired (``Topology/retired``): the behavior store's queue (`#`) before the pipeline.
     public static let behavior = QueueName(rawValue: "fanflow.behavior")
     public static let orders = QueueName(rawValue: "fanflow.orders")
     public static let push = QueueName(rawValue: "fanflow.push")
@@ -42,25 +46,60 @@ public struct Topology: Sendable {
         }
     }
 
-    public let eventsExchange = ExchangeName.events
-    public let deadLetterExchange = ExchangeName.deadLetter
+    /// A queue a former version bound and this one no longer does: at start every process unbinds
+    /// it (when it exists), and the pipeline pool drains what is left in it, so an upgrade loses no
+    /// message. Once it is empty an operator deletes it (ops/runbook.md).
+    public struct RetiredQueue: Sendable {
+        public let name: QueueName
+        /// The patterns it was bound with on `fanflow.events`.
+        public let bindings: [String]
+        /// Where its messages go now: consumed by that queue's pool, and where a dead letter of it
+        /// is replayed.
+        public let successor: QueueName
+
+        public init(name: QueueName, bindings: [String], successor: QueueName) {
+            self.name = name
+            self.bindings = bindings
+            self.successor = successor
+        }
+    }
+
+    public let eventsExchange: ExchangeName
+    public let deadLetterExchange: ExchangeName
     public let queues: [Queue]
+    public let retired: [RetiredQueue]
 
-    public init(queues: [Queue]) { self.queues = queues }
+    public init(queues: [Queue], retired: [RetiredQueue] = [], eventsExchange: ExchangeName = .events,
+                deadLetterExchange: ExchangeName = .deadLetter) {
+        self.queues = queues
+        self.retired = retired
+        self.eventsExchange = eventsExchange
+        self.deadLetterExchange = deadLetterExchange
+    }
 
-    /// FanFlow's topology. Beacons (`h5.*`) are high-volume page analytics: they go to the
-    /// behavior store, and only the share (`h5.share`) also to the points pool (a member-token
-    /// beacon can earn on it); page views, dwell and clicks never reach the points or push pools,
-    /// so page analytics cannot crowd out points.
+    /// The platforms' and server kinds, and the beacons: every external event, each once. The
+    /// pipeline stores them all for history and shows each domain the kinds it selects.
+    public static let pipelineBindings = ["wechat.#", "alipay.#", "weibo.#", "qq.#", "server.#", "h5.#"]
+
+    /// FanFlow's topology. External events reach the pipeline once each. FanFlow's own follow-ups
+    /// (`fanflow.*`) go only where they are work: orders and pushes. The push queue also binds three
+    /// platform kinds (`wechat.subscribe`, `alipay.subscribe`, `wechat.templatesendjobfinish`), so
+    /// those events are delivered twice, to the pipeline and to the push pool.
     public static let standard = Topology(queues: [
-        Queue(name: .behavior, bindings: ["#"], deliveryLimit: 10),
-        Queue(name: .points, bindings: ["wechat.#", "alipay.#", "weibo.#", "qq.#", "server.#", "h5.share"], deliveryLimit: 10),
-        // `fanflow.orders.#`: the orders pool's own jobs (the per-minute reconcile), bound by no other
-        // pool's queue but behavior's `#` (the behavior store skips them).
+        Queue(name: .pipeline, bindings: pipelineBindings, deliveryLimit: 10),
+        // `fanflow.orders.#`: the orders pool's own jobs (the per-minute reconcile).
         Queue(name: .orders, bindings: ["fanflow.flashsale.#", "fanflow.orders.#"], deliveryLimit: 10),
         Queue(name: .push, bindings: ["wechat.subscribe", "alipay.subscribe", "wechat.templatesendjobfinish", "fanflow.member.#",
                                       "fanflow.points.#", "fanflow.flashsale.#", "fanflow.push.#"], deliveryLimit: 10),
+    ], retired: [
+        RetiredQueue(name: .behavior, bindings: ["#"], successor: .pipeline),
+        RetiredQueue(name: .points, bindings: ["wechat.#", "alipay.#", "weibo.#", "qq.#", "server.#", "h5.share"], successor: .pipeline),
     ])
 
     public func queue(_ name: QueueName) -> Queue? { queues.first { $0.name == name } }
+
+    /// The queue a message of `name` belongs in now: itself, or a retired queue's successor.
+    public func current(_ name: QueueName) -> QueueName {
+        retired.first { $0.name == name }?.successor ?? name
+    }
 }

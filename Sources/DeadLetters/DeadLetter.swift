@@ -55,6 +55,17 @@ public struct DeadLetter: Sendable, Equatable {
     }
 }
 
+extension DeadLetter {
+    /// The same letter addressed to another work queue (a retired queue's successor).
+    func sent(to queue: String) -> DeadLetter {
+        guard queue != self.queue else { return self }
+        return DeadLetter(id: id, queue: queue, messageID: messageID, reason: reason, attempts: attempts, firstFailure: firstFailure,
+                          lastFailure: lastFailure, routingKey: routingKey, contentType: contentType, body: body, deaths: deaths,
+                          status: status, replayedCount: replayedCount, lastReplayedAt: lastReplayedAt, droppedAt: droppedAt,
+                          createdAt: createdAt, updatedAt: updatedAt)
+    }
+}
+
 /// A dead message as the keeper read it off a `<queue>.dead` queue.
 public struct NewDeadLetter: Sendable, Equatable {
     public var queue: String

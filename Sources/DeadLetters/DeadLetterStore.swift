@@ -1,3 +1,4 @@
+import Contracts
 import Foundation
 import PostgresClient
 
@@ -76,7 +77,10 @@ public struct DeadLetterStore: Sendable {
     public func replay(_ id: Int64, via republisher: any DeadLetterRepublisher) async throws -> ReplayOutcome {
         guard let letter = try await get(id) else { return .notFound }
         if letter.status == .dropped { return .dropped(letter) }
-        guard await republisher.republish(letter) else { return .unconfirmed }
+        // A letter of a queue an upgrade retired goes to the queue that took its place: the
+        // retired one may be deleted already, and the default exchange drops what no queue takes.
+        let target = Topology.standard.current(QueueName(rawValue: letter.queue))
+        guard await republisher.republish(letter.sent(to: target.rawValue)) else { return .unconfirmed }
         try await database.query("""
             UPDATE dead_letters SET replayed_count = replayed_count + 1, last_replayed_at = now(), updated_at = now(),
                 status = CASE WHEN deaths = $2 AND status <> 'dropped' THEN 'replayed' ELSE status END

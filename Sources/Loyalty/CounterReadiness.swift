@@ -57,7 +57,7 @@ public struct CounterReadiness: Sendable {
     /// one else is; throws ``CountersNotReady`` while another worker rebuilds.
     public func ensure(rules: [PointsRule]) async throws {
         if try await isReady() { return }
-        let release = try CounterScripts.releaseLock()  // a missing script fails before the lock is taken
+        let release = try LoyaltyScripts.releaseLock()  // a missing script fails before the lock is taken
         let token = UUID().uuidString
         let taken = try await redis.connection.command(["SET", Self.lockKey, token, "NX", "PX", String(lockMilliseconds)])
         guard !taken.isNull else {
@@ -86,25 +86,4 @@ public struct CounterReadiness: Sendable {
     public static func markReady(_ redis: RedisPool) async throws {
         try await redis.connection.command(["SET", markerKey, "1"])
     }
-}
-
-/// The counters' Lua scripts, read once from the module's resource folder (`Resources/*.lua`,
-/// shipped as `fanflow_Loyalty.resources` beside the executable).
-enum CounterScripts {
-    struct Missing: Error, CustomStringConvertible {
-        let description: String
-    }
-
-    static let release: Result<RedisScript, Missing> = {
-        guard let folder = Bundle.module.url(forResource: "Resources", withExtension: nil) else {
-            return .failure(Missing(description: "the loyalty scripts folder (Resources) is missing from fanflow_Loyalty.resources beside the executable"))
-        }
-        let file = folder.appendingPathComponent("release-lock.lua")
-        guard let source = try? String(contentsOf: file, encoding: .utf8), !source.isEmpty else {
-            return .failure(Missing(description: "the script \(file.path) is missing or empty"))
-        }
-        return .success(RedisScript(source))
-    }()
-
-    static func releaseLock() throws(Missing) -> RedisScript { try release.get() }
 }

@@ -20,19 +20,6 @@ public struct CounterRebuild: Sendable {
         self.calendar = calendar
     }
 
-    static let raise = RedisScript("""
-        local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
-        if current < tonumber(ARGV[1]) then
-          if tonumber(ARGV[2]) > 0 then
-            redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-          else
-            redis.call('SET', KEYS[1], ARGV[1])
-          end
-          return 1
-        end
-        return 0
-        """)
-
     /// Rebuilds for every member (`members` nil) or the given ones; returns the keys it raised.
     public func run(now: Date, rules: [PointsRule], members: [Int64]? = nil) async throws -> Int {
         let current = calendar.periods(of: now)
@@ -96,11 +83,19 @@ public struct CounterRebuild: Sendable {
             }
         }
         var raised = 0
-        let calls = totals.map { (script: Self.raise, keys: [$0.key], arguments: [String($0.value.value), String($0.value.ttl)]) }
+        let raise = try LoyaltyScripts.raiseCounter()
+        let calls = totals.map { (script: raise, keys: [$0.key], arguments: [String($0.value.value), String($0.value.ttl)]) }
         var start = 0
         while start < calls.count {
             let chunk = Array(calls[start..<min(start + 1000, calls.count)])
-            raised += try await redis.evalSHA(chunk).reduce(0) { $0 + Int($1.int ?? 0) }
+            for reply in try await redis.evalSHA(chunk) {
+                switch reply {
+                case .integer(1): raised += 1
+                case .integer(0): break
+                case .error(let message): throw RedisError(.server, message)
+                default: throw UnexpectedScriptReply(script: "raise-counter.lua", reply: reply)
+                }
+            }
             start += chunk.count
         }
         return raised

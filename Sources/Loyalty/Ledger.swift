@@ -1,6 +1,7 @@
 import Contracts
 import Foundation
 import Jobs
+import Members
 import PostgresClient
 
 /// A ledger entry a worker writes for one rule's decision on one event.
@@ -109,71 +110,112 @@ public struct Ledger: Sendable {
         var isEmpty: Bool { points == 0 && growth == 0 && pendingPoints == 0 && pendingGrowth == 0 }
     }
 
-    /// Applies grants and reversals; returns the level changes it caused (already in the outbox).
+    /// Applies grants and reversals in a transaction of its own; returns the level changes it
+    /// caused (already in the outbox). The pipeline writes through ``write(grants:reversals:levels:announcing:on:)``
+    /// instead, inside the batch's one transaction.
     @discardableResult
     public func apply(grants: [LedgerGrant], reversals: [LedgerReversal], levels: LevelTable) async throws -> [LevelChange] {
-        let grants = grants.filter { $0.points != 0 || $0.growth != 0 }
-        guard !grants.isEmpty || !reversals.isEmpty else { return [] }
+        guard grants.contains(where: { $0.points != 0 || $0.growth != 0 }) || !reversals.isEmpty else { return [] }
         let announcing = await news.announces(.pointsGranted)
         return try await database.transaction { connection in
-            var deltas: [Int64: Delta] = [:]
-            var pointsNews = PointsNewsBuilder()
-            if !grants.isEmpty {
-                var rows: [String] = []
-                var parameters: [any PostgresEncodable] = []
-                for (index, grant) in grants.enumerated() {
-                    let base = index * 11
-                    rows.append("(" + (1...11).map { "$\(base + $0)" }.joined(separator: ",") + ")")
-                    parameters += [grant.member, grant.kind.rawValue, grant.rule, grant.points, grant.growth, grant.reason,
-                                   grant.eventID, grant.ref, grant.occurredAt, grant.dueAt, grant.expiresAt] as [any PostgresEncodable]
-                }
-                let inserted = try connection.query("""
-                    INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at, due_at, expires_at)
-                    VALUES \(rows.joined(separator: ",")) ON CONFLICT DO NOTHING
-                    RETURNING id, member_id, kind, rule, points, growth, event_id, extract(epoch FROM due_at)::float8 AS due_at
-                    """, parameters)
-                // Each pending entry matures through a job committed with it: neither exists without the other.
-                try JobStore.enqueue(inserted.compactMap { row in
-                    guard row.string("kind") == LedgerGrant.Kind.pending.rawValue, let id = row.int("id"),
-                          let due = row.string("due_at").flatMap(Double.init) else { return nil }
-                    return LoyaltyJobs.matureJob(ledgerID: Int64(id), dueAt: Date(timeIntervalSince1970: due))
-                }, on: connection)
-                let subjects = Dictionary(grants.map { ($0.member, ($0.subject, $0.eventID)) }, uniquingKeysWith: { $1 })
-                for row in inserted {
-                    guard let member = row.int("member_id").map(Int64.init) else { continue }
-                    let points = Int64(row.int("points") ?? 0), growth = Int64(row.int("growth") ?? 0)
-                    var delta = deltas[member] ?? Delta()
-                    let cause = row.string("event_id") ?? ""
-                    if row.string("kind") == LedgerGrant.Kind.pending.rawValue {
-                        delta.pendingPoints += points
-                        delta.pendingGrowth += growth
-                    } else {
-                        delta.points += points
-                        delta.growth += growth
-                        pointsNews.add(member: member, cause: cause, kind: .pointsGranted, points: points, growth: growth,
-                                 rule: row.string("rule"), subject: subjects[member]?.0)
-                    }
-                    delta.subject = subjects[member]?.0
-                    delta.cause = cause
-                    deltas[member] = delta
-                }
-            }
-            for reversal in reversals {
-                let delta = try Self.reverse(reversal, on: connection)
-                guard !delta.isEmpty else { continue }
-                var total = deltas[reversal.member] ?? Delta()
-                total.points += delta.points
-                total.growth += delta.growth
-                total.pendingPoints += delta.pendingPoints
-                total.pendingGrowth += delta.pendingGrowth
-                total.subject = reversal.subject
-                total.cause = reversal.eventID
-                deltas[reversal.member] = total
-            }
-            let update = try Self.updateBalances(deltas, levels: levels, on: connection)
-            if announcing { try pointsNews.publish(balances: update.balances, on: connection) }
-            return update.changes
+            try Self.write(grants: grants, reversals: reversals, levels: levels, announcing: announcing, on: connection).levelChanges
         }
+    }
+
+    /// Whether grants are announced now (``PointsNewsPolicy``): asked before a transaction opens,
+    /// since the policy may read the push triggers.
+    public func announcesGrants() async -> Bool { await news.announces(.pointsGranted) }
+
+    /// What one write did.
+    public struct Written: Sendable {
+        /// The grants that made a new ledger row, by the unique index's key: the others were
+        /// written before (a redelivery, a retried batch) and changed nothing.
+        public var inserted: Set<EntryKey> = []
+        /// Reversals that moved a balance, with what they took back (negative amounts, pending
+        /// and spendable together).
+        public var reversed: [(key: EntryKey, points: Int64, growth: Int64)] = []
+        public var levelChanges: [LevelChange] = []
+    }
+
+    /// A ledger row's identity for idempotency: the unique (event, rule, member, kind) index.
+    public struct EntryKey: Sendable, Hashable {
+        public let eventID: String
+        public let rule: String
+        public let member: Int64
+        public let kind: String
+    }
+
+    /// Writes grants and reversals in the caller's transaction: the ledger rows, the maturity jobs
+    /// of pending ones, balances and levels (members in id order), level changes and, when
+    /// `announcing`, points news into the outbox. Every row is keyed by the ledger's unique index,
+    /// so a batch written twice moves nothing the second time.
+    public static func write(grants: [LedgerGrant], reversals: [LedgerReversal], levels: LevelTable, announcing: Bool,
+                             on connection: isolated PostgresConnection) throws -> Written {
+        let grants = grants.filter { $0.points != 0 || $0.growth != 0 }
+        var written = Written()
+        guard !grants.isEmpty || !reversals.isEmpty else { return written }
+        var deltas: [Int64: Delta] = [:]
+        var pointsNews = PointsNewsBuilder()
+        if !grants.isEmpty {
+            var rows: [String] = []
+            var parameters: [any PostgresEncodable] = []
+            for (index, grant) in grants.enumerated() {
+                let base = index * 11
+                rows.append("(" + (1...11).map { "$\(base + $0)" }.joined(separator: ",") + ")")
+                parameters += [grant.member, grant.kind.rawValue, grant.rule, grant.points, grant.growth, grant.reason,
+                               grant.eventID, grant.ref, grant.occurredAt, grant.dueAt, grant.expiresAt] as [any PostgresEncodable]
+            }
+            let inserted = try connection.query("""
+                INSERT INTO ledger (member_id, kind, rule, points, growth, reason, event_id, ref, occurred_at, due_at, expires_at)
+                VALUES \(rows.joined(separator: ",")) ON CONFLICT DO NOTHING
+                RETURNING id, member_id, kind, rule, points, growth, event_id, extract(epoch FROM due_at)::float8 AS due_at
+                """, parameters)
+            // Each pending entry matures through a job committed with it: neither exists without the other.
+            try JobStore.enqueue(inserted.compactMap { row in
+                guard row.string("kind") == LedgerGrant.Kind.pending.rawValue, let id = row.int("id"),
+                      let due = row.string("due_at").flatMap(Double.init) else { return nil }
+                return LoyaltyJobs.matureJob(ledgerID: Int64(id), dueAt: Date(timeIntervalSince1970: due))
+            }, on: connection)
+            let subjects = Dictionary(grants.map { ($0.member, ($0.subject, $0.eventID)) }, uniquingKeysWith: { $1 })
+            for row in inserted {
+                guard let member = row.int("member_id").map(Int64.init) else { continue }
+                let points = Int64(row.int("points") ?? 0), growth = Int64(row.int("growth") ?? 0)
+                var delta = deltas[member] ?? Delta()
+                let cause = row.string("event_id") ?? ""
+                let kind = row.string("kind") ?? ""
+                written.inserted.insert(EntryKey(eventID: cause, rule: row.string("rule") ?? "", member: member, kind: kind))
+                if kind == LedgerGrant.Kind.pending.rawValue {
+                    delta.pendingPoints += points
+                    delta.pendingGrowth += growth
+                } else {
+                    delta.points += points
+                    delta.growth += growth
+                    pointsNews.add(member: member, cause: cause, kind: .pointsGranted, points: points, growth: growth,
+                             rule: row.string("rule"), subject: subjects[member]?.0)
+                }
+                delta.subject = subjects[member]?.0
+                delta.cause = cause
+                deltas[member] = delta
+            }
+        }
+        for reversal in reversals {
+            let delta = try Self.reverse(reversal, on: connection)
+            guard !delta.isEmpty else { continue }
+            written.reversed.append((EntryKey(eventID: reversal.eventID, rule: reversal.rule, member: reversal.member, kind: "reversal"),
+                                     delta.points + delta.pendingPoints, delta.growth + delta.pendingGrowth))
+            var total = deltas[reversal.member] ?? Delta()
+            total.points += delta.points
+            total.growth += delta.growth
+            total.pendingPoints += delta.pendingPoints
+            total.pendingGrowth += delta.pendingGrowth
+            total.subject = reversal.subject
+            total.cause = reversal.eventID
+            deltas[reversal.member] = total
+        }
+        let update = try Self.updateBalances(deltas, levels: levels, on: connection)
+        if announcing { try pointsNews.publish(balances: update.balances, on: connection) }
+        written.levelChanges = update.changes
+        return written
     }
 
     /// Grants the pending entries `ids` (purchase points after the maturation period, a post after

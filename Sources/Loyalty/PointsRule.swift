@@ -84,7 +84,7 @@ public struct PointsRule: Codable, Sendable, Equatable {
     public var reversal: Reversal?
     /// Also grant for events whose subject is only claimed. Absent or false: verified subjects only.
     /// A claimed H5 beacon (no member token: any page, or anyone with curl, can name any openid)
-    /// earns nothing even so: the points pool resolves no member from a beacon's openid.
+    /// earns nothing even so: Loyalty resolves no member from a beacon's openid.
     public var allowClaimed: Bool?
 
     public init(code: String, kinds: [EventKind], platforms: [Platform]? = nil, conditions: [String: JSONValue]? = nil,

@@ -4,6 +4,7 @@ import Foundation
 import Jobs
 import Logging
 import Loyalty
+import Members
 import Platforms
 import Pushes
 import Synchronization
@@ -125,7 +126,7 @@ public struct PushPool: EnvelopeProcessor {
             return try await store.recipient(member: member, platform: template.platform, app: template.app)
         }
         guard event.platform.rawValue == template.platform, event.app == template.app, let openid = event.subject.openid else { return nil }
-        // A new follower's welcome usually runs before the points pool has seen them: the member is
+        // A new follower's welcome usually runs before the pipeline has seen them: the member is
         // made here (concurrent first sightings end in one member), so the push is theirs too.
         let member = try await members.resolve(Identity(platform: event.platform, app: event.app, openid: openid),
                                                unionid: event.subject.unionid)

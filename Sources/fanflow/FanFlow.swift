@@ -10,6 +10,7 @@ import Gateway
 import Jobs
 import Logging
 import Loyalty
+import Pipeline
 import Platforms
 import PostgresClient
 import Pushes
@@ -74,10 +75,10 @@ struct WorkerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "worker",
         abstract: "Consume work queues with pools of consumers.",
-        discussion: "Pools in this build: \(PoolName.available.map(\.rawValue).joined(separator: ", ")).")
+        discussion: "Pools in this build: \(PoolName.listed).")
 
-    @Option(name: .customLong("pool"), help: "A pool and its consumer count, e.g. behavior=2 (repeatable).")
-    var pools: [String] = ["behavior=1"]
+    @Option(name: .customLong("pool"), help: "A pool and its consumer count, e.g. pipeline=2 (repeatable).")
+    var pools: [String] = ["pipeline=1"]
 
     @Option(help: "Unacknowledged messages per consumer.")
     var prefetch: Int = 500
@@ -89,6 +90,7 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         let configuration = try loadConfiguration(role: .worker)
         let logger = Logger(label: "fanflow.worker")
+        for warning in specs.compactMap(\.deprecation) { logger.warning("\(warning)") }
         var amqp = try AMQPConfiguration(url: configuration.amqpURL)
         amqp.connectionName = "fanflow-worker"
         // A push consumer has many sends in flight at once (its whole batch), each claiming and
@@ -97,31 +99,36 @@ struct WorkerCommand: AsyncParsableCommand {
         let database = PostgresPool(url: configuration.databaseURL, maximumConnections: max(2, connections))
         var services: [any Service] = []
         var closers: [@Sendable () async -> Void] = [{ await database.close() }]
-        var points: PointsPool?
+        var pipeline: EnvelopeBatchHandler<Pipeline>?
         for spec in specs {
             let handler: any BatchHandler
             switch spec.name {
-            case .behavior:
-                handler = EnvelopeBatchHandler(BehaviorStore(database: database), logger: logger, deadLetterAfter: configuration.deadLetterAfter)
-            case .points:
-                let pool: PointsPool
-                if let existing = points {
-                    pool = existing
+            case .pipeline, .behavior, .points:
+                if let existing = pipeline {
+                    handler = existing
                 } else {
+                    try LoyaltyScripts.check()  // a missing Lua resource stops the start, naming the file
                     let redis = try await RedisPool(url: configuration.redisURL, size: 2)
-                    pool = PointsPool(database: database, redis: redis, timeZone: configuration.timeZone,
-                                      pointsNews: configuration.pointsNews.policy(pushes: PushStore(database: database)))
-                    points = pool
-                    // Level changes leave through the outbox; one relay per process.
+                    let loyalty = LoyaltyService(database: database, redis: redis, timeZone: configuration.timeZone,
+                                                 pointsNews: configuration.pointsNews.policy(pushes: PushStore(database: database)))
+                    let made = EnvelopeBatchHandler(Pipeline.standard(database: database, loyalty: loyalty), logger: logger,
+                                                    deadLetterAfter: configuration.deadLetterAfter)
+                    pipeline = made
+                    handler = made
+                    // Points news and level changes leave through the outbox; one relay per process.
                     let broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { connection in
                         try await connection.declare(Topology.standard)
                         try await connection.enableConfirms()
                     }
                     try await broker.start()
                     services.append(OutboxRelay(outbox: Outbox(database: database), broker: broker, logger: logger))
+                    // What a former version left in the queues the pipeline replaced, handled once.
+                    let keepers = DeadLetterStore(database: database)
+                    services += RetiredQueueDrain.services(amqp: amqp, prefetch: prefetch, handler: made, keeper: { queue in
+                        DeadLetterKeeper(store: keepers, workQueue: queue, logger: logger)
+                    }, logger: logger)
                     closers += [{ await broker.close() }, { await redis.close() }]
                 }
-                handler = EnvelopeBatchHandler(pool, logger: logger, deadLetterAfter: configuration.deadLetterAfter)
             case .orders:
                 try FlashSaleScripts.check()
                 let redis = try await RedisPool(url: configuration.redisURL, size: 1)
@@ -348,7 +355,7 @@ struct RebuildCountersCommand: AsyncParsableCommand {
         let rules = try await RuleStore(database: database).list()
         let raised = try await CounterRebuild(database: database, redis: redis, calendar: PeriodCalendar(timeZone: configuration.timeZone))
             .run(now: Date(), rules: rules)
-        try await CounterReadiness.markReady(redis) // the points pool decides again (see CounterReadiness)
+        try await CounterReadiness.markReady(redis) // the pipeline decides again (see CounterReadiness)
         logger.notice("counters rebuilt", metadata: ["raised": "\(raised)", "zone": "\(configuration.timeZone.identifier)"])
         await redis.close()
         await database.close()

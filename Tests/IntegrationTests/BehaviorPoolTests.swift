@@ -2,13 +2,14 @@ import AMQPClient
 import Contracts
 import Foundation
 import Logging
+import Pipeline
 import PostgresClient
 import Runtime
 import Storage
 import Testing
 import Workers
 
-@Suite("Behavior pool: events into PostgreSQL, once each")
+@Suite("Pipeline history: events into PostgreSQL, once each")
 struct BehaviorPoolTests {
     @Test("duplicates are stored once; poison and refused messages are dead-lettered; the rest are acked")
     func storesOnce() async throws {
@@ -42,7 +43,7 @@ struct BehaviorPoolTests {
         var amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
         amqp.connectionName = "test-behavior"
         let consumer = ConsumerService(amqp: amqp, queue: queue, prefetch: 64,
-                                       handler: EnvelopeBatchHandler(BehaviorStore(database: database), logger: Logger(label: "test")),
+                                       handler: EnvelopeBatchHandler(Pipeline(database: database, handlers: []), logger: Logger(label: "test")),
                                        logger: Logger(label: "test"))
         let running = Task { try await consumer.run() }
 

@@ -7,18 +7,19 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import Logging
+import Pipeline
 import PostgresClient
 import Synchronization
 import Testing
 import Workers
 
-/// The behavior store behind a switch: while `broken`, events marked `"n": "bad…"` are refused, as
+/// The pipeline (history only) behind a switch: while `broken`, events marked `"n": "bad…"` are refused, as
 /// a pool with a bug (or a missing rule) would refuse them; after the fix they are stored.
 final class FixableStore: EnvelopeProcessor {
-    let store: BehaviorStore
+    let store: Pipeline
     let broken = Mutex(true)
 
-    init(database: PostgresPool) { store = BehaviorStore(database: database) }
+    init(database: PostgresPool) { store = Pipeline(database: database, handlers: []) }
 
     func process(_ events: [Envelope]) async throws {
         if broken.withLock({ $0 }), let bad = events.first(where: { $0.attributes["n"]?.string?.hasPrefix("bad") == true }) {

@@ -9,6 +9,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import Loyalty
+import Members
 import Platforms
 import PostgresClient
 import Synchronization

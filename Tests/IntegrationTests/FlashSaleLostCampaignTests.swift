@@ -2,6 +2,7 @@ import AMQPClient
 import Contracts
 import FlashSales
 import Foundation
+import Pipeline
 import PostgresClient
 import RedisClient
 import Runtime
@@ -89,7 +90,7 @@ struct FlashSaleLostCampaignTests {
         }
     }
 
-    @Test("the reconcile job routes to the orders queue only (not push's fanflow.flashsale.#), and the behavior store skips it")
+    @Test("the reconcile job routes to the orders queue only (not push's fanflow.flashsale.# nor the pipeline), and history skips it")
     func reconcileRouting() async throws {
         // The job as the scheduler publishes it (PublishJobHandler: platform fanflow, kind = job kind).
         let job = Envelope(id: "fanflow:job:test-\(UUID().uuidString)", platform: .fanflow, app: "", kind: EventKind(FlashSaleStore.reconcileJob.rawValue),
@@ -111,18 +112,22 @@ struct FlashSaleLostCampaignTests {
         try await Task.sleep(for: .milliseconds(200))
         var got: [QueueName: Int] = [:]
         for (queue, name) in queues { got[queue] = try await connection.messageCount(queue: name) }
-        #expect(got == [.orders: 1, .behavior: 1, .points: 0, .push: 0])
+        #expect(got == [.orders: 1, .pipeline: 0, .push: 0])
         for name in queues.values { try? await connection.deleteQueue(name) }
         try? await connection.deleteExchange(exchange)
         await connection.close()
 
-        // Behavior's `#` takes it, and stores no row for it; an ordinary event in the same batch is stored.
+        // A former version's behavior queue (`#`) held such jobs: drained into the pipeline, no row is
+        // stored for it nor for another FanFlow follow-up; an external event in the same batch is stored.
         try await GatewayHarness.migrate()
         let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 2)
-        let other = Envelope(id: "test:\(UUID().uuidString)", platform: .fanflow, app: "", kind: EventKind("member.created"),
+        let followUp = Envelope(id: "test:\(UUID().uuidString)", platform: .fanflow, app: "", kind: EventKind("member.created"),
+                                subject: .init(), occurredAt: Date(), receivedAt: Date(), attributes: [:])
+        let other = Envelope(id: "test:\(UUID().uuidString)", platform: .server, app: "shop", kind: EventKind("member.created"),
                              subject: .init(), occurredAt: Date(), receivedAt: Date(), attributes: [:])
-        try await BehaviorStore(database: database).process([job, other])
-        let rows = try await database.query("SELECT id FROM events WHERE id = ANY($1::text[])", [PostgresArray([job.id, other.id])])
+        try await Pipeline(database: database, handlers: []).process([job, followUp, other])
+        let rows = try await database.query("SELECT id FROM events WHERE id = ANY($1::text[])",
+                                            [PostgresArray([job.id, followUp.id, other.id])])
         #expect(rows.compactMap { $0.string("id") } == [other.id])
         _ = try await database.query("DELETE FROM events WHERE id = $1", [other.id])
         await database.close()

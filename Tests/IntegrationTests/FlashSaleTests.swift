@@ -10,6 +10,7 @@ import HummingbirdTesting
 import Jobs
 import Logging
 import Loyalty
+import Members
 import Platforms
 import PostgresClient
 import RedisClient

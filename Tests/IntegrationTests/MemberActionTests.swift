@@ -6,6 +6,7 @@ import HummingbirdTesting
 import HTTPTypes
 import Logging
 import Loyalty
+import Members
 import Runtime
 import Testing
 import Workers

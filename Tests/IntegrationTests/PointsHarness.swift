@@ -4,8 +4,11 @@ import Foundation
 import Jobs
 import Logging
 import Loyalty
+import Members
+import Pipeline
 import PostgresClient
 import RedisClient
+import Scheduler
 import Storage
 import Testing
 import Workers
@@ -50,11 +53,18 @@ struct PointsHarness {
                         subject: .init(openid: openid, unionid: unionid), occurredAt: date, receivedAt: date, attributes: attributes)
     }
 
-    func pool(_ program: RuleBook.Program, redis: RedisPool? = nil, database: PostgresPool? = nil) -> PointsPool {
+    /// The loyalty program with a fixed program, on the harness's servers (or the given ones).
+    func loyalty(_ program: RuleBook.Program, redis: RedisPool? = nil, database: PostgresPool? = nil,
+                 news: any PointsNewsPolicy = AlwaysAnnounce()) -> LoyaltyService {
         let database = database ?? self.database
-        return PointsPool(rules: RuleBook(fixed: program), members: MemberDirectory(database: database),
-                          decider: PointsDecider(redis: redis ?? self.redis, calendar: PeriodCalendar(timeZone: timeZone)),
-                          ledger: Ledger(database: database))
+        return LoyaltyService(rules: RuleBook(fixed: program), members: MemberDirectory(database: database),
+                              decider: PointsDecider(redis: redis ?? self.redis, calendar: PeriodCalendar(timeZone: timeZone)),
+                              ledger: Ledger(database: database, news: news))
+    }
+
+    /// The pipeline as a worker runs it (history, then Loyalty, in one transaction per batch).
+    func pool(_ program: RuleBook.Program, redis: RedisPool? = nil, database: PostgresPool? = nil) -> Pipeline {
+        Pipeline.standard(database: database ?? self.database, loyalty: loyalty(program, redis: redis, database: database))
     }
 
     func publish(_ events: [Envelope]) async throws {

@@ -4,13 +4,15 @@ import Foundation
 import Jobs
 import Logging
 import Loyalty
+import Members
+import Pipeline
 import PostgresClient
 import RedisClient
 import Runtime
 import Testing
 import Workers
 
-@Suite("Points pool: exactly once, within caps, against real servers")
+@Suite("Points in the pipeline: exactly once, within caps, against real servers")
 struct PointsPoolTests {
     @Test("duplicate deliveries of one event, spread over three workers, give one grant")
     func duplicatesGrantOnce() async throws {
@@ -141,11 +143,12 @@ struct PointsPoolTests {
         let kind = h.kind("checkin")
         var rule = PointsRule(code: "\(h.prefix)-live", kinds: [kind], points: 2, growth: 0, reason: "live")
         try await store.put(rule)
-        let pool = PointsPool(rules: RuleBook(store: store, calendar: BusinessCalendarStore(database: h.database), timeZone: h.timeZone,
+        let loyalty = LoyaltyService(rules: RuleBook(store: store, calendar: BusinessCalendarStore(database: h.database), timeZone: h.timeZone,
                                                      refreshInterval: .milliseconds(500)),
-                              members: MemberDirectory(database: h.database),
-                              decider: PointsDecider(redis: h.redis, calendar: PeriodCalendar(timeZone: h.timeZone)),
-                              ledger: Ledger(database: h.database))
+                                     members: MemberDirectory(database: h.database),
+                                     decider: PointsDecider(redis: h.redis, calendar: PeriodCalendar(timeZone: h.timeZone)),
+                                     ledger: Ledger(database: h.database))
+        let pool = Pipeline.standard(database: h.database, loyalty: loyalty)
         try await pool.process([h.event("1", kind, openid: "o1", at: "2026-12-01T10:00:00+08:00")])
         rule.points = 7
         try await store.put(rule)
@@ -203,11 +206,9 @@ struct PointsPoolTests {
     func newsOff() async throws {
         let h = try await PointsHarness.open()
         let kind = h.kind("quiet")
-        let pool = PointsPool(rules: RuleBook(fixed: .init(rules: [PointsRule(code: "\(h.prefix)-q", kinds: [kind], points: 5, growth: 0, reason: "q")],
-                                                             levels: .standard)),
-                              members: MemberDirectory(database: h.database),
-                              decider: PointsDecider(redis: h.redis, calendar: PeriodCalendar(timeZone: h.timeZone)),
-                              ledger: Ledger(database: h.database, news: NeverAnnounce()))
+        let pool = Pipeline.standard(database: h.database, loyalty: h.loyalty(
+            .init(rules: [PointsRule(code: "\(h.prefix)-q", kinds: [kind], points: 5, growth: 0, reason: "q")], levels: .standard),
+            news: NeverAnnounce()))
         try await pool.process([h.event("1", kind, openid: "q1", at: "2026-12-01T10:00:00+08:00")])
         let member = try #require(try await h.member("q1"))
         #expect(member.points == 5)

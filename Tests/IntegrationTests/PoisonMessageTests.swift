@@ -2,6 +2,7 @@ import AMQPClient
 import Contracts
 import Foundation
 import Logging
+import Pipeline
 import PostgresClient
 import Runtime
 import Storage
@@ -52,7 +53,7 @@ struct PoisonQueue {
         var amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
         amqp.connectionName = "test-poison"
         return ConsumerService(amqp: amqp, queue: queue, prefetch: 200,
-                               handler: EnvelopeBatchHandler(BehaviorStore(database: database), logger: Logger(label: "test"),
+                               handler: EnvelopeBatchHandler(Pipeline(database: database, handlers: []), logger: Logger(label: "test"),
                                                              deadLetterAfter: deadLetterAfter),
                                logger: Logger(label: "test"))
     }

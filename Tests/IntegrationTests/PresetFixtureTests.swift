@@ -1,6 +1,7 @@
 import Contracts
 import Foundation
 import Loyalty
+import Members
 import Testing
 import Workers
 

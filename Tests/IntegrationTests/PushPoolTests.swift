@@ -9,6 +9,7 @@ import HummingbirdTesting
 import Jobs
 import Logging
 import Loyalty
+import Members
 import Platforms
 import PostgresClient
 import Pushes

@@ -2,6 +2,7 @@ import Contracts
 import Foundation
 import Jobs
 import Loyalty
+import Members
 import PostgresClient
 import Testing
 

@@ -4,6 +4,7 @@ import Foundation
 import Jobs
 import Logging
 import Loyalty
+import Members
 import PostgresClient
 import Runtime
 import Scheduler

@@ -5,6 +5,8 @@ import Hummingbird
 import HummingbirdTesting
 import HTTPTypes
 import Loyalty
+import Members
+import Pipeline
 import PostgresClient
 import Jobs
 import Testing
@@ -30,7 +32,7 @@ struct SubjectTests {
             Envelope(id: "\(app):webhook", platform: .wechat, app: app, kind: .subscribe, subject: .init(openid: "o-wx", verified: true),
                      occurredAt: now, receivedAt: now),
         ]
-        try await BehaviorStore(database: database).process(events)
+        try await Pipeline(database: database, handlers: []).process(events)
         let rows = try await database.query("SELECT id, member_id, verified, openid FROM events WHERE app = $1 ORDER BY id", [app])
         let byID = Dictionary(rows.map { ($0.string("id") ?? "", $0) }, uniquingKeysWith: { first, _ in first })
         #expect(rows.count == 3)
@@ -44,12 +46,12 @@ struct SubjectTests {
         await database.close()
     }
 
-    @Test("a share beacon with a member token reaches the points queue and grants on `share`; a claimed one grants nothing; page views never reach it")
+    @Test("a share beacon with a member token reaches the pipeline and grants on `share`; a claimed one grants nothing; page views never reach Loyalty")
     func verifiedShareEarns() async throws {
         let h = try await PointsHarness.open()
         let member = try await MemberDirectory(database: h.database).resolve(Identity(platform: .wechat, app: h.app, openid: "sharer"))
-        let pointsBindings = try #require(Topology.standard.queue(.points)).bindings
-        let toPoints = try await EventTap.open(bindings: pointsBindings)
+        let pipelineBindings = try #require(Topology.standard.queue(.pipeline)).bindings
+        let toPipeline = try await EventTap.open(bindings: pipelineBindings)
         let site = TestEnvironment.unique("site")
         try await GatewayHarness.run { client, tap, gateway in
             try await GatewayHarness.register(client, "server", site, ["secret": Self.secret])
@@ -65,9 +67,10 @@ struct SubjectTests {
                 }
             }
             #expect(try await tap.wait(app: site, count: 4).count == 4)
-            let routed = try await toPoints.wait(app: site, count: 2).map(\.envelope)
-            #expect(routed.count == 2)
-            #expect(routed.allSatisfy { $0.kind == .share })
+            // Every beacon is history, delivered once to the pipeline; Loyalty is shown the shares only.
+            let routed = try await toPipeline.wait(app: site, count: 4).map(\.envelope)
+            #expect(routed.count == 4)
+            #expect(routed.filter(LoyaltyService.selector.matches).map(\.kind) == [.share, .share])
             // Both rules would take a claim if anything could; the claimed share still earns nothing.
             let program = RuleBook.Program(rules: [
                 PointsRule(code: "\(h.prefix)-share", kinds: [.share], points: 3, growth: 1, reason: "share"),
@@ -75,7 +78,7 @@ struct SubjectTests {
             ], levels: .standard, calendar: BusinessCalendar(timeZone: h.timeZone))
             try await h.pool(program).process(routed)
         }
-        await toPoints.close()
+        await toPipeline.close()
         #expect(try await h.member("sharer")?.points == 5)
         let claimedMembers = try await h.database.query("SELECT count(*) AS c FROM member_identities WHERE app = $1", [site])
         #expect(claimedMembers.first?.int("c") == 0)

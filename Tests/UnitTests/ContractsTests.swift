@@ -61,10 +61,50 @@ struct ContractsTests {
     func wireNames() {
         #expect(Platform.allCases.map(\.rawValue) == ["wechat", "alipay", "weibo", "qq", "h5", "server", "fanflow"])
         #expect(ExchangeName.events.rawValue == "fanflow.events")
+        #expect(QueueName.pipeline.rawValue == "fanflow.pipeline")
+        #expect(QueueName.pipeline.deadLetter.rawValue == "fanflow.pipeline.dead")
         #expect(QueueName.points.rawValue == "fanflow.points")
         #expect(QueueName.points.deadLetter.rawValue == "fanflow.points.dead")
+        #expect(QueueName.behavior.rawValue == "fanflow.behavior")
         #expect(EventKind.communityPost.rawValue == "community.post")
-        #expect(Topology.standard.queue(.points)?.bindings.contains("h5.#") == false)
+    }
+
+    @Test("every external event reaches one work queue of the pipeline; the retired queues are bound by nothing and drain into it")
+    func pipelineTopology() {
+        let standard = Topology.standard
+        #expect(standard.queues.map(\.name) == [.pipeline, .orders, .push])
+        #expect(standard.queue(.pipeline)?.bindings == ["wechat.#", "alipay.#", "weibo.#", "qq.#", "server.#", "h5.#"])
+        #expect(standard.queue(.points) == nil && standard.queue(.behavior) == nil)
+        #expect(standard.retired.map(\.name) == [.behavior, .points])
+        #expect(standard.retired.allSatisfy { $0.successor == .pipeline })
+        #expect(standard.current(.points) == .pipeline && standard.current(.behavior) == .pipeline && standard.current(.orders) == .orders)
+        // No FanFlow follow-up is bound to the pipeline, and no external kind to orders.
+        let pipeline = EventSelector(standard.queue(.pipeline)?.bindings ?? [])
+        for key in ["fanflow.points.granted", "fanflow.member.level_changed", "fanflow.flashsale.reserved", "fanflow.push.retry",
+                    "fanflow.orders.reconcile"] {
+            #expect(!pipeline.matches(routingKey: key), "\(key)")
+        }
+        for key in ["wechat.subscribe", "alipay.message.text", "weibo.follow", "qq.click", "server.mall.order_paid", "h5.page_view", "h5.share"] {
+            #expect(pipeline.matches(routingKey: key), "\(key)")
+        }
+    }
+
+    @Test("selectors match routing keys as RabbitMQ's topic bindings do")
+    func selectorMatching() {
+        let selector = EventSelector(["wechat.#", "h5.share", "server.*.paid", "a.#.z"])
+        #expect(selector.matches(routingKey: "wechat"))
+        #expect(selector.matches(routingKey: "wechat.message.text"))
+        #expect(!selector.matches(routingKey: "wechatx.subscribe"))
+        #expect(selector.matches(routingKey: "h5.share"))
+        #expect(!selector.matches(routingKey: "h5.share.more"))
+        #expect(!selector.matches(routingKey: "h5.page_view"))
+        #expect(selector.matches(routingKey: "server.mall.paid"))
+        #expect(!selector.matches(routingKey: "server.paid"))
+        #expect(!selector.matches(routingKey: "server.a.b.paid"))
+        #expect(selector.matches(routingKey: "a.z") && selector.matches(routingKey: "a.b.c.z"))
+        #expect(!selector.matches(routingKey: "a.b.c"))
+        #expect(EventSelector.all.matches(routingKey: "") && EventSelector.all.matches(routingKey: "x.y"))
+        #expect(!EventSelector([]).matches(routingKey: "wechat.subscribe"))
     }
 }
 

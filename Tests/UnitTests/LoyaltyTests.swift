@@ -2,6 +2,7 @@ import Contracts
 import Foundation
 @testable import Gateway
 @testable import Loyalty
+import RedisClient
 import Testing
 
 @Suite("Loyalty: rules, levels and natural periods")
@@ -106,11 +107,22 @@ struct LoyaltyTests {
         #expect(shanghai.periods(of: try #require(RFC3339.parse("2027-01-01T12:00:00+08:00"))).week == "2026W53")
     }
 
-    @Test("a decision reply reads back; anything else is refused")
-    func decisionReply() {
-        #expect(Decision(reply: "capped:3:0") == Decision(status: .capped, points: 3, growth: 0))
-        #expect(Decision(reply: "granted:-1") == nil)
-        #expect(Decision(reply: "maybe:1:1") == nil)
+    @Test("a decision reply decodes into its fields; any other shape fails with the reply in a typed error")
+    func decisionReply() throws {
+        #expect(try Decision(reply: .array([.bulk(Array("capped".utf8)), .integer(3), .integer(0)]))
+                == Decision(status: .capped, points: 3, growth: 0))
+        let refused: [RedisReply] = [
+            .array([.bulk(Array("unreadable".utf8)), .bulk(Array("granted:-1".utf8))]),  // a stored value no version wrote
+            .array([.bulk(Array("maybe".utf8)), .integer(1), .integer(1)]),
+            .array([.bulk(Array("granted".utf8)), .integer(-1), .integer(0)]),
+            .array([.bulk(Array("granted".utf8)), .bulk(Array("1".utf8)), .integer(0)]),
+            .bulk(Array("granted:1:1".utf8)),  // the former reply shape
+            .null,
+        ]
+        for reply in refused {
+            #expect(throws: UnexpectedScriptReply.self) { try Decision(reply: reply) }
+        }
+        #expect(throws: Never.self) { try LoyaltyScripts.check() }
     }
 
     @Test("presets are valid rules")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/run brings a crashed process back, and stops for good on a configuration error.
 #
-# Starts the real scripts/run (gateway, one behavior consumer, scheduler, fake platform) against a
+# Starts the real scripts/run (gateway, one pipeline consumer, scheduler, fake platform) against a
 # vhost, a PostgreSQL database and a Redis database of its own, on free ports, then:
 #   1. kill -9 the gateway: the output names the exit (status 137, signal 9) and the restart, and
 #      /health answers again from a new process;
@@ -64,7 +64,7 @@ logged() { grep -qF "$1" "$work/run.log"; }
 
 # ---- 1-3: crash, restart, backoff, clean stop
 mkdir -p "$work/pids"
-FANFLOW_RUN_PID_DIR="$work/pids" FANFLOW_RUN_POOLS="behavior=1" setsid scripts/run > "$work/run.log" 2>&1 < /dev/null &
+FANFLOW_RUN_PID_DIR="$work/pids" FANFLOW_RUN_POOLS="pipeline=1" setsid scripts/run > "$work/run.log" 2>&1 < /dev/null &
 run_pid=$!
 if ! wait_for 120 health; then cat "$work/run.log" >&2; echo "run-restart: gateway never answered /health" >&2; exit 1; fi
 first=$(cat "$work/pids/gateway.pid")
@@ -102,7 +102,7 @@ health && fail "/health still answers after the stop"
 
 # ---- 4: a usage error is not restarted in a loop
 mkdir -p "$work/pids4"
-FANFLOW_RUN_PID_DIR="$work/pids4" FANFLOW_RUN_POOLS="behavior=1 nosuchpool=1" setsid scripts/run > "$work/run4.log" 2>&1 < /dev/null &
+FANFLOW_RUN_PID_DIR="$work/pids4" FANFLOW_RUN_POOLS="pipeline=1 nosuchpool=1" setsid scripts/run > "$work/run4.log" 2>&1 < /dev/null &
 run_pid=$!
 ended=1
 for _ in $(seq 600); do kill -0 "$run_pid" 2>/dev/null || { ended=0; break; }; sleep 0.2; done

@@ -2,6 +2,7 @@ import Contracts
 import Foundation
 import Hummingbird
 import Loyalty
+import Members
 
 /// `/admin/v1/points-rules`, `/admin/v1/levels` and `/admin/v1/members`: the loyalty program as
 /// operators and support staff see it. Workers pick rule changes up within seconds (``RuleBook``).

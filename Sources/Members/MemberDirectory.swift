@@ -2,18 +2,6 @@ import Contracts
 import Foundation
 import PostgresClient
 
-/// A member as one platform app knows them.
-public struct Identity: Sendable, Hashable {
-    public let platform: Platform
-    public let app: String
-    public let openid: String
-    public init(platform: Platform, app: String, openid: String) {
-        self.platform = platform
-        self.app = app
-        self.openid = openid
-    }
-}
-
 /// Resolves platform identities to members, creating a member on first sight.
 ///
 /// A unionid links the apps of one WeChat open platform: an openid seen for the first time with a
@@ -200,70 +188,48 @@ public struct MemberDirectory: Sendable {
         }
     }
 
-    /// What binding a phone number did.
-    public enum PhoneBinding: Sendable, Equatable {
-        /// The phone is now the member's.
-        case bound(member: Int64)
-        /// Another member already had the phone: the younger of the two was merged into the older.
-        case merged(from: Int64, into: Int64)
-        /// This event was applied before.
-        case alreadyApplied
+    /// Binds a verified phone number to the member, in a transaction of its own (see
+    /// ``bindPhone(_:member:eventID:participants:on:)``).
+    public func bindPhone(_ phone: String, member: Int64, eventID: String,
+                          participants: [any MemberMergeParticipant]) async throws -> PhoneBinding {
+        try await database.transaction { connection in
+            try Self.bindPhone(phone, member: member, eventID: eventID, participants: participants, on: connection)
+        }
     }
 
-    /// Binds a verified phone number to the member. A phone is one person: if another member has
-    /// it, the two become one, the older surviving. Identities, ledger entries, tags, product codes
-    /// and redemptions move to the survivor, both balances are recomputed from their ledgers, the
-    /// merge is recorded, and the event id makes it idempotent.
-    public func bindPhone(_ phone: String, member: Int64, eventID: String, levels: LevelTable) async throws -> PhoneBinding {
-        try await database.transaction { connection -> PhoneBinding in
-            if !(try connection.query("SELECT 1 FROM member_merges WHERE event_id = $1", [eventID]).isEmpty) { return .alreadyApplied }
-            // A member merged before stands for its survivor.
-            var current = member
-            while let next = try connection.query("SELECT merged_into FROM members WHERE id = $1 FOR UPDATE", [current])
-                .first?.int("merged_into").map(Int64.init) {
-                current = next
-            }
-            guard let owner = try connection.query("SELECT id FROM members WHERE phone = $1 FOR UPDATE", [phone])
-                .first?.int("id").map(Int64.init), owner != current else {
-                try connection.query("UPDATE members SET phone = $2, updated_at = now() WHERE id = $1", [current, phone])
-                return .bound(member: current)
-            }
-            let survivor = min(owner, current), absorbed = max(owner, current)
-            try connection.query("UPDATE members SET phone = NULL WHERE id = $1", [absorbed])
-            try connection.query("UPDATE member_identities SET member_id = $1 WHERE member_id = $2", [survivor, absorbed])
-            // An entry the survivor already has for the same event and rule (a self-referral) stays behind.
-            try connection.query("""
-                UPDATE ledger l SET member_id = $1 WHERE l.member_id = $2 AND NOT EXISTS (
-                    SELECT 1 FROM ledger s WHERE s.member_id = $1 AND s.event_id = l.event_id AND s.rule = l.rule AND s.kind = l.kind)
-                """, [survivor, absorbed])
-            try connection.query("""
-                INSERT INTO member_tags (member_id, tag, created_at) SELECT $1, tag, created_at FROM member_tags WHERE member_id = $2
-                ON CONFLICT DO NOTHING
-                """, [survivor, absorbed])
-            try connection.query("DELETE FROM member_tags WHERE member_id = $1", [absorbed])
-            try connection.query("UPDATE product_codes SET verified_by = $1 WHERE verified_by = $2", [survivor, absorbed])
-            try connection.query("""
-                UPDATE redemptions r SET member_id = $1 WHERE r.member_id = $2
-                  AND NOT EXISTS (SELECT 1 FROM redemptions s WHERE s.member_id = $1 AND s.request_id = r.request_id)
-                """, [survivor, absorbed])
-            for id in [survivor, absorbed] {
-                try connection.query("""
-                    UPDATE members SET
-                      points = coalesce((SELECT sum(points) FROM ledger WHERE member_id = $1 AND kind NOT IN ('pending', 'cancelled')), 0),
-                      growth = coalesce((SELECT sum(growth) FROM ledger WHERE member_id = $1 AND kind NOT IN ('pending', 'cancelled')), 0),
-                      pending_points = coalesce((SELECT sum(points) FROM ledger WHERE member_id = $1 AND kind = 'pending' AND settled_at IS NULL), 0),
-                      pending_growth = coalesce((SELECT sum(growth) FROM ledger WHERE member_id = $1 AND kind = 'pending' AND settled_at IS NULL), 0),
-                      updated_at = now()
-                    WHERE id = $1
-                    """, [id])
-            }
-            try connection.query("UPDATE members SET phone = $2, merged_into = NULL WHERE id = $1", [survivor, phone])
-            try connection.query("UPDATE members SET merged_into = $1 WHERE id = $2", [survivor, absorbed])
-            try connection.query("INSERT INTO member_merges (from_member, into_member, phone, event_id) VALUES ($1, $2, $3, $4)",
-                                 [absorbed, survivor, phone, eventID])
-            // The survivor's growth grew by the absorbed member's: its level may change.
-            _ = try Ledger.updateBalances([survivor: Ledger.Delta(cause: eventID)], levels: levels, on: connection, force: true)
-            return .merged(from: absorbed, into: survivor)
+    /// Binds a verified phone number to the member, in the caller's transaction. A phone is one
+    /// person: if another member has it, the two become one, the older surviving. Identities and
+    /// tags move here; every domain that keeps rows by member moves its own (`participants`, in the
+    /// same transaction); the merge is recorded, and the event id makes it idempotent.
+    public static func bindPhone(_ phone: String, member: Int64, eventID: String, participants: [any MemberMergeParticipant],
+                                 on connection: isolated PostgresConnection) throws -> PhoneBinding {
+        if !(try connection.query("SELECT 1 FROM member_merges WHERE event_id = $1", [eventID]).isEmpty) { return .alreadyApplied }
+        // A member merged before stands for its survivor.
+        var current = member
+        while let next = try connection.query("SELECT merged_into FROM members WHERE id = $1 FOR UPDATE", [current])
+            .first?.int("merged_into").map(Int64.init) {
+            current = next
         }
+        guard let owner = try connection.query("SELECT id FROM members WHERE phone = $1 FOR UPDATE", [phone])
+            .first?.int("id").map(Int64.init), owner != current else {
+            try connection.query("UPDATE members SET phone = $2, updated_at = now() WHERE id = $1", [current, phone])
+            return .bound(member: current)
+        }
+        let survivor = min(owner, current), absorbed = max(owner, current)
+        try connection.query("UPDATE members SET phone = NULL WHERE id = $1", [absorbed])
+        try connection.query("UPDATE member_identities SET member_id = $1 WHERE member_id = $2", [survivor, absorbed])
+        try connection.query("""
+            INSERT INTO member_tags (member_id, tag, created_at) SELECT $1, tag, created_at FROM member_tags WHERE member_id = $2
+            ON CONFLICT DO NOTHING
+            """, [survivor, absorbed])
+        try connection.query("DELETE FROM member_tags WHERE member_id = $1", [absorbed])
+        for participant in participants {
+            try participant.merge(absorbed, into: survivor, cause: eventID, on: connection)
+        }
+        try connection.query("UPDATE members SET phone = $2, merged_into = NULL WHERE id = $1", [survivor, phone])
+        try connection.query("UPDATE members SET merged_into = $1 WHERE id = $2", [survivor, absorbed])
+        try connection.query("INSERT INTO member_merges (from_member, into_member, phone, event_id) VALUES ($1, $2, $3, $4)",
+                             [absorbed, survivor, phone, eventID])
+        return .merged(from: absorbed, into: survivor)
     }
 }
