@@ -15,13 +15,8 @@ public struct PublishJobHandler: JobHandler {
 
     public init(broker: ManagedAMQPConnection) { self.broker = broker }
 
-    public static func envelope(for job: Job, now: Date = Date()) -> Envelope {
-        var attributes = job.payload
-        attributes["jobId"] = .integer(job.id)
-        attributes["attempt"] = .integer(Int64(job.attempts))
-        return Envelope(id: "fanflow:job:\(job.id)", platform: .fanflow, app: job.payload["app"]?.string ?? "", kind: EventKind(job.kind.rawValue),
-                        subject: .init(), occurredAt: job.dueAt, receivedAt: now, attributes: attributes)
-    }
+    /// What is published for `job` (``Jobs/Job/envelope(receivedAt:)``).
+    public static func envelope(for job: Job, now: Date = Date()) -> Envelope { job.envelope(receivedAt: now) }
 
     public func run(_ jobs: [Job]) async -> [JobOutcome] {
         let connection: AMQPConnection

@@ -61,6 +61,7 @@ struct GatewayCommand: AsyncParsableCommand {
         let configuration = try loadConfiguration(role: .gateway)
         let logger = Logger(label: "fanflow.gateway")
         try FlashSaleScripts.check()  // a missing Lua resource stops the start, naming the file
+        try PushScripts.check()       // push-stats reads its figures with them
         let gateway = try await Gateway(configuration: configuration, logger: logger)
         logger.notice("gateway listening", metadata: ["address": "http://\(configuration.httpHost):\(configuration.httpPort)"])
         try await runServices([gateway.application()], logger: logger)
@@ -91,8 +92,9 @@ struct WorkerCommand: AsyncParsableCommand {
         var amqp = try AMQPConfiguration(url: configuration.amqpURL)
         amqp.connectionName = "fanflow-worker"
         // A push consumer has many sends in flight at once (its whole batch), each claiming and
-        // recording its push: it gets more connections than a pool writing one transaction a batch.
-        let connections = specs.reduce(0) { $0 + $1.consumers * ($1.name == .push ? 8 : 1) } + 1
+        // recording its push: it gets more connections than a pool writing one transaction a batch,
+        // and as many again for its job runner, whose batch of sends is as wide.
+        let connections = specs.reduce(0) { $0 + $1.consumers * ($1.name == .push ? 16 : 1) } + 1
         let database = PostgresPool(url: configuration.databaseURL, maximumConnections: max(2, connections))
         var services: [any Service] = []
         var closers: [@Sendable () async -> Void] = [{ await database.close() }]
@@ -128,10 +130,20 @@ struct WorkerCommand: AsyncParsableCommand {
                 handler = EnvelopeBatchHandler(OrdersPool(store: FlashSaleStore(database: database), stock: FlashSaleStock(redis: redis),
                                                           logger: logger), logger: logger, deadLetterAfter: configuration.deadLetterAfter)
             case .push:
+                try PushScripts.check()
+                try PlatformScripts.check()
                 let redis = try await RedisPool(url: configuration.redisURL, size: 2)
                 closers.append({ await redis.close() })
-                handler = EnvelopeBatchHandler(try pushPool(configuration: configuration, database: database, redis: redis, logger: logger),
-                                               logger: logger, deadLetterAfter: configuration.deadLetterAfter)
+                let service = try pushService(configuration: configuration, database: database, redis: redis, logger: logger)
+                handler = EnvelopeBatchHandler(PushPool(service: service, logger: logger), logger: logger,
+                                               deadLetterAfter: configuration.deadLetterAfter)
+                // Push jobs (retries, broadcast batches and their sends, payment reminders) run here,
+                // a runner per consumer with a batch as wide as a consumer's prefetch, not through the
+                // scheduler and the broker.
+                let jobs = PushPool.jobs(service, runners: spec.consumers, limit: prefetch)
+                services += jobs.services(store: JobStore(database: database), logger: logger)
+                logger.info("running job kinds", metadata: ["pool": "\(spec.name.rawValue)", "kinds": "\(jobs.kinds.map(\.rawValue).joined(separator: ","))",
+                                                            "runners": "\(jobs.runners)", "batch": "\(jobs.batchSize)"])
             }
             for _ in 0..<spec.consumers {
                 services.append(ConsumerService(amqp: amqp, queue: spec.name.queue, prefetch: prefetch,
@@ -198,10 +210,9 @@ struct SchedulerCommand: AsyncParsableCommand {
             .merging(MaintenanceJobs.handlers(store: store)) { first, _ in first }
             .merging([FlashSaleStore.expireJob: PublishJobHandler(broker: broker),
                       FlashSaleStore.loadJob: PublishJobHandler(broker: broker),
-                      FlashSaleStore.reminderJob: PublishJobHandler(broker: broker),
                       FlashSaleStore.reconcileJob: PublishJobHandler(broker: broker),
                       FlashSaleStore.legacyReconcileJob: PublishJobHandler(broker: broker)]) { first, _ in first }
-            .merging(PushJobs.kinds.map { ($0, PublishJobHandler(broker: broker)) }) { first, _ in first }
+        // Push jobs (PushJobs.kinds and FlashSaleStore.reminderJob) are not here: the push worker runs them.
         let runner = JobRunner(store: store, handlers: handlers, configuration: runnerConfiguration, metrics: metrics, logger: logger)
         var services: [any Service] = [
             LeaderElection(databaseURL: configuration.databaseURL, logger: logger) { periodic.setLeading($0) }, periodic, runner,
@@ -398,10 +409,10 @@ struct ReconcileCommand: AsyncParsableCommand {
     }
 }
 
-/// The push pool as `fanflow worker --pool push=N` runs it: WeChat's and Alipay's APIs (or the
+/// The push service as `fanflow worker --pool push=N` runs it: WeChat's and Alipay's APIs (or the
 /// fake) through AsyncHTTPClient, app secrets and keys from the registered apps, WeChat tokens
 /// shared through Redis.
-func pushPool(configuration: FanFlowConfiguration, database: PostgresPool, redis: RedisPool, logger: Logger) throws -> PushPool {
+func pushService(configuration: FanFlowConfiguration, database: PostgresPool, redis: RedisPool, logger: Logger) throws -> PushService {
     // App secrets are sealed with a key derived from FANFLOW_SECRET_KEY: the push pool needs it too.
     let apps = AppRegistry(database: database, keys: try SecretKeys(base64: configuration.secretKey), logger: logger)
     let client = WeChatClient(http: HTTPClient.shared, base: configuration.wechatAPIBase)
@@ -415,7 +426,7 @@ func pushPool(configuration: FanFlowConfiguration, database: PostgresPool, redis
     }
     let sender = PushSender(client: client, broker: broker, alipay: AlipayClient(http: HTTPClient.shared, base: configuration.alipayAPIBase),
                             alipayKeys: alipayKeys)
-    return PushPool(store: PushStore(database: database), sender: sender,
-                    pace: PushPace(redis: redis, ratePerSecond: configuration.pushRatePerApp, dailyQuota: configuration.pushDailyQuota),
-                    jobs: JobStore(database: database), logger: logger)
+    return PushPool.service(database: database, sender: sender,
+                            pace: PushPace(redis: redis, ratePerSecond: configuration.pushRatePerApp, dailyQuota: configuration.pushDailyQuota),
+                            logger: logger)
 }

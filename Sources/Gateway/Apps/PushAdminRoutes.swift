@@ -3,18 +3,45 @@ import Foundation
 import Hummingbird
 import Pushes
 
+/// The machine-readable codes of the push admin routes' refusals (`{"error":{"code":…}}`), their
+/// wire names chosen once.
+enum PushAdminError: String, Sendable, CaseIterable {
+    case invalidTemplate = "invalid_template"
+    case unknownTemplate = "unknown_template"
+    case templateInUse = "template_in_use"
+    case invalidPreset = "invalid_preset"
+    case invalidTrigger = "invalid_trigger"
+    case unknownTrigger = "unknown_trigger"
+    case redisUnavailable = "redis_unavailable"
+    case malformedJSON = "malformed_json"
+    case invalidBroadcast = "invalid_broadcast"
+    case unknownBroadcast = "unknown_broadcast"
+    case alreadyCancelled = "already_cancelled"
+    case invalidID = "invalid_id"
+    case invalidStatus = "invalid_status"
+    case invalidBefore = "invalid_before"
+}
+
+extension GatewayError {
+    init(_ status: HTTPResponse.Status, _ code: PushAdminError, _ message: String, detail: String? = nil) {
+        self.init(status, code.rawValue, message, detail: detail)
+    }
+}
+
 /// `/admin/v1/templates/{code}` (message templates, checked when saved), `/admin/v1/push-triggers`
-/// (which event sends which template), `/admin/v1/pushes` (every push and what became of it) and
-/// `/admin/v1/push-stats` (today's outcomes and quota per app).
+/// (which event sends which template), `/admin/v1/broadcasts` (through the ``Broadcasts`` service),
+/// `/admin/v1/pushes` (every push and what became of it) and `/admin/v1/push-stats` (today's
+/// outcomes and quota per app).
 extension Gateway {
     func addPushAdminRoutes(_ admin: RouterGroup<GatewayRequestContext>) {
         let store = PushStore(database: database)
+        let broadcasts = Broadcasts(store: store)
 
         admin.put("/templates/:code") { request, context in
             let body = try await request.collectBody(upTo: 64 * 1024)
             let template: PushTemplate
             do { template = try PushTemplate.parse(code: context.parameters.get("code") ?? "", json: body) } catch {
-                throw GatewayError.badRequest("invalid_template", "\(error)")
+                throw GatewayError(.badRequest, .invalidTemplate, "\(error)")
             }
             let outcome = try await stored { try await store.put(template) }
             return Response.json(template.json, status: outcome == .created ? .created : .ok)
@@ -30,7 +57,7 @@ extension Gateway {
             case .deleted: return Response(status: .noContent)
             case .notFound: throw Self.unknownTemplate(code)
             case .inUse(let triggers):
-                throw GatewayError(.conflict, "template_in_use", "triggers \(triggers.joined(separator: ", ")) send this template")
+                throw GatewayError(.conflict, .templateInUse, "triggers \(triggers.joined(separator: ", ")) send this template")
             }
         }
 
@@ -38,7 +65,7 @@ extension Gateway {
         admin.post("/push-triggers/presets/standard") { request, _ in
             let body = try await request.collectBody(upTo: 16 * 1024)
             let preset: PushPreset
-            do { preset = try PushPreset.parse(json: body) } catch { throw GatewayError.badRequest("invalid_preset", "\(error)") }
+            do { preset = try PushPreset.parse(json: body) } catch { throw GatewayError(.badRequest, .invalidPreset, "\(error)") }
             try await stored {
                 for template in preset.templates { _ = try await store.put(template) }
                 for trigger in preset.triggers { _ = try await store.put(trigger) }
@@ -51,7 +78,7 @@ extension Gateway {
             let quota = configuration.pushDailyQuota
             let today: (day: String, apps: [PushStats.AppDay])
             do { today = try await PushStats(redis: redis).today(dailyQuota: quota) } catch {
-                throw GatewayError.unavailable("redis_unavailable", "Redis did not answer; retry", detail: "\(error)")
+                throw GatewayError(.serviceUnavailable, .redisUnavailable, "Redis did not answer; retry", detail: "\(error)")
             }
             return Response.json([
                 "day": .string(today.day), "dailyQuota": .integer(Int64(quota)),
@@ -67,10 +94,10 @@ extension Gateway {
             let body = try await request.collectBody(upTo: 16 * 1024)
             let trigger: PushTrigger
             do { trigger = try PushTrigger.parse(code: context.parameters.get("code") ?? "", json: body) } catch {
-                throw GatewayError.badRequest("invalid_trigger", "\(error)")
+                throw GatewayError(.badRequest, .invalidTrigger, "\(error)")
             }
             switch try await stored({ try await store.put(trigger) }) {
-            case .unknownTemplate: throw GatewayError(.conflict, "unknown_template", "no template \(trigger.template): save it first")
+            case .unknownTemplate: throw GatewayError(.conflict, .unknownTemplate, "no template \(trigger.template): save it first")
             case .created: return Response.json(trigger.json, status: .created)
             case .updated: return Response.json(trigger.json)
             }
@@ -82,14 +109,14 @@ extension Gateway {
         admin.get("/push-triggers/:code") { _, context in
             let code = context.parameters.get("code") ?? ""
             guard let trigger = try await stored({ try await store.trigger(code) }) else {
-                throw GatewayError(.notFound, "unknown_trigger", "no push trigger \(code)")
+                throw GatewayError(.notFound, .unknownTrigger, "no push trigger \(code)")
             }
             return Response.json(trigger.json)
         }
         admin.delete("/push-triggers/:code") { _, context in
             let code = context.parameters.get("code") ?? ""
             guard try await stored({ try await store.deleteTrigger(code) }) else {
-                throw GatewayError(.notFound, "unknown_trigger", "no push trigger \(code)")
+                throw GatewayError(.notFound, .unknownTrigger, "no push trigger \(code)")
             }
             return Response(status: .noContent)
         }
@@ -97,73 +124,75 @@ extension Gateway {
         admin.post("/broadcasts") { request, _ in
             let body = try await request.collectBody(upTo: 16 * 1024)
             guard case .object(let object)? = try? JSONValue.parse(body) else {
-                throw GatewayError.badRequest("malformed_json", #"body must be {"template","tags":[…],"at"?}"#)
+                throw GatewayError(.badRequest, .malformedJSON, #"body must be {"template","tags":[…],"at"?}"#)
             }
             guard let template = object["template"]?.string, PushTemplate.isValidCode(template) else {
-                throw GatewayError.badRequest("invalid_broadcast", "template must be a template's code")
+                throw GatewayError(.badRequest, .invalidBroadcast, "template must be a template's code")
             }
             guard case .array(let list)? = object["tags"], (1...20).contains(list.count),
                   case let tags = list.compactMap(\.string), tags.count == list.count, tags.allSatisfy({ (1...64).contains($0.count) }) else {
-                throw GatewayError.badRequest("invalid_broadcast", "tags must be 1-20 tags; members with any of them receive it")
+                throw GatewayError(.badRequest, .invalidBroadcast, "tags must be 1-20 tags; members with any of them receive it")
             }
             var at = Date()
             if let given = object["at"], given != .null {
                 guard let text = given.string, let date = RFC3339.parse(text) else {
-                    throw GatewayError.badRequest("invalid_broadcast", "at must be an RFC 3339 time")
+                    throw GatewayError(.badRequest, .invalidBroadcast, "at must be an RFC 3339 time")
                 }
                 at = max(at, date)
             }
             let due = at
-            let created = try await stored { try await store.createBroadcast(template: template, tags: tags, at: due) }
-            guard let created else { throw GatewayError(.conflict, "unknown_template", "no template \(template): save it first") }
-            return Response.json(created.json, status: .created)
+            switch try await stored({ try await broadcasts.create(template: template, tags: tags, at: due) }) {
+            case .created(let created): return Response.json(created.json, status: .created)
+            case .unknownTemplate: throw GatewayError(.conflict, .unknownTemplate, "no template \(template): save it first")
+            }
         }
         admin.get("/broadcasts/:id") { _, context in
             let id = try Self.broadcastID(context)
-            guard let broadcast = try await stored({ try await store.broadcast(id) }) else { throw Self.unknownBroadcast(id) }
+            guard let broadcast = try await stored({ try await broadcasts.broadcast(id) }) else { throw Self.unknownBroadcast(id) }
             return Response.json(broadcast.json)
         }
         admin.post("/broadcasts/:id/cancel") { _, context in
             let id = try Self.broadcastID(context)
-            guard try await stored({ try await store.cancelBroadcast(id) }) else {
-                guard try await stored({ try await store.broadcast(id) }) != nil else { throw Self.unknownBroadcast(id) }
-                throw GatewayError(.conflict, "already_cancelled", "broadcast \(id) is already cancelled")
+            switch try await stored({ try await broadcasts.cancel(id) }) {
+            case .cancelled(let broadcast): return Response.json(broadcast.json)
+            case .alreadyCancelled: throw GatewayError(.conflict, .alreadyCancelled, "broadcast \(id) is already cancelled")
+            case .unknownBroadcast: throw Self.unknownBroadcast(id)
             }
-            guard let broadcast = try await stored({ try await store.broadcast(id) }) else { throw Self.unknownBroadcast(id) }
-            return Response.json(broadcast.json)
         }
 
         admin.get("/pushes") { request, _ in
             let query = request.uri.queryParameters
             let member = try Self.integerParameter(query["member"].map(String.init), name: "member", range: 1...Int.max)
-            let status = query["status"].map(String.init).flatMap { $0.isEmpty ? nil : $0 }
-            if let status, !Self.pushStatuses.contains(status) {
-                throw GatewayError.badRequest("invalid_status", "status must be one of \(Self.pushStatuses.sorted().joined(separator: ", "))")
+            var status: PushStatus?
+            if let text = query["status"].map(String.init), !text.isEmpty {
+                guard let known = PushStatus(rawValue: text) else {
+                    throw GatewayError(.badRequest, .invalidStatus,
+                                       "status must be one of \(PushStatus.allCases.map(\.rawValue).sorted().joined(separator: ", "))")
+                }
+                status = known
             }
             let limit = try Self.integerParameter(query["limit"].map(String.init), name: "limit", range: 1...500) ?? 50
             var before: Date?
             if let text = query["before"].map(String.init) {
-                guard let date = RFC3339.parse(text) else { throw GatewayError.badRequest("invalid_before", "before must be an RFC 3339 time") }
+                guard let date = RFC3339.parse(text) else { throw GatewayError(.badRequest, .invalidBefore, "before must be an RFC 3339 time") }
                 before = date
             }
-            let page = try await stored { try await store.pushes(member: member.map(Int64.init), status: status, limit: limit, before: before) }
+            let wanted = status
+            let page = try await stored { try await store.pushes(member: member.map(Int64.init), status: wanted, limit: limit, before: before) }
             var body: [String: JSONValue] = ["pushes": .array(page.map(\.json))]
             body["nextBefore"] = page.count == limit ? page.last.map { .string(RFC3339.format($0.createdAt)) } ?? .null : .null
             return Response.json(body)
         }
     }
 
-    static let pushStatuses: Set<String> = ["pending", "sending", "cancelled", "sent", "delivered", "user_block", "system_failed", "unsubscribed", "refused",
-                                            "deferred", "dead"]
-
     static func broadcastID(_ context: GatewayRequestContext) throws(GatewayError) -> Int64 {
         guard let id = context.parameters.get("id").flatMap({ Int64($0) }), id > 0 else {
-            throw GatewayError.badRequest("invalid_id", "a broadcast id is a positive integer")
+            throw GatewayError(.badRequest, .invalidID, "a broadcast id is a positive integer")
         }
         return id
     }
 
-    static func unknownBroadcast(_ id: Int64) -> GatewayError { GatewayError(.notFound, "unknown_broadcast", "no broadcast \(id)") }
+    static func unknownBroadcast(_ id: Int64) -> GatewayError { GatewayError(.notFound, .unknownBroadcast, "no broadcast \(id)") }
 
-    static func unknownTemplate(_ code: String) -> GatewayError { GatewayError(.notFound, "unknown_template", "no template \(code)") }
+    static func unknownTemplate(_ code: String) -> GatewayError { GatewayError(.notFound, .unknownTemplate, "no template \(code)") }
 }
