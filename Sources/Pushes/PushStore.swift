@@ -375,8 +375,8 @@ extension PushStore {
             SELECT id, template, to_json(tags)::text AS tags, extract(epoch FROM due_at)::float8 AS due_at, status, recipients, cursor
             FROM broadcasts WHERE id = $1
             """, [id]).first else { return nil }
-        let status = try row.require("status", as: String.self)
-        guard let status = BroadcastStatus(rawValue: status) else { throw PostgresError(.column, "status \(status) is not a broadcast status") }
+        let text = try row.require("status", as: String.self)
+        guard let status = BroadcastStatus(rawValue: text) else { throw PostgresError(.column, "status \(text) is not a broadcast status") }
         var broadcast = Broadcast(id: id, template: try row.require("template"), tags: try Self.tags(row, of: id),
                                   dueAt: Date(timeIntervalSince1970: try row.require("due_at")), status: status,
                                   recipients: try row.require("recipients"), cursor: try row.require("cursor"))

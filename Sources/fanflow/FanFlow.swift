@@ -141,7 +141,7 @@ struct WorkerCommand: AsyncParsableCommand {
                 // a runner per consumer with a batch as wide as a consumer's prefetch, not through the
                 // scheduler and the broker.
                 let jobs = PushPool.jobs(service, runners: spec.consumers, limit: prefetch)
-                services += jobs.services(store: JobStore(database: database), logger: logger)
+                services += jobs.services(store: JobStore(database: database), logger: logger).map { $0 as any Service }
                 logger.info("running job kinds", metadata: ["pool": "\(spec.name.rawValue)", "kinds": "\(jobs.kinds.map(\.rawValue).joined(separator: ","))",
                                                             "runners": "\(jobs.runners)", "batch": "\(jobs.batchSize)"])
             }

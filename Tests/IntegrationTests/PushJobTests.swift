@@ -7,6 +7,7 @@ import Logging
 import Loyalty
 import PostgresClient
 import Pushes
+import Runtime
 import Scheduler
 import Testing
 import Workers

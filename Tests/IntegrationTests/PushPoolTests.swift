@@ -322,10 +322,12 @@ struct PushPoolTests {
         return ids
     }
 
-    /// The push worker's job runners as `fanflow worker --pool push=<count>` starts them (a batch
-    /// as wide as the default prefetch of 500), running until cancelled.
-    static func jobRunners(_ setup: Setup, count: Int = 2) -> [Task<Void, any Error>] {
-        PushPool.jobs(setup.service, runners: count, limit: 500).services(store: JobStore(database: setup.database), logger: logger)
+    /// The push worker's job runners as `fanflow worker --pool push=<count> --prefetch <limit>`
+    /// starts them, running until cancelled. 100 wide, as the test consumers' prefetch: every
+    /// send of a batch polls the pace while it waits, and 1,000 of them would cost this machine's
+    /// two cores more than the pace measures.
+    static func jobRunners(_ setup: Setup, count: Int = 2, limit: Int = 100) -> [Task<Void, any Error>] {
+        PushPool.jobs(setup.service, runners: count, limit: limit).services(store: JobStore(database: setup.database), logger: logger)
             .map { runner in Task { try await runner.run() } }
     }
 

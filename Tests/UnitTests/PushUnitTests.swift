@@ -2,7 +2,7 @@ import Contracts
 import FlashSales
 import Foundation
 @testable import Gateway
-import Jobs
+@testable import Jobs
 @testable import Platforms
 @testable import PostgresClient
 @testable import Pushes
