@@ -58,6 +58,13 @@ extension PushPoolTests {
             let fan = Identity(platform: .wechat, app: app, openid: "retry-fan")
             let member = try #require(try await MemberDirectory(database: database).resolve([fan: nil])[fan])
 
+            // The reminder's trigger, saved first: the worker reads triggers at most every 3 s.
+            let remind = TestEnvironment.unique("jremind"), remindTrigger = TestEnvironment.unique("t-jremind")
+            _ = try await Self.put(setup.client, "/admin/v1/templates/\(remind)",
+                                   #"{"appId":"\#(app)","templateId":"TPL-JR","fields":{"first":"Pay {{amountYuan}} by {{payBy}}"}}"#)
+            _ = try await Self.put(setup.client, "/admin/v1/push-triggers/\(remindTrigger)",
+                                   #"{"event":"fanflow.push.flashsale_reminder","template":"\#(remind)"}"#)
+
             // The first attempt fails (503): the service says so, with the retry's job written.
             fake.inject(status: 503, times: 1)
             let change = Self.levelChange(member: member)
@@ -70,11 +77,6 @@ extension PushPoolTests {
             #expect(try await Self.jobStatuses(database, kind: PushJobs.retry, pushID: pushID) == ["scheduled"])
 
             // A payment reminder, made due now (it is written due 5 minutes before the pay-by time).
-            let remind = TestEnvironment.unique("jremind"), remindTrigger = TestEnvironment.unique("t-jremind")
-            _ = try await Self.put(setup.client, "/admin/v1/templates/\(remind)",
-                                   #"{"appId":"\#(app)","templateId":"TPL-JR","fields":{"first":"Pay {{amountYuan}} by {{payBy}}"}}"#)
-            _ = try await Self.put(setup.client, "/admin/v1/push-triggers/\(remindTrigger)",
-                                   #"{"event":"fanflow.push.flashsale_reminder","template":"\#(remind)"}"#)
             let sale = TestEnvironment.unique("jfs")
             _ = try await PointsAdminTests.call(setup.client, .put, "/admin/v1/flash-sales/\(sale)", FlashSaleTests.sale(stock: 5, limit: 2))
             let reservation = FlashSaleStore.ReservationEvent(reservationID: UUID().uuidString, sale: sale, member: member, quantity: 1,
