@@ -46,8 +46,9 @@ public enum ReceiptOutcome: Sendable, Equatable {
 public struct PushDelivery: Sendable {
     /// When a failed attempt is tried again, and how often.
     public struct RetryPolicy: Sendable, Equatable {
-        /// Attempts in all, the first included: 6 at a 2 s base wait at most 2 + 4 + 8 + 16 + 32 =
-        /// 62 s between them, so a platform outage of about a minute costs no push.
+        /// Attempts in all, the first included: 6 at a 2 s base spread the 5 retries over 31 s to
+        /// 62 s (2 + 4 + 8 + 16 + 32 at full jitter's ceiling, half that at its floor), so a
+        /// platform outage shorter than half a minute costs no push.
         public var maxAttempts: Int = 6
         /// Attempt n + 1 is due `base × 2^n × [0.5, 1]` after attempt n failed (full jitter:
         /// workers that failed together do not come back together).
