@@ -103,26 +103,19 @@ public struct PushDelivery: Sendable {
     /// so, the next attempt's job written with it.
     func attempt(id: String, platform: String, app: String, openid: String, message: RenderedMessage, attempt: Int) async throws -> SendOutcome {
         guard try await store.claim(id, attempt: attempt) else { return .alreadySettled }
-        do {
-            pacing: while true {
-                switch try await pace.take(app: app) {
-                case .go:
-                    break pacing
-                case .wait(let milliseconds):
-                    try await Task.sleep(for: .milliseconds(max(1, milliseconds)))
-                case .quotaSpent(let resetsAt):
-                    let due = policy.deferralDue(resetsAt)
-                    await count(.deferred, app: app)
-                    try await store.record(id, status: .deferred, error: "daily quota spent", next: PushJobs.attempt(id, attempt: attempt + 1, at: due))
-                    return .deferred(until: due, reason: "daily quota spent")
-                }
-            }
-        } catch {
+        let admission: PushPace.Admission
+        do { admission = try await pace.admit(app: app) } catch {
             // The platform was not called (Redis failed, or the wait was cancelled): the claim is
             // given back, so the job or message retried for this attempt sends it instead of
             // finding it `sending` for ever.
             try? await store.unclaim(id, attempt: attempt)
             throw error
+        }
+        if case .quotaSpent(let resetsAt) = admission {
+            let due = policy.deferralDue(resetsAt)
+            await count(.deferred, app: app)
+            try await store.record(id, status: .deferred, error: "daily quota spent", next: PushJobs.attempt(id, attempt: attempt + 1, at: due))
+            return .deferred(until: due, reason: "daily quota spent")
         }
         let outcome = platform == Platform.alipay.rawValue
             ? await sender.sendAlipayTemplate(app: app, message.alipayMessage(to: openid))

@@ -54,15 +54,39 @@ struct PushUnitTests {
         #expect(envelope.occurredAt == job.dueAt)
     }
 
-    @Test("pace.lua's reply: 0 go, -1 quota spent until Beijing midnight, n > 0 wait; anything else is refused with the reply")
+    @Test("pace.lua's reply: {granted, 0} go, {0, -1} quota spent until Beijing midnight, {0, ms} wait; anything else is refused")
     func paceReplies() throws {
         let now = Date(timeIntervalSince1970: 1_800_000_000)
-        #expect(try PushPace.Decision(reply: .integer(0), now: now) == .go)
-        #expect(try PushPace.Decision(reply: .integer(-1), now: now) == .quotaSpent(resetsAt: BeijingTime.nextMidnight(after: now)))
-        #expect(try PushPace.Decision(reply: .integer(37), now: now) == .wait(37))
-        for bad: RedisReply in [.null, .integer(-2), .bulk(Array("0".utf8)), .status("OK"), .array([.integer(0)]), .integer(Int64.max)] {
-            #expect(throws: PushScripts.UnexpectedReply.self) { try PushPace.Decision(reply: bad, now: now) }
+        func decide(_ reply: RedisReply, wanted: Int = 5) throws -> PushPace.Decision { try PushPace.Decision(reply: reply, wanted: wanted, now: now) }
+        #expect(try decide(.array([.integer(3), .integer(0)])) == .go(granted: 3))
+        #expect(try decide(.array([.integer(0), .integer(-1)])) == .quotaSpent(resetsAt: BeijingTime.nextMidnight(after: now)))
+        #expect(try decide(.array([.integer(0), .integer(37)])) == .wait(37))
+        for bad: RedisReply in [.null, .integer(0), .array([.integer(6), .integer(0)]), .array([.integer(0), .integer(0)]),
+                                .array([.integer(0), .integer(-2)]), .array([.integer(1)]), .array([.bulk(Array("1".utf8)), .integer(0)]),
+                                .array([.integer(0), .integer(Int64.max)]), .status("OK")] {
+            #expect(throws: PushScripts.UnexpectedReply.self) { try decide(bad) }
         }
+    }
+
+    @Test("the pace line: the first holds, the rest wait in order; the holder's extra tokens go to the first in line, then the next holds")
+    func paceLine() async throws {
+        let line = PaceLine()
+        #expect(await line.enter("wx1") == .hold)
+        #expect(await line.enter("wx2") == .hold, "another app has a line of its own")
+        var waiters: [Task<PaceLine.Turn, Never>] = []
+        for index in 0..<4 {
+            waiters.append(Task { await line.enter("wx1") })
+            while line.waiting("wx1") < index + 1 { await Task.yield() }  // queued in this order
+        }
+        line.leave("wx1", granting: 2)
+        let (first, second) = (await waiters[0].value, await waiters[1].value)
+        #expect(first == .granted && second == .granted)
+        #expect(await waiters[2].value == .hold)
+        #expect(line.waiting("wx1") == 1)
+        line.leave("wx1", granting: 5)  // more than wait: the rest get tokens, and the place is free
+        #expect(await waiters[3].value == .granted)
+        #expect(line.waiting("wx1") == 0)
+        #expect(await line.enter("wx1") == .hold)
     }
 
     @Test("stats-read.lua's reply: forced, used, then outcome pairs; a short, odd or mistyped reply is refused")
