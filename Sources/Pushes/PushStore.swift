@@ -425,9 +425,10 @@ extension PushStore {
     /// cursor moved, and the next batch's job when `more` (or the broadcast marked fanned out). A
     /// batch done twice (a redelivered job) finds the cursor moved and does nothing. The next
     /// batch's job is written first: due with the sends, it is claimed before them (same due time,
-    /// lower id), so the next batch's pushes are stored while this batch's are sent, and the sends
-    /// never run dry between batches (they did, for the fan-out's time plus a runner's idle poll,
-    /// and a 10,000-member broadcast lost 7% of its pace to those pauses).
+    /// lower id), so the next batch's pushes are stored while this batch's are sent and the sends
+    /// do not run dry between batches. (Claimed in any order, the next batch's job could come last
+    /// among the sends written with it, and the runners then had nothing to send for the fan-out's
+    /// time plus an idle poll.)
     public func fanOut(broadcast id: Int64, from cursor: Int64, pushes: [NewPush], more: Bool, at now: Date) async throws -> Bool {
         let last = pushes.last?.member ?? cursor
         return try await database.transaction { connection in
