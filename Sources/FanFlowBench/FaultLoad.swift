@@ -3,7 +3,6 @@ import ArgumentParser
 import AsyncHTTPClient
 import Contracts
 import Foundation
-import Gateway
 import NIOCore
 
 /// Steady load for `scripts/bench faults`, at fixed rates whatever the gateway answers: signed
@@ -111,7 +110,7 @@ struct FaultLoad: AsyncParsableCommand {
         async let webhooks: Void = paced(webhookRate, "webhook") { n in
             let timestamp = String(Int(Date().timeIntervalSince1970))
             let nonce = "\(run)\(n)"
-            let signature = WeChatCrypto.signature([wechatToken, timestamp, nonce])
+            let signature = Signing.wechat([wechatToken, timestamp, nonce])
             let msgID = String(msgBase + Int64(n))
             var request = HTTPClientRequest(url: "\(base)/wechat/\(wechatApp)?signature=\(signature)&timestamp=\(timestamp)&nonce=\(nonce)")
             request.method = .POST
