@@ -119,7 +119,7 @@ struct FaultLoad: AsyncParsableCommand {
                 + "<CreateTime>\(timestamp)</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[签到 \(n)]]></Content>"
                 + "<MsgId>\(msgID)</MsgId></xml>"
             request.body = .bytes(ByteBuffer(string: xml))
-            let id = EventID.derive(.wechat, app: wechatApp, ["msg", msgID])
+            let id = Signing.eventID(.wechat, app: wechatApp, ["msg", msgID])
             return (request, { status, _ in (200..<300).contains(status) ? [id] : [] })
         }
         async let events: Void = paced(eventRate / Double(eventBatch), "events") { n in
@@ -153,7 +153,7 @@ struct FaultLoad: AsyncParsableCommand {
                 return results.compactMap { result in
                     guard let status = result["status"] as? String, status == "accepted" || status == "duplicate",
                           let brandID = result["id"] as? String else { return nil }
-                    return EventID.derive(.server, app: serverApp, ["event", brandID])
+                    return Signing.eventID(.server, app: serverApp, ["event", brandID])
                 }
             })
         }

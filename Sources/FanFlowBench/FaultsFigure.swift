@@ -123,7 +123,8 @@ struct FaultsPhase: AsyncParsableCommand {
         let dups = try value("dups"), overcap = try value("overcap")
         try "\(dups) \(overcap)\n".write(toFile: state, atomically: true, encoding: .utf8)
 
-        let row = "| \(name) | \(timing.total) | \(timing.failed) | \(timing.back) | \(timing.cleared) | \(try value("events")) | \(reserved) / \(stock) | \(ordered - reserved) | \(try value("grants")) | \(overcap - totals[1]) | \(dead) | **\(lost)** | **\(dups - totals[0])** | **\(oversold)** | \(heldMin) | \(held(pg))/\(held(rd)) |"
+        let events = try value("events"), grants = try value("grants")
+        let row = "| \(name) | \(timing.total) | \(timing.failed) | \(timing.back) | \(timing.cleared) | \(events) | \(reserved) / \(stock) | \(ordered - reserved) | \(grants) | \(overcap - totals[1]) | \(dead) | **\(lost)** | **\(dups - totals[0])** | **\(oversold)** | \(heldMin) | \(held(pg))/\(held(rd)) |"
         try ResultLines.appendText(row, to: rows)
         FileHandle.standardError.write(Data("[faults] \(name): \(row)\n".utf8))
     }

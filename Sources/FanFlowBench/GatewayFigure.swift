@@ -129,5 +129,6 @@ struct HTTPLoad: AsyncParsableCommand {
         let result = try await LoadGenerator.run(plan, requests: [.get(path, host: "\(plan.host):\(plan.port)")])
         try ResultLines.append(Line(name: name, result: result), to: results)
         print("\(name): \(Format.int(result.requestsPerSecond)) req/s, p99 \(result.latency.milliseconds(0.99)) ms")
+        if let pacing = result.pacing { print(pacing) }
     }
 }

@@ -46,6 +46,7 @@ struct LatencyHistogram: Sendable {
     func percentile(_ q: Double) -> UInt64? {
         guard total > 0 else { return nil }
         let rank = max(1, UInt64((q * Double(total)).rounded(.up)))
+        if rank >= total { return maximum }
         var seen: UInt64 = 0
         for (index, count) in counts.enumerated() where count > 0 {
             seen += count

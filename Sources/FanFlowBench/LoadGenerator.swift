@@ -60,6 +60,8 @@ struct LoadResult: Sendable, Codable {
     var lateSends: Int
     var maxLagMilliseconds: Double
     var dueNotSent: Int
+    /// Open loop only: how late each request went out after its due time.
+    var sendLag: LatencyHistogram?
     /// The generator's own CPU seconds over the timed phase and the drain.
     var generatorCPUSeconds: Double
 
@@ -71,21 +73,29 @@ struct LoadResult: Sendable, Codable {
     /// µs of the generator's CPU per request sent, and % of one core over the phase.
     var generatorMicrosecondsPerRequest: Double { sent > 0 ? generatorCPUSeconds * 1e6 / Double(sent) : 0 }
 
-    /// Whether an open-loop run offered what it was asked to.
-    var keptUp: Bool { rate == nil || (dueNotSent == 0 && Double(lateSends) <= 0.01 * Double(max(sent, 1))) }
+    /// Whether an open-loop run offered what it was asked to: at most 0.5% of the due requests
+    /// unsent when the time was up (the last tick's worth is always in flight to the wire), and 99% of
+    /// them sent within 10 ms of their due time (a 1 ms tick on a shared, loaded machine is often
+    /// a few ms late; more means every connection was busy or the generator lacked CPU).
+    var keptUp: Bool {
+        guard let rate else { return true }
+        let due = rate * seconds
+        return Double(dueNotSent) <= max(10, 0.005 * due) && (sendLag?.percentile(0.99) ?? 0) <= 10_000
+    }
 
     /// One line on the pacing, for open-loop runs.
     var pacing: String? {
         guard let rate else { return nil }
         let offered = Format.int(Double(sent) / max(seconds, 1e-9))
-        if keptUp { return "open loop: \(Format.int(rate)) req/s asked, \(offered) sent, kept up (\(lateSends) late sends, worst \(Format.fixed(maxLagMilliseconds, 1)) ms)" }
-        return "open loop: COULD NOT KEEP UP with \(Format.int(rate)) req/s: \(offered) sent/s, \(lateSends) requests sent late (worst \(Format.fixed(maxLagMilliseconds, 1)) ms behind, latency counted from their due time), \(dueNotSent) due requests never sent"
+        let lag = sendLag.map { "send lag after the due time p50 \($0.milliseconds(0.5)) ms, p99 \($0.milliseconds(0.99)) ms, max \($0.maxMilliseconds) ms" } ?? ""
+        let verdict = keptUp ? "kept up" : "COULD NOT KEEP UP (latency counts from the due time)"
+        return "open loop: \(Format.int(rate)) req/s asked, \(offered) sent/s, \(verdict): \(lag); \(lateSends) sent over 1 ms late; \(dueNotSent) due requests never sent"
     }
 
     static func merge(_ parts: [LoadResult], seconds: Double, cpu: Double) -> LoadResult {
         var out = LoadResult(seconds: seconds, answeredInTime: 0, answered: 0, sent: 0, distinctRequests: 0, statuses: [:],
                              reconnects: 0, latency: LatencyHistogram(), rate: nil, lateSends: 0, maxLagMilliseconds: 0,
-                             dueNotSent: 0, generatorCPUSeconds: cpu)
+                             dueNotSent: 0, sendLag: nil, generatorCPUSeconds: cpu)
         for part in parts {
             out.answeredInTime += part.answeredInTime
             out.answered += part.answered
@@ -98,6 +108,11 @@ struct LoadResult: Sendable, Codable {
             out.lateSends += part.lateSends
             out.maxLagMilliseconds = max(out.maxLagMilliseconds, part.maxLagMilliseconds)
             out.dueNotSent += part.dueNotSent
+            if let lag = part.sendLag {
+                var merged = out.sendLag ?? LatencyHistogram()
+                merged.merge(lag)
+                out.sendLag = merged
+            }
         }
         return out
     }
@@ -164,6 +179,7 @@ final class LoopDriver: @unchecked Sendable {
     private var ticker: RepeatedTask?
 
     private var histogram = LatencyHistogram()
+    private var lagHistogram = LatencyHistogram()
     private var statuses = [Int](repeating: 0, count: 600)
     private var answered = 0
     private var answeredInTime = 0
@@ -248,6 +264,7 @@ final class LoopDriver: @unchecked Sendable {
     private func sendDue(on handler: ConnectionHandler, at t: UInt64) {
         guard let rate = ratePerNanosecond else { return }
         let intended = start + UInt64(Double(sent) / rate)
+        lagHistogram.record(microseconds: t > intended ? (t - intended) / 1000 : 0)
         if t > intended + 1_000_000 {
             lateSends += 1
             maxLag = max(maxLag, t - intended)
@@ -265,14 +282,18 @@ final class LoopDriver: @unchecked Sendable {
         }
     }
 
-    func answered(_ handler: ConnectionHandler, status: Int, sentAt: UInt64) {
+    /// An answer is in. A connection the server is closing (`Connection: close`) is not used again:
+    /// closing it here brings a new one while the load runs.
+    func answered(_ handler: ConnectionHandler, status: Int, sentAt: UInt64, reusable: Bool) {
         let t = NIODeadline.now().uptimeNanoseconds
         inFlight -= 1
         answered += 1
         if t <= end { answeredInTime += 1 }
         statuses[min(max(status, 0), statuses.count - 1)] += 1
         histogram.record(microseconds: (t &- sentAt) / 1000)
-        if sending && t < end {
+        if !reusable {
+            handler.close()
+        } else if sending && t < end {
             if ratePerNanosecond == nil {
                 send(on: handler, intended: t)
             } else if sent < due {
@@ -342,7 +363,8 @@ final class LoopDriver: @unchecked Sendable {
         return LoadResult(seconds: seconds, answeredInTime: answeredInTime, answered: answered, sent: sent,
                           distinctRequests: requests.count, statuses: counted, reconnects: reconnects, latency: histogram,
                           rate: ratePerNanosecond.map { $0 * 1e9 }, lateSends: lateSends,
-                          maxLagMilliseconds: Double(maxLag) / 1e6, dueNotSent: dueNotSent, generatorCPUSeconds: 0)
+                          maxLagMilliseconds: Double(maxLag) / 1e6, dueNotSent: dueNotSent,
+                          sendLag: ratePerNanosecond == nil ? nil : lagHistogram, generatorCPUSeconds: 0)
     }
 }
 
@@ -376,9 +398,9 @@ final class ConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         do {
-            try parser.feed(&buffer) { status in
+            try parser.feed(&buffer) { status, close in
                 busy = false
-                driver.answered(self, status: status, sentAt: sentAt)
+                driver.answered(self, status: status, sentAt: sentAt, reusable: !close)
             }
         } catch {
             context.close(promise: nil)
@@ -420,9 +442,10 @@ struct ResponseParser {
 
     private var state = State.head
     private var status = 0
+    private var close = false
     private var pending: ByteBuffer?
 
-    mutating func feed(_ incoming: inout ByteBuffer, _ complete: (Int) -> Void) throws(Malformed) {
+    mutating func feed(_ incoming: inout ByteBuffer, _ complete: (_ status: Int, _ close: Bool) -> Void) throws(Malformed) {
         if var buffer = pending {
             pending = nil
             buffer.writeBuffer(&incoming)
@@ -451,7 +474,7 @@ struct ResponseParser {
         }
     }
 
-    private mutating func parse(_ buffer: inout ByteBuffer, _ complete: (Int) -> Void) throws(Malformed) {
+    private mutating func parse(_ buffer: inout ByteBuffer, _ complete: (_ status: Int, _ close: Bool) -> Void) throws(Malformed) {
         while true {
             switch state {
             case .head:
@@ -462,9 +485,10 @@ struct ResponseParser {
                 let head = try Self.head(buffer, length: headLength)
                 buffer.moveReaderIndex(forwardBy: headLength + 4)
                 status = head.status
+                close = head.close
                 if (100..<200).contains(head.status) { continue }
                 if head.status == 204 || head.status == 304 {
-                    complete(status)
+                    complete(status, close)
                 } else if head.chunked {
                     state = .chunkSize
                 } else if let length = head.contentLength {
@@ -477,7 +501,7 @@ struct ResponseParser {
                 buffer.moveReaderIndex(forwardBy: take)
                 let left = remaining - take
                 if case .body = state {
-                    if left == 0 { state = .head; complete(status) } else { state = .body(remaining: left); return }
+                    if left == 0 { state = .head; complete(status, close) } else { state = .body(remaining: left); return }
                 } else {
                     if left == 0 { state = .chunkSize } else { state = .chunkData(remaining: left); return }
                 }
@@ -493,7 +517,7 @@ struct ResponseParser {
             case .trailer:
                 guard let lineLength = Self.find(buffer, double: false) else { return }
                 buffer.moveReaderIndex(forwardBy: lineLength + 2)
-                if lineLength == 0 { state = .head; complete(status) }
+                if lineLength == 0 { state = .head; complete(status, close) }
             }
         }
     }
@@ -502,6 +526,7 @@ struct ResponseParser {
         var status: Int
         var contentLength: Int?
         var chunked: Bool
+        var close: Bool
     }
 
     /// Whether `bytes[at...]` starts with `name` (lowercase), ignoring the case of letters: OR-ing
@@ -515,6 +540,8 @@ struct ResponseParser {
     private static let contentLength = Array("content-length:".utf8)
     private static let transferEncoding = Array("transfer-encoding:".utf8)
     private static let chunkedWord = Array("chunked".utf8)
+    private static let connection = Array("connection:".utf8)
+    private static let closeWord = Array("close".utf8)
 
     /// Status and framing from the head's bytes, read in place (no String per response: the
     /// generator parses ~9,000 heads a second beside the gateway it measures).
@@ -529,7 +556,7 @@ struct ResponseParser {
                 guard (0...9).contains(digit) else { return nil }
                 status = status * 10 + digit
             }
-            var head = Head(status: status, contentLength: nil, chunked: false)
+            var head = Head(status: status, contentLength: nil, chunked: false, close: false)
             var lineStart = 0
             while lineStart < bytes.count {
                 var lineEnd = lineStart
@@ -551,6 +578,12 @@ struct ResponseParser {
                     var k = lineStart + transferEncoding.count
                     while k < lineEnd {
                         if starts(bytes, at: k, end: lineEnd, with: chunkedWord) { head.chunked = true }
+                        k += 1
+                    }
+                } else if starts(bytes, at: lineStart, end: lineEnd, with: connection) {
+                    var k = lineStart + connection.count
+                    while k < lineEnd {
+                        if starts(bytes, at: k, end: lineEnd, with: closeWord) { head.close = true }
                         k += 1
                     }
                 }
@@ -575,13 +608,18 @@ struct ResponseParser {
             var seen: [Int] = []
             for part in [Array(bytes[..<split]), Array(bytes[split...])] {
                 var buffer = ByteBuffer(bytes: part)
-                do { try parser.feed(&buffer) { seen.append($0) } } catch { problems.append("split at \(split): \(error)"); break }
+                do { try parser.feed(&buffer) { status, _ in seen.append(status) } } catch { problems.append("split at \(split): \(error)"); break }
             }
             if seen != [200, 503, 201, 204] { problems.append("split at \(split): statuses \(seen)"); break }
         }
         var parser = ResponseParser()
         var buffer = ByteBuffer(string: "HTTP/1.1 200 OK\r\n\r\n")
-        do { try parser.feed(&buffer) { _ in }; problems.append("a response without a length was taken") } catch {}
+        do { try parser.feed(&buffer) { _, _ in }; problems.append("a response without a length was taken") } catch {}
+        var closing = ResponseParser()
+        var last = ByteBuffer(string: "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\nHTTP/1.1 400 Bad Request\r\nconnection: Close\r\ncontent-length: 2\r\n\r\nno")
+        var closes: [Bool] = []
+        do { try closing.feed(&last) { _, close in closes.append(close) } } catch { problems.append("Connection headers: \(error)") }
+        if closes != [false, true] { problems.append("Connection: close read as \(closes)") }
         return problems
     }
 }

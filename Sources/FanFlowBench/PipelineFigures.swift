@@ -194,7 +194,7 @@ struct PointsRound: AsyncParsableCommand {
         let plan = try load.plan(for: gateway)
         FileHandle.standardError.write(Data("[bench] \(workers) worker process(es): pre-signing \(events) events\n".utf8))
         let requests = Requests.events(app: app, secret: secret, memberApp: "wx-bench", members: 20_000, count: events / batch,
-                                       batch: batch, run: run, host: "\(plan.host):\(plan.port)")
+                                       batch: batch, run: self.run, host: "\(plan.host):\(plan.port)")
         let amqp = try await AMQPConnection(url: try environment("FANFLOW_AMQP_URL"))
         let db = try await PostgresConnection(url: try environment("FANFLOW_DATABASE_URL"))
         let broker = try Broker(vhost: vhost)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PostgresClient
 
 /// Numbers as the tables print them.
 enum Format {
@@ -90,8 +91,6 @@ func environment(_ name: String) throws -> String {
     }
     return value
 }
-
-import PostgresClient
 
 /// Row reads that fail loudly: a missing column or a NULL where a number belongs is a broken
 /// query, never a zero in a table.

@@ -173,3 +173,18 @@ enum Requests {
         }
     }
 }
+
+extension Signing {
+    /// Envelope ids as the gateway derives them (a public part of the envelope contract): the
+    /// platform, ":", and 32 hex characters of SHA-256 over the platform, the app and the parts,
+    /// each after a unit separator (0x1F), which cannot occur in them.
+    static func eventID(_ platform: Platform, app: String, _ parts: [String]) -> String {
+        var hasher = SHA256()
+        hasher.update(data: Array(platform.rawValue.utf8))
+        for part in [app] + parts {
+            hasher.update(data: [0x1F])
+            hasher.update(data: Array(part.utf8))
+        }
+        return platform.rawValue + ":" + hex(hasher.finalize().prefix(16))
+    }
+}
