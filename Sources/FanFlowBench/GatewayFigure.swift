@@ -28,10 +28,10 @@ struct LoadOptions: ParsableArguments {
 
 /// How the load generator fared, one row per load: the bench shares the cores with what it measures.
 struct GeneratorTable {
-    var table = Table(["load", "p90 ms", "max ms", "answered", "no answer", "load generator CPU", "µs per request", "pacing"])
+    var table = Table(["load", "p90 ms", "max ms", "answered", "answers by status", "no answer", "load generator CPU", "µs per request", "pacing"])
 
     mutating func add(_ name: String, _ result: LoadResult) {
-        table.add([name, result.latency.milliseconds(0.9), result.latency.maxMilliseconds, "\(result.answered)", "\(result.unanswered)",
+        table.add([name, result.latency.milliseconds(0.9), result.latency.maxMilliseconds, "\(result.answered)", result.byStatus, "\(result.unanswered)",
                    "\(Format.fixed(100 * result.generatorCPUSeconds / result.seconds, 1))% of a core",
                    Format.fixed(result.generatorMicrosecondsPerRequest, 1),
                    result.rate == nil ? "closed loop" : (result.keptUp ? "kept up" : "COULD NOT KEEP UP")])
@@ -73,6 +73,7 @@ struct GatewayFigure: AsyncParsableCommand {
         var results: [(String, LoadResult, Int)] = []
         for (name, requests, events) in [("WeChat plaintext, signed", plain, 1), ("WeChat safe mode (AES), signed", aes, 1),
                                          ("beacon batches (5 events)", beacons, 5)] {
+            if let last = requests.last { _ = try await LoadGenerator.warmUp(plan, last) }
             FileHandle.standardError.write(Data("[bench] \(name): \(load.shape), \(seconds)s\n".utf8))
             results.append((name, try await LoadGenerator.run(plan, requests: requests), events))
         }

@@ -69,6 +69,8 @@ struct LoadResult: Sendable, Codable {
     var unanswered: Int { statuses[0] ?? 0 }
     func count(_ status: Int) -> Int { statuses[status] ?? 0 }
     var non2xx: Int { statuses.filter { !(200..<300).contains($0.key) }.values.reduce(0, +) }
+    /// `200: 11086, 503: 534`: every status seen, for telling refusals from failures.
+    var byStatus: String { statuses.filter { $0.key != 0 }.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ") }
 
     /// µs of the generator's CPU per request sent, and % of one core over the phase.
     var generatorMicrosecondsPerRequest: Double { sent > 0 ? generatorCPUSeconds * 1e6 / Double(sent) : 0 }
@@ -120,6 +122,19 @@ struct LoadResult: Sendable, Codable {
 
 /// Runs a plan and returns what it saw.
 enum LoadGenerator {
+    /// One request on one connection before a timed phase, its status returned: the gateway loads an
+    /// app into its cache on first use, and 64 connections asking at once for an app not cached yet
+    /// are metered by its lookup limiter (429) as if the app were unknown.
+    static func warmUp(_ plan: LoadPlan, _ request: WireRequest) async throws -> Int {
+        var one = plan
+        one.connections = 1
+        one.threads = 1
+        one.rate = nil
+        one.seconds = 0.001
+        let result = try await run(one, requests: [request])
+        return result.statuses.keys.sorted().first ?? 0
+    }
+
     static func run(_ plan: LoadPlan, requests: [WireRequest]) async throws -> LoadResult {
         guard !requests.isEmpty else { throw BenchError("no requests to send") }
         guard plan.connections >= 1, plan.threads >= 1, plan.seconds > 0 else { throw BenchError("nothing to run: \(plan.label)") }

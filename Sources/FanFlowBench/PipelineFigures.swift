@@ -83,6 +83,7 @@ struct PipelineFigure: AsyncParsableCommand {
         let requests = try Requests.wechat(app: app, token: token, aesKey: nil, count: count, host: "\(plan.host):\(plan.port)", content: "hello")
         let db = try await PostgresConnection(url: try environment("FANFLOW_DATABASE_URL"))
         let broker = try Broker(vhost: vhost)
+        if let last = requests.last { _ = try await LoadGenerator.warmUp(plan, last) }
         let brokerBefore = try await broker.settledTotals(since: 0)
         let acceptedBefore = try await Web.acceptedEvents(gateway: gateway)
         var meter = CPUMeter(groups: try CPUGroups.make(processes: pids, servers: true))
@@ -198,6 +199,7 @@ struct PointsRound: AsyncParsableCommand {
         let amqp = try await AMQPConnection(url: try environment("FANFLOW_AMQP_URL"))
         let db = try await PostgresConnection(url: try environment("FANFLOW_DATABASE_URL"))
         let broker = try Broker(vhost: vhost)
+        if let last = requests.last { _ = try await LoadGenerator.warmUp(plan, last) }
         let brokerBefore = try await broker.settledTotals(since: 0)
         let before = try await Web.acceptedEvents(gateway: gateway)
         var meter = CPUMeter(groups: try CPUGroups.make(processes: pids, servers: true))
