@@ -293,7 +293,7 @@ struct PointsTable: AsyncParsableCommand {
             print("")
             print(r.cpu.table().text)
             print("")
-            print("Load generator: \(Format.fixed(100 * r.load.generatorCPUSeconds / r.load.seconds, 1))% of a core while sending, \(Format.fixed(r.load.generatorMicrosecondsPerRequest, 1)) µs per request (one batch of events each); p50 \(r.load.latency.milliseconds(0.5)) ms, p90 \(r.load.latency.milliseconds(0.9)) ms, max \(r.load.latency.maxMilliseconds) ms, non-2xx \(r.load.non2xx)\(r.load.pacing.map { "; " + $0 } ?? "")")
+            print("Load generator: \(Format.fixed(100 * r.load.generatorCPUSeconds / r.load.seconds, 1))% of a core while sending, \(Format.fixed(r.load.generatorMicrosecondsPerRequest, 1)) µs per request (one batch of events each); p50 \(r.load.latency.milliseconds(0.5)) ms, p90 \(r.load.latency.milliseconds(0.9)) ms, max \(r.load.latency.maxMilliseconds) ms, answers by status \(r.load.byStatus), no answer \(r.load.unanswered)\(r.load.pacing.map { "; " + $0 } ?? "")")
         }
     }
 }

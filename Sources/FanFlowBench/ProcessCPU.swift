@@ -183,11 +183,12 @@ enum CPUGroups {
     static func make(processes: [String], servers: Bool) throws -> [CPUGroup] {
         var groups: [CPUGroup] = []
         for option in processes {
-            let parts = option.split(separator: "=", maxSplits: 1)
-            guard parts.count == 2 else { throw BenchError("--pids wants name=pid[,pid…], got \(option)") }
-            let pids = parts[1].split(separator: ",").compactMap { Int32($0) }
-            guard !pids.isEmpty else { throw BenchError("--pids \(option) names no pid") }
-            groups.append(CPUGroup(name: String(parts[0]), members: .pids(pids)))
+            // The last "=": a name may hold one ("worker (points=2)").
+            guard let equals = option.lastIndex(of: "=") else { throw BenchError("--pids wants name=pid[,pid…], got \(option)") }
+            let list = option[option.index(after: equals)...].split(separator: ",")
+            let pids = list.compactMap { Int32($0) }
+            guard !pids.isEmpty, pids.count == list.count else { throw BenchError("--pids \(option) names no pid or a bad one") }
+            groups.append(CPUGroup(name: String(option[..<equals]), members: .pids(pids)))
         }
         guard servers else { return groups }
         let env = ProcessInfo.processInfo.environment
