@@ -71,7 +71,7 @@ struct ClientsReport: AsyncParsableCommand {
     @Option(help: "redis-benchmark -c 50 -P 100 output.") var redisMany: String
     @Option(help: "pgbench output.") var pgbench: String
     @Option(help: "Rows pgbench inserts per transaction.") var batchRows: Double = 1_000
-    @Option(help: "Seconds psql \\copy took.") var copySeconds: Double
+    @Option(help: "Nanoseconds psql \\copy took.") var copyNanoseconds: Double
     @Option(help: "Rows psql \\copy read.") var copyRows: Double = 1_000_000
     @Option(help: "Seconds per figure, for the title.") var seconds: Double
 
@@ -91,7 +91,7 @@ struct ClientsReport: AsyncParsableCommand {
         row("Redis EVALSHA reserve.lua, server ceiling", nil, try ClientFigures.redisBenchmark(redisMany), "redis-benchmark -c 50 -P 100, this run")
         row("PostgreSQL rows, 1000-row INSERT per txn", try ClientFigures.best("pg_batched_insert_rows_per_s", ours),
             try ClientFigures.pgbenchTPS(pgbench) * batchRows, "pgbench same rows as literal SQL, this run")
-        row("PostgreSQL rows, COPY FROM STDIN", try ClientFigures.best("pg_copy_rows_per_s", ours), copyRows / max(copySeconds, 1e-9),
+        row("PostgreSQL rows, COPY FROM STDIN", try ClientFigures.best("pg_copy_rows_per_s", ours), copyRows / max(copyNanoseconds / 1e9, 1e-9),
             "psql \\copy same rows, this run")
         print("")
         print("\(banner("clients")), \(Format.int(seconds))s per figure, load average \(loadAverage())")
