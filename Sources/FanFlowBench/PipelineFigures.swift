@@ -208,7 +208,9 @@ struct PointsRound: AsyncParsableCommand {
         let t0 = now()
         meter.start()
         let result = try await LoadGenerator.run(plan, requests: requests)
-        let t1 = now()
+        // The timed phase ends --seconds after it began (as wrk's did), not when the last answer in
+        // flight came back: rate and drain lag read as before.
+        let t1 = t0 + load.seconds
         // The points queue's ready depth, polled every 20 ms by passive declare (rabbitmqctl takes
         // about a second a call on this machine).
         let depth = try await amqp.messageCount(queue: queue)
