@@ -60,6 +60,9 @@ struct LoadResult: Sendable, Codable {
     var lateSends: Int
     var maxLagMilliseconds: Double
     var dueNotSent: Int
+    /// Open loop only: requests that came due while every connection was busy and went out on the
+    /// next one freed (the server held them all; more --connections would have sent them on time).
+    var waitedForConnection: Int
     /// Open loop only: how late each request went out after its due time.
     var sendLag: LatencyHistogram?
     /// The generator's own CPU seconds over the timed phase and the drain.
@@ -91,13 +94,13 @@ struct LoadResult: Sendable, Codable {
         let offered = Format.int(Double(sent) / max(seconds, 1e-9))
         let lag = sendLag.map { "send lag after the due time p50 \($0.milliseconds(0.5)) ms, p99 \($0.milliseconds(0.99)) ms, max \($0.maxMilliseconds) ms" } ?? ""
         let verdict = keptUp ? "kept up" : "COULD NOT KEEP UP (latency counts from the due time)"
-        return "open loop: \(Format.int(rate)) req/s asked, \(offered) sent/s, \(verdict): \(lag); \(lateSends) sent over 1 ms late; \(dueNotSent) due requests never sent"
+        return "open loop: \(Format.int(rate)) req/s asked, \(offered) sent/s, \(verdict): \(lag); \(lateSends) sent over 1 ms late; \(waitedForConnection) sent when a connection freed (every connection was busy at their due time); \(dueNotSent) due requests never sent"
     }
 
     static func merge(_ parts: [LoadResult], seconds: Double, cpu: Double) -> LoadResult {
         var out = LoadResult(seconds: seconds, answeredInTime: 0, answered: 0, sent: 0, distinctRequests: 0, statuses: [:],
                              reconnects: 0, latency: LatencyHistogram(), rate: nil, lateSends: 0, maxLagMilliseconds: 0,
-                             dueNotSent: 0, sendLag: nil, generatorCPUSeconds: cpu)
+                             dueNotSent: 0, waitedForConnection: 0, sendLag: nil, generatorCPUSeconds: cpu)
         for part in parts {
             out.answeredInTime += part.answeredInTime
             out.answered += part.answered
@@ -110,6 +113,7 @@ struct LoadResult: Sendable, Codable {
             out.lateSends += part.lateSends
             out.maxLagMilliseconds = max(out.maxLagMilliseconds, part.maxLagMilliseconds)
             out.dueNotSent += part.dueNotSent
+            out.waitedForConnection += part.waitedForConnection
             if let lag = part.sendLag {
                 var merged = out.sendLag ?? LatencyHistogram()
                 merged.merge(lag)
@@ -202,6 +206,7 @@ final class LoopDriver: @unchecked Sendable {
     private var lateSends = 0
     private var maxLag: UInt64 = 0
     private var dueNotSent = 0
+    private var waitedForConnection = 0
 
     init(loop: any EventLoop, host: String, port: Int, connections: Int, requests: [ByteBuffer], rate: Double?) {
         self.loop = loop
@@ -312,6 +317,7 @@ final class LoopDriver: @unchecked Sendable {
             if ratePerNanosecond == nil {
                 send(on: handler, intended: t)
             } else if sent < due {
+                waitedForConnection += 1
                 sendDue(on: handler, at: t)
             } else {
                 idle.append(handler)
@@ -378,7 +384,7 @@ final class LoopDriver: @unchecked Sendable {
         return LoadResult(seconds: seconds, answeredInTime: answeredInTime, answered: answered, sent: sent,
                           distinctRequests: requests.count, statuses: counted, reconnects: reconnects, latency: histogram,
                           rate: ratePerNanosecond.map { $0 * 1e9 }, lateSends: lateSends,
-                          maxLagMilliseconds: Double(maxLag) / 1e6, dueNotSent: dueNotSent,
+                          maxLagMilliseconds: Double(maxLag) / 1e6, dueNotSent: dueNotSent, waitedForConnection: waitedForConnection,
                           sendLag: ratePerNanosecond == nil ? nil : lagHistogram, generatorCPUSeconds: 0)
     }
 }
