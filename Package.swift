@@ -162,10 +162,16 @@ let package = Package(
                                          .product(name: "Logging", package: "swift-log"),
                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                           swiftSettings: swiftSettings),
+        // The bench signs requests itself (swift-crypto) and drives HTTP with its own SwiftNIO load
+        // generator: it depends on no product module but the clients and Contracts' wire types.
         .executableTarget(name: "FanFlowBench",
-                          dependencies: ["Contracts", "AMQPClient", "Gateway", "Platforms", "RedisClient", "PostgresClient",
+                          dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient",
+                                         .product(name: "Crypto", package: "swift-crypto"),
+                                         .product(name: "_CryptoExtras", package: "swift-crypto"),
                                          .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                          .product(name: "NIOCore", package: "swift-nio"),
+                                         .product(name: "NIOPosix", package: "swift-nio"),
+                                         .product(name: "NIOHTTP1", package: "swift-nio"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: swiftSettings),
 
