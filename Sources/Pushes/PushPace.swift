@@ -6,7 +6,7 @@ import Synchronization
 /// How fast, and how many a day, one app may send: a token bucket per app in Redis shared by every
 /// push worker (so the pace holds however many run), and a daily counter against the platform's
 /// quota (WeChat: 100k template messages a day unless raised), reset at midnight Beijing time. Both
-/// are one call of `Resources/pace.lua` before each send.
+/// are `Resources/pace.lua`, called for the sends waiting in this process's line (``admit(app:)``).
 public struct PushPace: Sendable {
     let redis: RedisPool
     /// Messages per second per app; 0 lifts the limit.
@@ -73,7 +73,7 @@ public struct PushPace: Sendable {
     /// before: that measured 67/s against 100/s on this loaded machine. And the batch claimed first
     /// is sent first, so one runner records and claims while another's batch sends. Other
     /// processes keep their own lines; the bucket in Redis is shared by all. Without a rate (0)
-    /// there is nothing to wait for, and no line.
+    /// the line only counts the quota, a grant for the whole line at a time.
     public func admit(app: String) async throws -> Admission {
         if await line.enter(app) == .granted { return .go }
         var extra = 0
