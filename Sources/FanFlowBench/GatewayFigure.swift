@@ -99,7 +99,7 @@ struct GatewayFigure: AsyncParsableCommand {
         print(table.text)
         print("")
         print("raw client, confirmed publishes (2000 in flight, one queue, best of 2 in this run): \(Format.int(best))/s")
-        print("raw client in the gateway's shape (\(load.connections) in flight, two quorum queues per message): \(Format.int(shape))/s")
+        print("raw client in the gateway's shape (\(load.connections) in flight, one quorum queue per message, as a webhook is routed): \(Format.int(shape))/s")
         print("events the gateway published (broker-confirmed) during the run: \(published)")
         print("")
         print("The load generator in the same run (it shares the cores with the gateway and the servers):")
