@@ -145,7 +145,7 @@ let package = Package(
         // The scheduler process: leader election and the periodic enqueuer (only the leader turns
         // schedules into jobs), and its health and metrics endpoint.
         .target(name: "Scheduler",
-                dependencies: ["Contracts", "Jobs", "Runtime", "AMQPClient", "PostgresClient", "ClientSupport",
+                dependencies: ["Contracts", "Jobs", "PostgresClient", "ClientSupport",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],

@@ -8,9 +8,10 @@ import Logging
 /// (``FlashSaleService/handle(_:)``), which makes reservations orders, expires unpaid ones, loads
 /// campaigns and reconciles Redis with the books.
 ///
-/// `flashsale.reserved` (published by the gateway once Redis reserved the unit), `flashsale.expire`
-/// (the scheduler, at the pay-by time), `flashsale.load` (the scheduler, a minute before a campaign
-/// opens), `orders.reconcile` (the scheduler, every minute; `flashsale.reconcile` before). An event
+/// `flashsale.reserved` (published by the gateway once Redis reserved the unit). The worker runs the
+/// campaign's jobs itself (``FlashSaleService/jobHandlers``); `flashsale.expire`, `flashsale.load`
+/// and `orders.reconcile` (`flashsale.reconcile` before) still arrive here only as messages an older
+/// scheduler published before an upgrade, and are handled the same way. An event
 /// that cannot be read, or a reservation of a campaign the books do not know, is refused
 /// (``EventRefused``: dead-lettered, not retried).
 public struct OrdersPool: EnvelopeProcessor {
@@ -19,6 +20,8 @@ public struct OrdersPool: EnvelopeProcessor {
     public init(store: FlashSaleStore, stock: FlashSaleStock, logger: Logger) {
         service = FlashSaleService(store: store, stock: stock, logger: logger)
     }
+
+    public init(service: FlashSaleService) { self.service = service }
 
     public func process(_ events: [Envelope]) async throws {
         var work = FlashSaleService.OrdersWork()

@@ -128,13 +128,23 @@ struct WorkerCommand: AsyncParsableCommand {
                         DeadLetterKeeper(store: keepers, workQueue: queue, logger: logger)
                     }, logger: logger)
                     closers += [{ await broker.close() }, { await redis.close() }]
+                    // Maturing grants and the expiry sweep run here, from the jobs table.
+                    let jobs = PoolJobs(pool: .pipeline, handlers: LoyaltyJobs.handlers(
+                        ledger: Ledger(database: database, news: configuration.pointsNews.policy(pushes: PushStore(database: database))),
+                        rules: RuleStore(database: database)))
+                    services += jobs.services(store: JobStore(database: database), logger: logger).map { $0 as any Service }
+                    logger.info("running job kinds", metadata: ["pool": "pipeline", "kinds": "\(jobs.kinds.map(\.rawValue).joined(separator: ","))"])
                 }
             case .orders:
                 try FlashSaleScripts.check()
                 let redis = try await RedisPool(url: configuration.redisURL, size: 1)
                 closers.append({ await redis.close() })
-                handler = EnvelopeBatchHandler(OrdersPool(store: FlashSaleStore(database: database), stock: FlashSaleStock(redis: redis),
-                                                          logger: logger), logger: logger, deadLetterAfter: configuration.deadLetterAfter)
+                let service = FlashSaleService(store: FlashSaleStore(database: database), stock: FlashSaleStock(redis: redis), logger: logger)
+                handler = EnvelopeBatchHandler(OrdersPool(service: service), logger: logger, deadLetterAfter: configuration.deadLetterAfter)
+                // Expiries, campaign loads and the reconcile run here, from the jobs table.
+                let jobs = PoolJobs(pool: .orders, handlers: service.jobHandlers)
+                services += jobs.services(store: JobStore(database: database), logger: logger).map { $0 as any Service }
+                logger.info("running job kinds", metadata: ["pool": "orders", "kinds": "\(jobs.kinds.map(\.rawValue).joined(separator: ","))"])
             case .push:
                 let redis = try await RedisPool(url: configuration.redisURL, size: 2)
                 closers.append({ await redis.close() })
@@ -180,19 +190,9 @@ struct SchedulerCommand: AsyncParsableCommand {
     func run() async throws {
         let configuration = try loadConfiguration(role: .scheduler)
         let logger = Logger(label: "fanflow.scheduler")
-        // Jobs that worker pools carry out (flash-sale expiry) are published to them, confirmed.
-        var amqp = try AMQPConfiguration(url: configuration.amqpURL)
-        amqp.connectionName = "fanflow-scheduler"
-        let broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { connection in
-            try await connection.declare(Topology.standard)
-            try await connection.enableConfirms()
-        }
-        try await broker.start()
         let database = PostgresPool(url: configuration.databaseURL, maximumConnections: 4)
         let store = JobStore(database: database)
         let metrics = JobMetrics()
-        let ledger = Ledger(database: database, news: configuration.pointsNews.policy(pushes: PushStore(database: database)))
-        let rules = RuleStore(database: database)
         let zone = configuration.timeZone
         let periodic = PeriodicEnqueuer(database: database,
                                         jobs: try LoyaltyJobs.periodic(timeZone: zone) + MaintenanceJobs.periodic(timeZone: zone)
@@ -202,14 +202,10 @@ struct SchedulerCommand: AsyncParsableCommand {
         runnerConfiguration.batchSize = batchSize
         runnerConfiguration.lease = .seconds(leaseSeconds)
         runnerConfiguration.pollInterval = .milliseconds(pollMilliseconds)
-        let handlers = LoyaltyJobs.handlers(ledger: ledger, rules: rules)
-            .merging(MaintenanceJobs.handlers(store: store)) { first, _ in first }
-            .merging([FlashSaleStore.expireJob: PublishJobHandler(broker: broker),
-                      FlashSaleStore.loadJob: PublishJobHandler(broker: broker),
-                      FlashSaleStore.reminderJob: PublishJobHandler(broker: broker),
-                      FlashSaleStore.reconcileJob: PublishJobHandler(broker: broker),
-                      FlashSaleStore.legacyReconcileJob: PublishJobHandler(broker: broker)]) { first, _ in first }
-            .merging(PushJobs.kinds.map { ($0, PublishJobHandler(broker: broker)) }) { first, _ in first }
+        // The scheduler turns schedules into jobs while it leads and runs only its own upkeep: every
+        // other kind runs in the worker pool that owns it (loyalty: pipeline, flash sales: orders,
+        // pushes: push), straight from the jobs table, so no job travels through the broker.
+        let handlers = MaintenanceJobs.handlers(store: store)
         let runner = JobRunner(store: store, handlers: handlers, configuration: runnerConfiguration, metrics: metrics, logger: logger)
         var services: [any Service] = [
             LeaderElection(databaseURL: configuration.databaseURL, logger: logger) { periodic.setLeading($0) }, periodic, runner,
@@ -222,7 +218,6 @@ struct SchedulerCommand: AsyncParsableCommand {
                                                       "kinds": "\(handlers.keys.map(\.rawValue).sorted().joined(separator: ","))"])
         try await runServices(services, logger: logger)
         await database.close()
-        await broker.close()
         logger.notice("scheduler stopped")
     }
 }

@@ -98,13 +98,10 @@ struct FlashSaleTests {
         }
     }
 
-    /// The scheduler's part, as `fanflow scheduler` runs it: `kind`'s jobs published to the worker pools, confirmed.
-    static func scheduler(database: PostgresPool, kind: JobKind) async throws -> (JobRunner, ManagedAMQPConnection) {
-        var amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
-        amqp.connectionName = "test-scheduler"
-        let broker = ManagedAMQPConnection(configuration: amqp, logger: logger) { try await $0.enableConfirms() }
-        try await broker.start()
-        return (JobRunner(store: JobStore(database: database), handlers: [kind: PublishJobHandler(broker: broker)], logger: logger), broker)
+    /// The orders worker's job runner for `kind`, as `fanflow worker --pool orders` runs it.
+    static func ordersJobs(database: PostgresPool, redis: RedisPool, kind: JobKind) -> JobRunner {
+        let service = FlashSaleService(store: FlashSaleStore(database: database), stock: FlashSaleStock(redis: redis), logger: logger)
+        return JobRunner(store: JobStore(database: database), handlers: service.jobHandlers.filter { $0.key == kind }, logger: logger)
     }
 
     /// A live gateway with the test's own connections to PostgreSQL and Redis, closed afterwards.
@@ -203,8 +200,8 @@ struct FlashSaleTests {
             let stock = FlashSaleStock(redis: redis)
             #expect(try await stock.inventory(sale: id, slots: 1) == Inventory(initial: 5, remaining: 1, reserved: 4, paid: 0))
 
-            // The scheduler publishes each expiry at its pay-by time; the orders pool expires the order and returns its units.
-            let (runner, broker) = try await Self.scheduler(database: database, kind: FlashSaleStore.expireJob)
+            // The orders worker runs each expiry at its pay-by time: the order expires and its units return.
+            let runner = Self.ordersJobs(database: database, redis: redis, kind: FlashSaleStore.expireJob)
             try await Self.waitFor("3 expired orders") {
                 try await runner.runOnce()
                 return try await Self.count(database, "SELECT count(*) AS n FROM flash_orders WHERE sale_id = $1 AND status = 'expired'",
@@ -222,7 +219,6 @@ struct FlashSaleTests {
 
             pool.cancel()
             _ = await pool.result
-            await broker.close()
             try await database.query("DELETE FROM jobs WHERE kind IN ('flashsale.expire', 'push.flashsale_reminder') AND payload->>'saleId' = $1", [id])
         }
     }
@@ -479,7 +475,7 @@ struct FlashSaleTests {
             try await database.query("INSERT INTO member_tags (member_id, tag) VALUES ($1, $2)", [member.id, tag])
 
             let pool = try Self.ordersPool(database: database, redis: redis)
-            let (runner, broker) = try await Self.scheduler(database: database, kind: FlashSaleStore.loadJob)
+            let runner = Self.ordersJobs(database: database, redis: redis, kind: FlashSaleStore.loadJob)
             try await Self.waitFor("the campaign back in Redis") {
                 try await runner.runOnce()
                 return try await stock.inventory(sale: id, slots: 1) != nil
@@ -498,7 +494,6 @@ struct FlashSaleTests {
 
             pool.cancel()
             _ = await pool.result
-            await broker.close()
             try await database.query("DELETE FROM member_tags WHERE tag = $1", [tag])
         }
     }

@@ -230,7 +230,7 @@ struct PushPoolTests {
             let midnight = BeijingTime.nextMidnight(after: Date())
             #expect(deferred.dueAt >= midnight && deferred.dueAt <= midnight.addingTimeInterval(600))
             fake.setQuota(app: app, limit: nil)
-            try await pool.process([PublishJobHandler.envelope(for: deferred)])
+            try await pool.process([deferred.legacyEnvelope()])
             #expect(try await Self.status(database, quotaID) == "sent")
             #expect(fake.sent.filter { $0.toUser == "gold-fan" }.count == 2)
 
@@ -250,7 +250,7 @@ struct PushPoolTests {
                 #expect(job.dueAt >= before.addingTimeInterval(full / 2 - 0.01) && job.dueAt <= after.addingTimeInterval(full + 0.01),
                         "attempt \(attempt): due \(job.dueAt.timeIntervalSince(before)) s after the failing call began")
                 #expect(try await Self.status(database, pushID) == "pending")
-                let retry = PublishJobHandler.envelope(for: job)
+                let retry = job.legacyEnvelope()
                 #expect(retry.routingKey == "fanflow.push.retry")
                 before = Date()
                 if attempt < 2 {
@@ -445,7 +445,7 @@ struct PushPoolTests {
             for reservation in [open, paid] {
                 let job = try #require(jobs.first { $0.payload["reservationId"] == .string(reservation.reservationID) })
                 #expect(abs(job.dueAt.timeIntervalSince(payBy.addingTimeInterval(-300))) < 1)
-                let envelope = PublishJobHandler.envelope(for: job)
+                let envelope = job.legacyEnvelope()
                 #expect(envelope.routingKey == "fanflow.push.flashsale_reminder")
                 try await pool.process([envelope])
             }
@@ -532,7 +532,7 @@ struct PushPoolTests {
             #expect(try await Self.status(database, pushID) == "pending")
             let job = try #require(try await JobStore(database: database).list(kind: PushJobs.retry.rawValue, limit: 500)
                 .first { $0.payload["pushId"] == .string(pushID) })
-            try await pool.process([PublishJobHandler.envelope(for: job)])
+            try await pool.process([job.legacyEnvelope()])
             #expect(try await Self.status(database, pushID) == "sent")
             let sent = try #require(alipay.sent.last)
             #expect(sent.toUser == "2088000000000101" && sent.templateID == "TM-L")

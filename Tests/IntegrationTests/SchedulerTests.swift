@@ -229,28 +229,4 @@ struct SchedulerTests {
             #expect(try await Ledger(database: database).mature(ids: jobs.compactMap { $0.payload["ledgerId"]?.int }, levels: .standard) == 0)
         }
     }
-
-    @Test("a published job arrives on the queue bound to its kind, confirmed, with a stable id")
-    func publishedJob() async throws {
-        try await ScratchDatabase.with { database, _ in
-            let tap = try await EventTap.open()
-            let app = TestEnvironment.unique("jobs")
-            let store = JobStore(database: database)
-            let id = try #require(try await store.enqueue(NewJob(kind: JobKind("test.publish"), payload: ["app": .string(app), "sale": .integer(7)],
-                                                                 dueAt: Date())))
-            var amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
-            amqp.connectionName = "test-scheduler"
-            let broker = ManagedAMQPConnection(configuration: amqp, logger: Self.logger) { try await $0.enableConfirms() }
-            try await broker.start()
-            #expect(try await Self.runner(store, [JobKind("test.publish"): PublishJobHandler(broker: broker)]).runOnce() == 1)
-            let received = try await tap.wait(app: app, count: 1)
-            #expect(received.count == 1)
-            #expect(received.first?.routingKey == "fanflow.test.publish")
-            #expect(received.first?.messageID == "fanflow:job:\(id)")
-            #expect(received.first?.envelope.attributes["sale"] == .integer(7))
-            #expect(try await store.job(id: id)?.status == .done)
-            await broker.close()
-            await tap.close()
-        }
-    }
 }
