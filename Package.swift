@@ -89,6 +89,7 @@ let package = Package(
                                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "Logging", package: "swift-log")],
+                resources: [.copy("Resources")],
                 swiftSettings: swiftSettings),
         // Registered apps and their sealed credentials (AES-GCM under keys derived from
         // FANFLOW_SECRET_KEY), cached per process: the gateway and every worker read apps here.
@@ -98,14 +99,16 @@ let package = Package(
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
 
-        // Pushes: templates (Mustache), triggers, the platforms' message APIs and their shared access
-        // tokens, pace and quota.
+        // Pushes: the push lifecycle as services with outcome enums (triggers, sending with retries,
+        // broadcasts, receipts), its job kinds' handlers, templates (Mustache), pace and quota, and
+        // their Lua scripts. No broker, no HTTP server: the push worker and the gateway adapt it.
         .target(name: "Pushes",
                 dependencies: ["Contracts", "Jobs", "PostgresClient", "RedisClient", "Platforms",
                                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "Mustache", package: "swift-mustache"),
                                .product(name: "Logging", package: "swift-log")],
+                resources: [.copy("Resources")],
                 swiftSettings: swiftSettings),
         // A stand-in for WeChat's message APIs (token, stable token, template and custom messages) with
         // their real request and answer shapes and faults on demand: for tests, demos and benches.
@@ -159,15 +162,22 @@ let package = Package(
                                          .product(name: "Logging", package: "swift-log"),
                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                           swiftSettings: swiftSettings),
+        // The bench signs requests itself (swift-crypto) and drives HTTP with its own SwiftNIO load
+        // generator: it depends on no product module but the clients and Contracts' wire types.
         .executableTarget(name: "FanFlowBench",
-                          dependencies: ["Contracts", "AMQPClient", "Gateway", "Platforms", "RedisClient", "PostgresClient",
+                          dependencies: ["Contracts", "AMQPClient", "RedisClient", "PostgresClient",
+                                         .product(name: "Crypto", package: "swift-crypto"),
+                                         .product(name: "_CryptoExtras", package: "swift-crypto"),
                                          .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                          .product(name: "NIOCore", package: "swift-nio"),
+                                         .product(name: "NIOPosix", package: "swift-nio"),
+                                         .product(name: "NIOHTTP1", package: "swift-nio"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: swiftSettings),
 
         .testTarget(name: "UnitTests",
-                    dependencies: ["Apps", "Contracts", "ClientSupport", "AMQPClient", "RedisClient", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "Platforms",
+                    dependencies: ["Apps", "Contracts", "ClientSupport", "AMQPClient", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "Platforms",
+                                   "Pushes", "PostgresClient", "RedisClient", "Workers",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto")],
                     swiftSettings: swiftSettings),

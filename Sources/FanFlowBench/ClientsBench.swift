@@ -8,8 +8,10 @@ import RedisClient
 struct FanFlowBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fanflow-bench", abstract: "Throughput of FanFlow's pieces on this machine.",
-        subcommands: [ClientsBench.self, GatewayRequests.self, PointsRequests.self, FlashSaleRequests.self, WaitDrained.self,
-                      FaultLoad.self, QueueWatch.self])
+        subcommands: [GatewayFigure.self, PipelineFigure.self, PointsRound.self, PointsTable.self, FlashSaleRound.self,
+                      FlashSaleTable.self, HTTPLoad.self, SchedulerRound.self, SchedulerTable.self, PushPass.self, PushTable.self,
+                      ClientsBench.self, ClientsFixtures.self, ClientsReport.self, FlashSaleRequests.self, WaitDrained.self,
+                      FaultLoad.self, QueueWatch.self, WaitSettled.self, FaultsPhase.self, SelfCheck.self])
 }
 
 /// Seconds on a monotonic clock.
@@ -33,6 +35,7 @@ struct ClientsBench: AsyncParsableCommand {
     @Option(help: "Rows for COPY.") var copyRows: Int = 1_000_000
     @Option(help: "Write one `name value` line per figure here, for scripts/bench.") var output: String?
     @Option(help: "Measure only this client: amqp, redis or postgres.") var only: String?
+    @Option(help: "The Lua script the Redis figure runs: the product's reservation script, as shipped.") var redisScript: String = "Sources/FlashSales/Resources/reserve.lua"
     @Option(help: "Quorum queues each publish is routed to (through a fanout exchange when more than 1).") var queues: Int = 1
 
     func run() async throws {
@@ -68,7 +71,7 @@ struct ClientsBench: AsyncParsableCommand {
         let publisher = try await AMQPConnection(url: url)
         try await publisher.enableConfirms()
         try await publisher.declareQueue(queue, options: AMQPQueueOptions(kind: .quorum))
-        // Like the gateway's webhooks, which the topology routes into two queues (behavior, points).
+        // A message routed into several queues (the gateway's reservations reach more than one).
         let exchange = queues > 1 ? name : ""
         var extraQueues: [String] = []
         if queues > 1 {
@@ -117,15 +120,21 @@ struct ClientsBench: AsyncParsableCommand {
         return (publishRate, consumeRate)
     }
 
-    /// The cap-check script of INFRA-NOTES (GET, INCRBY, EXPIRE), pipelined.
+    /// The product's reservation script (`Sources/FlashSales/Resources/reserve.lua`, read from the
+    /// file the product ships, never a copy), pipelined: a sale with stock and limits that never run
+    /// out, so every call takes the full path (reads, counters, the hold record and its index).
+    /// Request keys live 1 ms and hold ids repeat every 100,000 calls, so Redis memory stays bounded
+    /// (~30 MB) however long it runs; redis-benchmark runs the same script with the same shape.
     func redis(url: String) async throws -> Double {
-        let script = RedisScript("""
-            local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-            if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 0 end
-            redis.call('INCRBY', KEYS[1], ARGV[1])
-            redis.call('EXPIRE', KEYS[1], 86400)
-            return 1
-            """)
+        guard let source = try? String(contentsOfFile: redisScript, encoding: .utf8), !source.isEmpty else {
+            throw ValidationError("cannot read the reservation script \(redisScript) (run from the repository root)")
+        }
+        let script = RedisScript(source)
+        let setup = try await RedisConnection(url: url)
+        _ = try await setup.command(["HSET", "bench:{fs:c}:sale", "remaining", "1000000000000", "limit", "1000000000000", "start", "0",
+                                     "end", "99999999999999", "timeout", "600", "audience", "0"])
+        await setup.close()
+        let nowMs = String(Int64(Date().timeIntervalSince1970 * 1000))
         let deadline = now() + seconds
         let started = now()
         let total = try await withThrowingTaskGroup(of: Int.self) { group in
@@ -133,11 +142,15 @@ struct ClientsBench: AsyncParsableCommand {
                 group.addTask {
                     let redis = try await RedisConnection(url: url)
                     var done = 0
-                    var n = 0
+                    var n = c * 1_000_000_000
                     while now() < deadline {
                         let calls = (0..<pipeline).map { _ -> (script: RedisScript, keys: [String], arguments: [String]) in
                             n += 1
-                            return (script, ["bench:cap:{m:\(c)-\(n % 1000)}"], ["1", "1000000000"])
+                            let hold = String(n % 100_000)
+                            let member = String(n % 1000)
+                            return (script, ["bench:{fs:c}:sale", "bench:{fs:c}:held:\(member)", "bench:{fs:c}:req:\(n)", "bench:{fs:c}:rate",
+                                             "bench:{fs:c}:audience", "bench:{fs:c}:hold:\(hold)", "bench:{fs:c}:holds"],
+                                    [nowMs, "1", "r\(hold)", "0", "1000", "1", member, "q\(n)"])
                         }
                         done += try await redis.evalSHAPipelined(calls).count
                     }

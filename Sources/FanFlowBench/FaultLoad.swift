@@ -3,7 +3,6 @@ import AsyncHTTPClient
 import Contracts
 @preconcurrency import Crypto
 import Foundation
-import Gateway
 import NIOCore
 import Platforms
 
@@ -112,7 +111,7 @@ struct FaultLoad: AsyncParsableCommand {
         async let webhooks: Void = paced(webhookRate, "webhook") { n in
             let timestamp = String(Int(Date().timeIntervalSince1970))
             let nonce = "\(run)\(n)"
-            let signature = WeChatCrypto.signature([wechatToken, timestamp, nonce])
+            let signature = Signing.wechat([wechatToken, timestamp, nonce])
             let msgID = String(msgBase + Int64(n))
             var request = HTTPClientRequest(url: "\(base)/wechat/\(wechatApp)?signature=\(signature)&timestamp=\(timestamp)&nonce=\(nonce)")
             request.method = .POST
@@ -121,7 +120,7 @@ struct FaultLoad: AsyncParsableCommand {
                 + "<CreateTime>\(timestamp)</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[签到 \(n)]]></Content>"
                 + "<MsgId>\(msgID)</MsgId></xml>"
             request.body = .bytes(ByteBuffer(string: xml))
-            let id = EventID.derive(.wechat, app: wechatApp, ["msg", msgID])
+            let id = Signing.eventID(.wechat, app: wechatApp, ["msg", msgID])
             return (request, { status, _ in (200..<300).contains(status) ? [id] : [] })
         }
         async let events: Void = paced(eventRate / Double(eventBatch), "events") { n in
@@ -155,7 +154,7 @@ struct FaultLoad: AsyncParsableCommand {
                 return results.compactMap { result in
                     guard let status = result["status"] as? String, status == "accepted" || status == "duplicate",
                           let brandID = result["id"] as? String else { return nil }
-                    return EventID.derive(.server, app: serverApp, ["event", brandID])
+                    return Signing.eventID(.server, app: serverApp, ["event", brandID])
                 }
             })
         }

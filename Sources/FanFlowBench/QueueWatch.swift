@@ -9,7 +9,7 @@ struct QueueWatch: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "queue-watch", abstract: "Sample the ready depth of queues until stopped or --seconds pass.")
 
-    @Option(help: "Comma-separated queue names.") var queues: String = "fanflow.behavior,fanflow.points,fanflow.orders,fanflow.push"
+    @Option(help: "Comma-separated queue names.") var queues: String = "fanflow.pipeline,fanflow.orders,fanflow.push"
     @Option(help: "Stop after this many seconds.") var seconds: Double = 900
     @Option(help: "Output file.") var output: String
 

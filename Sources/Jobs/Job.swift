@@ -125,6 +125,22 @@ extension Job {
     }
 }
 
+extension Job {
+    /// The job as the event a pool handles: platform `fanflow`, the job's kind as the event's kind
+    /// (`push.flashsale_reminder` routes as `fanflow.push.flashsale_reminder`), id
+    /// `fanflow:job:<id>` on every attempt (so whatever is made once per event is made once per
+    /// job), the payload as its attributes with `jobId` and `attempt`, and a payload `app` as its app.
+    /// The scheduler publishes this envelope; a worker running the job itself hands it to its
+    /// domain the same way, so both paths make the same ids.
+    public func envelope(receivedAt now: Date = Date()) -> Envelope {
+        var attributes = payload
+        attributes["jobId"] = .integer(id)
+        attributes["attempt"] = .integer(Int64(attempts))
+        return Envelope(id: "fanflow:job:\(id)", platform: .fanflow, app: payload["app"]?.string ?? "", kind: EventKind(kind.rawValue),
+                        subject: .init(), occurredAt: dueAt, receivedAt: now, attributes: attributes)
+    }
+}
+
 /// The scheduler's own upkeep: finished jobs are deleted after `retention` by a daily job.
 public enum MaintenanceJobs {
     public static let prune = JobKind("scheduler.prune")

@@ -91,7 +91,9 @@ public struct JobStore: Sendable {
 
     // MARK: Claim and settle
 
-    /// Claims up to `limit` due jobs of `kinds` for `lease`, earliest due first. Kinds nobody
+    /// Claims up to `limit` due jobs of `kinds` for `lease`, earliest due first, and among jobs due
+    /// at the same time the first enqueued first (a batch written in one transaction, such as a
+    /// broadcast's next batch and its sends, is claimed in the order it was written). Kinds nobody
     /// handles stay scheduled (and show in the backlog) rather than failing. The jobs are picked
     /// once, in a materialized CTE (see ``Outbox/claim(limit:lease:)`` for what `IN (subquery)` did).
     public func claim(owner: String, kinds: [JobKind], limit: Int, lease: Duration, now: Date? = nil) async throws -> [Job] {
@@ -100,7 +102,7 @@ public struct JobStore: Sendable {
             WITH picked AS MATERIALIZED (
                 SELECT id AS picked_id FROM jobs WHERE status = 'scheduled' AND due_at <= coalesce($4::timestamptz, now())
                   AND kind = ANY($5::text[])
-                ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                ORDER BY due_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
             UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1,
                    locked_until = now() + make_interval(secs => $3), started_at = now(), updated_at = now()
             FROM picked WHERE jobs.id = picked.picked_id

@@ -68,10 +68,20 @@ public final class AccessTokenBroker: Sendable {
     public static func lockKey(_ app: String) -> String { "fanflow:{wx:\(app)}:token-lock" }
     public static func forcedKey(_ app: String, day: String) -> String { "fanflow:{wx:\(app)}:forced:\(day)" }
 
-    static let release = RedisScript("""
-        if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-        return 0
-        """)
+    /// What `token-lock-release.lua` did with the refresh lock.
+    enum LockRelease: Equatable {
+        case released
+        /// The lock had expired (and may be another worker's now): the refresh outlived it.
+        case notHeld
+
+        init(reply: RedisReply) throws(PlatformScripts.UnexpectedReply) {
+            switch reply {
+            case .integer(1): self = .released
+            case .integer(0): self = .notHeld
+            default: throw PlatformScripts.UnexpectedReply(script: "token-lock-release", reply: reply)
+            }
+        }
+    }
 
     /// The app's current token, refreshed first when it is missing or near its expiry.
     public func token(app: String) async throws -> String {
@@ -95,16 +105,33 @@ public final class AccessTokenBroker: Sendable {
             if taken.string == "OK" {
                 do {
                     let token = try await refreshHoldingLock(app: app, stale: stale, force: force)
-                    _ = try? await redis.evalSHA([(Self.release, [Self.lockKey(app)], [owner])])
+                    await release(app: app, owner: owner)
                     return token
                 } catch {
-                    _ = try? await redis.evalSHA([(Self.release, [Self.lockKey(app)], [owner])])
+                    await release(app: app, owner: owner)
                     throw error
                 }
             }
             try await Task.sleep(for: .milliseconds(25))
         }
         throw Problem.timedOut(app)
+    }
+
+    /// Releases the refresh lock if it is still `owner`'s. A release that fails is logged, not
+    /// thrown: the token is already stored (or the refresh already failed), and the lock expires
+    /// by itself within `lockMilliseconds`.
+    private func release(app: String, owner: String) async {
+        do {
+            let replies = try await redis.evalSHA([(try PlatformScripts.tokenLockRelease(), [Self.lockKey(app)], [owner])])
+            guard let reply = replies.first else { throw PlatformScripts.UnexpectedReply(script: "token-lock-release", reply: .null) }
+            if case .error(let message) = reply { throw RedisError(.server, message) }
+            if try LockRelease(reply: reply) == .notHeld {
+                logger.warning("the token refresh outlived its lock; another worker may have refreshed too",
+                               metadata: ["app": "\(app)", "lockMilliseconds": "\(lockMilliseconds)"])
+            }
+        } catch {
+            logger.warning("token refresh lock not released; it expires by itself", metadata: ["app": "\(app)", "error": "\(error)"])
+        }
     }
 
     private func refreshHoldingLock(app: String, stale: String?, force: Bool) async throws -> String {

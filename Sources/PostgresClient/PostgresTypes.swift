@@ -6,7 +6,7 @@ import Glibc
 /// A failure of the PostgreSQL client, carrying the server's own diagnostics.
 public struct PostgresError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: String { case connect, server, io, usage, invalidParameter }
+        private enum Base: String { case connect, server, io, usage, invalidParameter, column }
         private let base: Base
         private init(_ base: Base) { self.base = base }
         /// The connection could not be opened (bad URL, refused, authentication).
@@ -21,6 +21,11 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
         /// with a NUL byte (libpq would cut it there, so `victim\0evil` would arrive as `victim`).
         /// The value is at fault, never the server.
         public static let invalidParameter = Code(.invalidParameter)
+        /// A row read with ``PostgresRow/require(_:as:)`` or ``PostgresRow/optional(_:as:)`` lacked
+        /// the column, held NULL where a value is required, or held text that is not of the type
+        /// read: the statement and its reader disagree (a deploy without its migration, a query
+        /// edited without its reader), never the data a caller sent.
+        public static let column = Code(.column)
         public var description: String { base.rawValue }
     }
 
@@ -165,6 +170,95 @@ public struct PostgresRow: Sendable {
     public func bool(_ column: String) -> Bool? {
         guard let bytes = bytes(column), let first = bytes.first else { return nil }
         return format == .text ? first == UInt8(ascii: "t") : first != 0
+    }
+
+    /// The value of a column that must be there and must not be NULL. Throws
+    /// ``PostgresError/Code-swift.struct/column`` naming the column when it is missing from the
+    /// result, NULL, or not readable as `T`: a reader that guessed a default instead would turn a
+    /// query edited without its reader into zeros and empty texts in what members see.
+    public func require<T: PostgresCell>(_ column: String, as type: T.Type = T.self) throws(PostgresError) -> T {
+        guard let value = try optional(column, as: type) else {
+            throw PostgresError(.column, "column \(column) is NULL where a \(T.self) is required")
+        }
+        return value
+    }
+
+    /// The value of a column that must be there but may be NULL (nil). Throws like
+    /// ``require(_:as:)`` when the column is missing or holds text that is not a `T`.
+    public func optional<T: PostgresCell>(_ column: String, as type: T.Type = T.self) throws(PostgresError) -> T? {
+        guard let index = columns.firstIndex(of: column) else {
+            throw PostgresError(.column, "the result has no column \(column) (columns: \(columns.joined(separator: ", ")))")
+        }
+        guard let bytes = cells[index] else { return nil }
+        guard let value = T(postgresCell: bytes, format: format) else {
+            throw PostgresError(.column, "column \(column) holds \(bytes.count) bytes that are not a \(T.self)")
+        }
+        return value
+    }
+}
+
+/// A type a result cell can be read as (``PostgresRow/require(_:as:)``): text format always,
+/// binary where the type's binary form is fixed.
+public protocol PostgresCell: Sendable {
+    /// Nil when the cell's bytes are not a value of this type.
+    init?(postgresCell bytes: [UInt8], format: PostgresResultFormat)
+}
+
+extension String: PostgresCell {
+    public init?(postgresCell bytes: [UInt8], format: PostgresResultFormat) {
+        guard let text = String(validating: bytes, as: UTF8.self) else { return nil }
+        self = text
+    }
+}
+
+extension Array: PostgresCell where Element == UInt8 {
+    public init?(postgresCell bytes: [UInt8], format: PostgresResultFormat) { self = bytes }
+}
+
+extension Int64: PostgresCell {
+    /// Decimal text, or a 2/4/8-byte big-endian integer in binary format.
+    public init?(postgresCell bytes: [UInt8], format: PostgresResultFormat) {
+        if format == .text {
+            guard let value = Int64(String(decoding: bytes, as: UTF8.self)) else { return nil }
+            self = value
+            return
+        }
+        guard [2, 4, 8].contains(bytes.count) else { return nil }
+        var value: Int64 = 0
+        for byte in bytes { value = (value << 8) | Int64(byte) }
+        let shift = Int64(64 - bytes.count * 8)
+        self = (value << shift) >> shift
+    }
+}
+
+extension Int: PostgresCell {
+    public init?(postgresCell bytes: [UInt8], format: PostgresResultFormat) {
+        guard let value = Int64(postgresCell: bytes, format: format) else { return nil }
+        self = Int(value)
+    }
+}
+
+extension Bool: PostgresCell {
+    /// `t`/`f` in text format, one byte in binary.
+    public init?(postgresCell bytes: [UInt8], format: PostgresResultFormat) {
+        guard bytes.count == 1, let byte = bytes.first else { return nil }
+        if format == .binary {
+            self = byte != 0
+            return
+        }
+        switch byte {
+        case UInt8(ascii: "t"): self = true
+        case UInt8(ascii: "f"): self = false
+        default: return nil
+        }
+    }
+}
+
+extension Double: PostgresCell {
+    /// Text format only (`float8` as PostgreSQL prints it, `NaN` and `Infinity` included).
+    public init?(postgresCell bytes: [UInt8], format: PostgresResultFormat) {
+        guard format == .text, let value = Double(String(decoding: bytes, as: UTF8.self)) else { return nil }
+        self = value
     }
 }
 

@@ -35,7 +35,7 @@ public struct PushPreset: Sendable, Equatable {
             "first": "抢购成功：{{campaign}}", "keyword1": "{{quantity}} 件", "keyword2": "¥{{amountYuan}}",
             "remark": "请在 {{payBy}} 前完成支付，逾期自动取消",
         ]),
-        Message(name: "reservation-expiring", event: { _ in "fanflow.push.flashsale_reminder" }, fields: [
+        Message(name: "reservation-expiring", event: { _ in PushTrigger.paymentReminderEvent }, fields: [
             "first": "您抢到的 {{campaign}} 即将失效", "keyword1": "{{quantity}} 件", "keyword2": "¥{{amountYuan}}",
             "remark": "请在 {{payBy}} 前完成支付",
         ]),

@@ -33,8 +33,9 @@ public struct PushSender: Sendable {
 
     public enum Outcome: Sendable, Equatable {
         case sent(messageID: Int64?)
-        /// Not sent and never retried; `status` is the push's (`unsubscribed`, `user_block` or `refused`).
-        case refused(status: String, detail: String)
+        /// Not sent and never retried; `status` is the push's (``PushStatus/unsubscribed``,
+        /// ``PushStatus/userBlock`` or ``PushStatus/refused``).
+        case refused(status: PushStatus, detail: String)
         case deferred(reason: String)
         case retry(reason: String)
     }
@@ -77,7 +78,7 @@ public struct PushSender: Sendable {
         case .platform(45009, let message): return .deferred(reason: "errcode 45009: \(message)")
         case .platform(-1, let message): return .retry(reason: "errcode -1: \(message)")
         case .platform(let code, let message):
-            let status = code == 43004 ? "unsubscribed" : code == 43101 ? "user_block" : "refused"
+            let status: PushStatus = code == 43004 ? .unsubscribed : code == 43101 ? .userBlock : .refused
             return .refused(status: status, detail: "errcode \(code): \(message)")
         case .http(let status): return .retry(reason: "HTTP \(status)")
         case .network(let reason): return .retry(reason: "network: \(reason)")
@@ -88,10 +89,10 @@ public struct PushSender: Sendable {
     // MARK: Alipay
 
     public func sendAlipayTemplate(app: String, _ message: AlipayClient.TemplateMessage) async -> Outcome {
-        guard let alipay, let alipayKeys else { return .refused(status: "refused", detail: "no Alipay client in this worker") }
+        guard let alipay, let alipayKeys else { return .refused(status: .refused, detail: "no Alipay client in this worker") }
         let keys: AlipayCrypto?
         do { keys = try await alipayKeys.keys(app: app) } catch { return .retry(reason: "the app's Alipay keys: \(error)") }
-        guard let keys else { return .refused(status: "refused", detail: "Alipay app \(app) is not registered with its keys") }
+        guard let keys else { return .refused(status: .refused, detail: "Alipay app \(app) is not registered with its keys") }
         do {
             try await alipay.sendTemplate(app: app, keys: keys, message)
             return .sent(messageID: nil)
@@ -103,17 +104,17 @@ public struct PushSender: Sendable {
     static func outcome(_ failure: AlipayClient.Failure) -> Outcome {
         switch failure {
         case .platform(let code, _, let subCode, _) where code == "40004" && isUnfollowed(subCode):
-            return .refused(status: "unsubscribed", detail: failure.description)
+            return .refused(status: .unsubscribed, detail: failure.description)
         case .platform(let code, _, let subCode, _) where code == "40004" && isLimit(subCode):
             return .deferred(reason: failure.description)
         case .platform(let code, _, _, _) where code == "20000":
             return .retry(reason: failure.description)
         case .platform, .unverified:
-            return .refused(status: "refused", detail: failure.description)
+            return .refused(status: .refused, detail: failure.description)
         case .http(let status) where status >= 500:
             return .retry(reason: failure.description)
         case .http:
-            return .refused(status: "refused", detail: failure.description)
+            return .refused(status: .refused, detail: failure.description)
         case .network, .malformed:
             return .retry(reason: failure.description)
         }

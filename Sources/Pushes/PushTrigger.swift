@@ -22,14 +22,19 @@ public struct PushTrigger: Sendable, Equatable {
         self.enabled = enabled
     }
 
-    /// The events the push pool receives (the push queue's bindings), with what each one carries
-    /// for templates beside the member's own fields.
+    /// A flash-sale reservation's payment reminder, due 5 minutes before its pay-by time: the
+    /// routing key of the reminder job's event (the job kind `push.flashsale_reminder` of platform
+    /// `fanflow`). It fires only while the reservation still waits for its payment.
+    public static let paymentReminderEvent = "fanflow.push.flashsale_reminder"
+
+    /// The events pushes are triggered by (the push queue's bindings, and the reminder jobs the
+    /// push worker runs), with what each one carries for templates beside the member's own fields.
     public static let events: [String: String] = [
         "wechat.subscribe": "scene (the QR scene, when the follow came through one)",
         "alipay.subscribe": "nothing beyond the member's fields (a follow of the Alipay service window)",
         "fanflow.member.level_changed": "level, previousLevel",
         "fanflow.flashsale.reserved": "saleId, campaign, quantity, amount, amountYuan, payBy, reservationId",
-        "fanflow.push.flashsale_reminder": "the reservation's fields, 5 minutes before its pay-by time while unpaid",
+        paymentReminderEvent: "the reservation's fields, 5 minutes before its pay-by time while unpaid",
         "fanflow.points.granted": "points (granted), balance",
         "fanflow.points.matured": "points (matured), balance",
     ]

@@ -63,6 +63,7 @@ struct GatewayCommand: AsyncParsableCommand {
         let logger = Logger(label: "fanflow.gateway")
         try FlashSaleScripts.check()  // a missing Lua resource stops the start, naming the file
         try EventPublisher.scripts.check()
+        try PushScripts.check()       // push-stats reads its figures with them
         let gateway = try await Gateway(configuration: configuration, logger: logger)
         logger.notice("gateway listening", metadata: ["address": "http://\(configuration.httpHost):\(configuration.httpPort)"])
         try await runServices([gateway.application()], logger: logger)
@@ -94,8 +95,9 @@ struct WorkerCommand: AsyncParsableCommand {
         var amqp = try AMQPConfiguration(url: configuration.amqpURL)
         amqp.connectionName = "fanflow-worker"
         // A push consumer has many sends in flight at once (its whole batch), each claiming and
-        // recording its push: it gets more connections than a pool writing one transaction a batch.
-        let connections = specs.reduce(0) { $0 + $1.consumers * ($1.name == .push ? 8 : 1) } + 1
+        // recording its push: it gets more connections than a pool writing one transaction a batch,
+        // and as many again for its job runner, whose batch of sends is as wide.
+        let connections = specs.reduce(0) { $0 + $1.consumers * ($1.name == .push ? 16 : 1) } + 1
         let database = PostgresPool(url: configuration.databaseURL, maximumConnections: max(2, connections))
         var services: [any Service] = []
         var closers: [@Sendable () async -> Void] = [{ await database.close() }]
@@ -146,10 +148,20 @@ struct WorkerCommand: AsyncParsableCommand {
                 services += jobs.services(store: JobStore(database: database), logger: logger).map { $0 as any Service }
                 logger.info("running job kinds", metadata: ["pool": "orders", "kinds": "\(jobs.kinds.map(\.rawValue).joined(separator: ","))"])
             case .push:
+                try PushScripts.check()
+                try PlatformScripts.check()
                 let redis = try await RedisPool(url: configuration.redisURL, size: 2)
                 closers.append({ await redis.close() })
-                handler = EnvelopeBatchHandler(try pushPool(configuration: configuration, database: database, redis: redis, logger: logger),
-                                               logger: logger, deadLetterAfter: configuration.deadLetterAfter)
+                let service = try pushService(configuration: configuration, database: database, redis: redis, logger: logger)
+                handler = EnvelopeBatchHandler(PushPool(service: service, logger: logger), logger: logger,
+                                               deadLetterAfter: configuration.deadLetterAfter)
+                // Push jobs (retries, broadcast batches and their sends, payment reminders) run here,
+                // a runner per consumer with a batch as wide as a consumer's prefetch, not through the
+                // scheduler and the broker.
+                let jobs = PushPool.jobs(service, runners: spec.consumers, limit: prefetch)
+                services += jobs.services(store: JobStore(database: database), logger: logger).map { $0 as any Service }
+                logger.info("running job kinds", metadata: ["pool": "\(spec.name.rawValue)", "kinds": "\(jobs.kinds.map(\.rawValue).joined(separator: ","))",
+                                                            "runners": "\(jobs.runners)", "batch": "\(jobs.batchSize)"])
             }
             for _ in 0..<spec.consumers {
                 services.append(ConsumerService(amqp: amqp, queue: spec.name.queue, prefetch: prefetch,
@@ -401,10 +413,10 @@ struct ReconcileCommand: AsyncParsableCommand {
     }
 }
 
-/// The push pool as `fanflow worker --pool push=N` runs it: WeChat's and Alipay's APIs (or the
+/// The push service as `fanflow worker --pool push=N` runs it: WeChat's and Alipay's APIs (or the
 /// fake) through AsyncHTTPClient, app secrets and keys from the registered apps, WeChat tokens
 /// shared through Redis.
-func pushPool(configuration: FanFlowConfiguration, database: PostgresPool, redis: RedisPool, logger: Logger) throws -> PushPool {
+func pushService(configuration: FanFlowConfiguration, database: PostgresPool, redis: RedisPool, logger: Logger) throws -> PushService {
     // App secrets are sealed with a key derived from FANFLOW_SECRET_KEY: the push pool needs it too.
     let apps = AppRegistry(database: database, keys: try SecretKeys(base64: configuration.secretKey), logger: logger)
     let client = WeChatClient(http: HTTPClient.shared, base: configuration.wechatAPIBase)
@@ -418,7 +430,7 @@ func pushPool(configuration: FanFlowConfiguration, database: PostgresPool, redis
     }
     let sender = PushSender(client: client, broker: broker, alipay: AlipayClient(http: HTTPClient.shared, base: configuration.alipayAPIBase),
                             alipayKeys: alipayKeys)
-    return PushPool(store: PushStore(database: database), sender: sender,
-                    pace: PushPace(redis: redis, ratePerSecond: configuration.pushRatePerApp, dailyQuota: configuration.pushDailyQuota),
-                    jobs: JobStore(database: database), logger: logger)
+    return PushPool.service(database: database, sender: sender,
+                            pace: PushPace(redis: redis, ratePerSecond: configuration.pushRatePerApp, dailyQuota: configuration.pushDailyQuota),
+                            logger: logger)
 }

@@ -92,7 +92,7 @@ struct FlashSaleLostCampaignTests {
 
     @Test("the reconcile job routes to the orders queue only (not push's fanflow.flashsale.# nor the pipeline), and history skips it")
     func reconcileRouting() async throws {
-        // The job as the scheduler publishes it (PublishJobHandler: platform fanflow, kind = job kind).
+        // The job as the scheduler publishes it (Job.legacyEnvelope: platform fanflow, kind = job kind).
         let job = Envelope(id: "fanflow:job:test-\(UUID().uuidString)", platform: .fanflow, app: "", kind: EventKind(FlashSaleStore.reconcileJob.rawValue),
                            subject: .init(), occurredAt: Date(), receivedAt: Date(), attributes: [:])
         #expect(job.routingKey == "fanflow.orders.reconcile")

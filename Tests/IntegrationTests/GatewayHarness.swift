@@ -125,6 +125,9 @@ final class EventTap: Sendable {
         }
     }
 
+    /// Everything published so far.
+    func all() -> [(envelope: Envelope, messageID: String?, routingKey: String)] { received.withLock { $0 } }
+
     /// Everything published for `app` so far.
     func envelopes(app: String) -> [(envelope: Envelope, messageID: String?, routingKey: String)] {
         received.withLock { $0.filter { $0.envelope.app == app } }

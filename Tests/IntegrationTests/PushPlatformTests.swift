@@ -93,8 +93,8 @@ struct PushPlatformTests {
             fake.refuse(openid: "gone", errcode: 43004)
             fake.refuse(openid: "blocking", errcode: 43101)
             let before = fake.sent.count
-            if case .refused("unsubscribed", let detail) = await sender.sendTemplate(app: app, Self.message("gone")), detail.hasPrefix("errcode 43004") {} else { Issue.record("43004 not refused") }
-            if case .refused("user_block", _) = await sender.sendTemplate(app: app, Self.message("blocking")) {} else { Issue.record("43101 not refused") }
+            if case .refused(.unsubscribed, let detail) = await sender.sendTemplate(app: app, Self.message("gone")), detail.hasPrefix("errcode 43004") {} else { Issue.record("43004 not refused") }
+            if case .refused(.userBlock, _) = await sender.sendTemplate(app: app, Self.message("blocking")) {} else { Issue.record("43101 not refused") }
             #expect(fake.sent.count == before)
 
             fake.setQuota(app: app, limit: 0)
@@ -111,7 +111,7 @@ struct PushPlatformTests {
 
             var bad = Self.message("c")
             bad.templateID = ""
-            if case .refused("refused", let detail) = await sender.sendTemplate(app: app, bad), detail.hasPrefix("errcode 40037") {} else { Issue.record("bad template id not refused") }
+            if case .refused(.refused, let detail) = await sender.sendTemplate(app: app, bad), detail.hasPrefix("errcode 40037") {} else { Issue.record("bad template id not refused") }
             #expect(await sender.sendText(app: app, toUser: "d", content: "Welcome!") == .sent(messageID: 0))
             #expect(fake.sent.last?.kind == "custom")
         }
@@ -168,7 +168,7 @@ struct PushPlatformTests {
             #expect(sent.context["url"] == "https://brand.example/points" && sent.context["action_name"] == "查看详情")
 
             fake.refuse(user: "2088000000000002", subCode: "USER_NOT_FOLLOW", subMessage: "用户未关注生活号")
-            if case .refused("unsubscribed", let detail) = await sender.sendAlipayTemplate(app: app, Self.alipayMessage("2088000000000002")),
+            if case .refused(.unsubscribed, let detail) = await sender.sendAlipayTemplate(app: app, Self.alipayMessage("2088000000000002")),
                detail.contains("USER_NOT_FOLLOW") {} else { Issue.record("an unfollowed user not refused as unsubscribed") }
             fake.refuse(user: "2088000000000003", subCode: "MSG_SEND_LIMIT_EXCEEDED", subMessage: "超过发送上限")
             if case .deferred = await sender.sendAlipayTemplate(app: app, Self.alipayMessage("2088000000000003")) {} else {
@@ -181,10 +181,10 @@ struct PushPlatformTests {
             #expect(fake.sent.count == 1)
 
             // An app the gateway does not know, and one whose registered key is not the one it signs with.
-            if case .refused("refused", let detail) = await sender.sendAlipayTemplate(app: "2021000000000000", Self.alipayMessage("2088000000000001")),
+            if case .refused(.refused, let detail) = await sender.sendAlipayTemplate(app: "2021000000000000", Self.alipayMessage("2088000000000001")),
                detail.contains("not registered") {} else { Issue.record("an app without keys not refused") }
             try fake.register(app: app, publicKey: try Self.appKeys().publicKey)
-            if case .refused("refused", let detail) = await sender.sendAlipayTemplate(app: app, Self.alipayMessage("2088000000000001")),
+            if case .refused(.refused, let detail) = await sender.sendAlipayTemplate(app: app, Self.alipayMessage("2088000000000001")),
                detail.contains("isv.invalid-signature") {} else { Issue.record("a bad request signature not refused") }
             #expect(fake.sent.count == 1)
             _ = base

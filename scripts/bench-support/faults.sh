@@ -2,7 +2,7 @@
 # ONLY and SECONDS_GIVEN).
 #
 # The product runs under scripts/run (so its supervision is what brings killed processes back):
-# gateway, workers (behavior=2 points=2 orders=1 push=2), scheduler and the fake platform, in a
+# gateway, workers (pipeline=2 orders=1 push=2), scheduler and the fake platform, in a
 # vhost, a Redis database and a PostgreSQL database of the bench's own. For each fault in turn,
 # `FanFlowBench fault-load` sends steady load for --seconds (default 40; longer where the fault
 # lasts longer): RATE signed WeChat webhooks, RATE business events (batches of 5) and RATE
@@ -32,7 +32,6 @@ faults() {
   # Kills, failed waits and empty greps are expected here: errors are checked where they matter.
   set +e +o pipefail
   [ "$SECONDS_GIVEN" = 1 ] || SECONDS_PER=40
-  command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
   scripts/services up
   eval "$(scripts/services env)"
   local redis_port=${FANFLOW_LOCAL_REDIS_PORT:-6379} pg_port=${FANFLOW_LOCAL_PG_PORT:-5432} amqp_port=${FANFLOW_LOCAL_AMQP_PORT:-5672}
@@ -77,6 +76,8 @@ faults() {
       rm -rf "$fl_work"
     fi
     fl_run_pid=""; fl_paused=""
+    # The wrapper's own scratch folder (this trap replaces its EXIT trap).
+    [ -n "${WORK:-}" ] && rm -rf "$WORK"
   }
   trap fl_cleanup EXIT
   trap 'exit 130' INT TERM
@@ -109,7 +110,9 @@ faults() {
   show() {
     local pid
     for pid in "$@"; do
-      echo "[faults]   target: $(ps -o pid=,args= -p "$pid" | cut -c1-110) listening on $(ss -Hltnp 2>/dev/null | grep "pid=$pid," | awk '{print $4}' | tr '\n' ' ')" >&2
+      local listening="" state recvq sendq address rest
+      while read -r state recvq sendq address rest; do listening="$listening$address "; done < <(ss -Hltnp 2>/dev/null | grep "pid=$pid,")
+      echo "[faults]   target: $(ps -o pid=,args= -p "$pid" | cut -c1-110) listening on $listening" >&2
     done
   }
 
@@ -145,9 +148,9 @@ faults() {
     esac
   }
 
-  local rows=() names="worker-kill gateway-kill rabbitmq-restart redis-restart redis-flush postgres-restart postgres-pause"
+  local names="worker-kill gateway-kill rabbitmq-restart redis-restart redis-flush postgres-restart postgres-pause"
   [ -n "$ONLY" ] && names=$(echo "$ONLY" | tr ',' ' ')
-  local warm=8 dup_before=0 overcap_before=0
+  local warm=8
   for name in $names; do
     local span=0
     case $name in
@@ -181,16 +184,9 @@ faults() {
     wait "$fl_load_pid" || { cat "$w/$name.summary" >&2; echo "[faults] the load generator failed" >&2; exit 1; }
     fl_load_pid=""
     # Settled: every work queue empty (ready and unacknowledged) and the outbox empty, at most 300 s.
-    local settled=0 t_drained settle_until=$(( SECONDS + 300 ))
-    while [ $SECONDS -lt $settle_until ]; do
-      local depth; depth=$(timeout 30 scripts/services rabbitmqctl list_queues -p "$fl_vhost" name messages 2>/dev/null \
-        | awk '$1 ~ /^fanflow\.(behavior|points|orders|push)$/ {n += $2; seen++} END {print (seen == 4 ? n : -1)}')
-      if [ "$depth" = 0 ] && [ "$(q "SELECT count(*) FROM outbox")" = 0 ]; then settled=1; break; fi
-      sleep 1
-    done
-    t_drained=$(date +%s%3N)
+    "$bench" wait-settled --vhost "$fl_vhost" --timeout 300
+    local t_drained; t_drained=$(date +%s%3N)
     kill "$fl_watch_pid" 2>/dev/null; wait "$fl_watch_pid" 2>/dev/null; fl_watch_pid=""
-    [ $settled = 1 ] || echo "[faults] $name: the queues did not drain within 300 s; checking anyway" >&2
     sleep 1
 
     # From the database.
@@ -218,92 +214,22 @@ SELECT 'overcap', coalesce(sum(over), 0)::bigint FROM (
    GROUP BY member_id, rule, (occurred_at AT TIME ZONE '${FANFLOW_TIMEZONE:-Asia/Shanghai}')::date HAVING sum(points) > 15) o;
 SELECT 'ordered', coalesce(sum(quantity), 0) FROM flash_orders WHERE sale_id = '$sale' AND status IN ('reserved', 'paid');
 SQL
-    val() { awk -v k="$1" '$1 == k {print $2}' "$w/$name.checks"; }
-    # Missing ones that were dead-lettered (stored by the keepers in dead_letters, or still waiting in
-    # a dead-letter queue with the reason in x-death or headers) are not lost.
-    local dead=0
-    if [ -s "$w/$name.missing" ]; then
-      for queue in behavior points orders push; do
-        curl -s -X POST "$mgmt/api/queues/$fl_vhost/fanflow.$queue.dead/get" -H 'content-type: application/json' \
-          -d '{"count":100000,"ackmode":"ack_requeue_true","encoding":"auto"}' > "$w/$name.dead.$queue.json" || true
-      done
-      dead=$(python3 - "$w/$name.missing" "$w"/"$name".dead.*.json <<'PY'
-import json, sys
-missing = {line.strip() for line in open(sys.argv[1]) if line.strip()}
-found = set()
-for path in sys.argv[2:]:
-    try: messages = json.load(open(path))
-    except Exception: continue
-    if not isinstance(messages, list): continue
-    for m in messages:
-        text = (m.get("properties", {}).get("message_id") or "") + " " + str(m.get("payload", ""))
-        found |= {i for i in missing if i in text}
-print(len(found))
-PY
-)
-    fi
-    local recon; recon=$("$bin" reconcile flash-sale "$sale" 2>/dev/null || true)
-    local held_keys; held_keys=$(redis-cli -p "$redis_port" -n 11 EVAL \
-      "local m = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do local v = tonumber(redis.call('GET', k)) if v and v < m then m = v end end return m" \
-      0 "fanflow:{fs:$sale}:held:*")
-    local books; books=$(printf '%s' "$recon" | python3 -c '
-import json, sys
-try: r = json.load(sys.stdin)
-except Exception: print("? ? ? ? ?"); sys.exit()
-pg, rd = r.get("postgres") or {}, r.get("redis") or {}
-held = lambda b: (b["reserved"] + b["paid"]) if "reserved" in b and "paid" in b else "?"
-print(pg.get("remaining", "?"), rd.get("remaining", "?"), pg.get("reserved", "?"), rd.get("reserved", "?"), "%s/%s" % (held(pg), held(rd)))')
-    local pg_rem rd_rem pg_res rd_res agree
-    read -r pg_rem rd_rem pg_res rd_res agree <<< "$books"
-    local events reserved missing grants dups ordered
-    events=$(val events); reserved=$(val reserved); missing=$(val missing); grants=$(val grants); dups=$(val dups); ordered=$(val ordered)
-    dead=$(( dead + $(val deadrows) ))
-    local lost=$(( missing - dead ))
-    local oversold; oversold=$(python3 -c '
-import sys
-stock, ordered, reserved = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-over = [ordered - stock, reserved - stock] + [-int(v) for v in sys.argv[4:] if v.lstrip("-").isdigit()]
-print(max([0] + over))' "$stock" "$ordered" "$reserved" "$pg_rem" "$rd_rem")
-    local held_min; held_min=$(python3 -c 'import sys; print(min(int(v) for v in sys.argv[1:] if v.lstrip("-").isdigit()))' "$held_keys" "$pg_res" "$rd_res" 0)
-
-    # Recovery, from the load's own log (ms since the epoch) and the depth samples.
-    local timing; timing=$(awk -v f="$t_fault" -v drained="$t_drained" '
-      FNR == 1 { file++ }
-      file == 1 { sent = $1; st = $4; total++
-                  if (st == 0 || st >= 500) { failed++; if (sent >= f && sent > last) { last = sent; lastdone = $2 } }
-                  if (st >= 400 && st < 500 && st != 409) other4++
-                  next }
-      file == 2 { sent = $1; done = $2; st = $4
-                  if (last && sent > last && st >= 200 && st < 300 && (back == 0 || done < back)) back = done
-                  next }
-      file == 3 { t = $1; d = $2
-                  if (t < f && t >= f - 5000 && d > base) base = d
-                  if (t >= f) samples[++n] = t " " d
-                  next }
-      END {
-        limit = (base > 50 ? base : 50)
-        from = (back ? back : f)
-        for (i = 1; i <= n; i++) { split(samples[i], s, " "); if (s[1] >= from && s[2] >= 0 && s[2] <= limit) { cleared = s[1]; break } }
-        backs = !last ? "0 (no failures)" : back ? sprintf("%.1f", (back - f) / 1000) : sprintf("> %.1f (failing when the load ended)", (lastdone - f) / 1000)
-        clears = cleared ? sprintf("%.1f", (cleared - f) / 1000) : sprintf("%.1f (after the load)", (drained - f) / 1000)
-        printf "%d|%d|%d|%s|%s\n", total, failed, other4, backs, clears
-      }' "$w/$name.requests" "$w/$name.requests" "$w/$name.depth")
-    local total failed other4 back cleared
-    IFS='|' read -r total failed other4 back cleared <<< "$timing"
-    local dup_phase=$(( dups - dup_before )); dup_before=$dups
-    local overcap; overcap=$(val overcap); local overcap_phase=$(( overcap - overcap_before )); overcap_before=$overcap
-    rows+=("| $name | $total | $failed | $back | $cleared | $events | $reserved / $stock | $(( ordered - reserved )) | $grants | $overcap_phase | $dead | **$lost** | **$dup_phase** | **$oversold** | $held_min | $agree |")
-    echo "[faults] $name: ${rows[-1]}" >&2
-    if [ "$lost" != 0 ] && [ -n "${FANFLOW_BENCH_KEEP:-}" ]; then echo "[faults] missing ids in $w/$name.missing" >&2; fi
+    "$bin" reconcile flash-sale "$sale" > "$w/$name.reconcile.json" 2>/dev/null
+    # The row, from the checks, the dead-letter queues, the books, Redis's held counters and the logs.
+    "$bench" faults-phase --name "$name" --sale "$sale" --stock "$stock" --fault-ms "$t_fault" --drained-ms "$t_drained" \
+      --checks "$w/$name.checks" --missing "$w/$name.missing" --reconcile "$w/$name.reconcile.json" \
+      --requests "$w/$name.requests" --depth "$w/$name.depth" --vhost "$fl_vhost" --state "$w/totals" --rows "$w/rows" \
+      || { echo "[faults] $name: the row could not be computed" >&2; exit 1; }
+    [ -n "${FANFLOW_BENCH_KEEP:-}" ] && [ -s "$w/$name.missing" ] && echo "[faults] missing ids in $w/$name.missing" >&2
   done
 
   local restarts; restarts=$(grep -c '^\[run\] .* restarting in' "$w/run.log" || true)
   echo
-  echo "scripts/bench faults on $(nproc) cores, $(date -u +%Y-%m-%d): scripts/run (gateway, worker behavior=2 points=2 orders=1 push=2, scheduler, fake platform), ${RATE}/s each of signed webhooks, business events (batches of 5) and reservation attempts; the fault ${warm}s into each phase"
+  echo "scripts/bench faults on $(nproc) cores, $(date -u +%Y-%m-%d): scripts/run (gateway, worker pipeline=2 orders=1 push=2, scheduler, fake platform), ${RATE}/s each of signed webhooks, business events (batches of 5) and reservation attempts; the fault ${warm}s into each phase"
   echo
   echo "| fault | requests | failed (5xx, no answer) | service back after s | backlog cleared after s | events accepted | reserved (201) / stock | orders without a 201 | ledger rows | grants over a cap | dead-lettered | lost | dup grants | oversold | held min | units held PG/Redis |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-  printf '%s\n' "${rows[@]}"
+  cat "$w/rows"
   echo
   echo "scripts/run restarted processes $restarts time(s):"
   grep '^\[run\] .* exited' "$w/run.log" | sed 's/^/  /' || true

@@ -1,20 +1,23 @@
 import Contracts
 import Foundation
+import HTTPTypes
 import Hummingbird
 import Pushes
 
 /// `/admin/v1/templates/{code}` (message templates, checked when saved), `/admin/v1/push-triggers`
-/// (which event sends which template), `/admin/v1/pushes` (every push and what became of it) and
-/// `/admin/v1/push-stats` (today's outcomes and quota per app).
+/// (which event sends which template), `/admin/v1/broadcasts` (through the ``Broadcasts`` service),
+/// `/admin/v1/pushes` (every push and what became of it) and `/admin/v1/push-stats` (today's
+/// outcomes and quota per app).
 extension Gateway {
     func addPushAdminRoutes(_ admin: RouterGroup<GatewayRequestContext>) {
         let store = PushStore(database: database)
+        let broadcasts = Broadcasts(store: store)
 
         admin.put("/templates/:code") { request, context in
             let body = try await request.collectBody(upTo: 64 * 1024)
             let template: PushTemplate
             do { template = try PushTemplate.parse(code: context.parameters.get("code") ?? "", json: body) } catch {
-                throw GatewayError.badRequest(.invalidTemplate, "\(error)")
+                throw GatewayError(.badRequest, .invalidTemplate, "\(error)")
             }
             let outcome = try await stored { try await store.put(template) }
             return Response.json(template.json, status: outcome == .created ? .created : .ok)
@@ -38,7 +41,7 @@ extension Gateway {
         admin.post("/push-triggers/presets/standard") { request, _ in
             let body = try await request.collectBody(upTo: 16 * 1024)
             let preset: PushPreset
-            do { preset = try PushPreset.parse(json: body) } catch { throw GatewayError.badRequest(.invalidPreset, "\(error)") }
+            do { preset = try PushPreset.parse(json: body) } catch { throw GatewayError(.badRequest, .invalidPreset, "\(error)") }
             try await stored {
                 for template in preset.templates { _ = try await store.put(template) }
                 for trigger in preset.triggers { _ = try await store.put(trigger) }
@@ -51,7 +54,7 @@ extension Gateway {
             let quota = configuration.pushDailyQuota
             let today: (day: String, apps: [PushStats.AppDay])
             do { today = try await PushStats(redis: redis).today(dailyQuota: quota) } catch {
-                throw GatewayError.unavailable(.redisUnavailable, "Redis did not answer; retry", detail: "\(error)")
+                throw GatewayError(.serviceUnavailable, .redisUnavailable, "Redis did not answer; retry", detail: "\(error)")
             }
             return Response.json([
                 "day": .string(today.day), "dailyQuota": .integer(Int64(quota)),
@@ -67,7 +70,7 @@ extension Gateway {
             let body = try await request.collectBody(upTo: 16 * 1024)
             let trigger: PushTrigger
             do { trigger = try PushTrigger.parse(code: context.parameters.get("code") ?? "", json: body) } catch {
-                throw GatewayError.badRequest(.invalidTrigger, "\(error)")
+                throw GatewayError(.badRequest, .invalidTrigger, "\(error)")
             }
             switch try await stored({ try await store.put(trigger) }) {
             case .unknownTemplate: throw GatewayError(.conflict, .unknownTemplate, "no template \(trigger.template): save it first")
@@ -97,68 +100,70 @@ extension Gateway {
         admin.post("/broadcasts") { request, _ in
             let body = try await request.collectBody(upTo: 16 * 1024)
             guard case .object(let object)? = try? JSONValue.parse(body) else {
-                throw GatewayError.badRequest(.malformedJson, #"body must be {"template","tags":[…],"at"?}"#)
+                throw GatewayError(.badRequest, .malformedJson, #"body must be {"template","tags":[…],"at"?}"#)
             }
             guard let template = object["template"]?.string, PushTemplate.isValidCode(template) else {
-                throw GatewayError.badRequest(.invalidBroadcast, "template must be a template's code")
+                throw GatewayError(.badRequest, .invalidBroadcast, "template must be a template's code")
             }
             guard case .array(let list)? = object["tags"], (1...20).contains(list.count),
                   case let tags = list.compactMap(\.string), tags.count == list.count, tags.allSatisfy({ (1...64).contains($0.count) }) else {
-                throw GatewayError.badRequest(.invalidBroadcast, "tags must be 1-20 tags; members with any of them receive it")
+                throw GatewayError(.badRequest, .invalidBroadcast, "tags must be 1-20 tags; members with any of them receive it")
             }
             var at = Date()
             if let given = object["at"], given != .null {
                 guard let text = given.string, let date = RFC3339.parse(text) else {
-                    throw GatewayError.badRequest(.invalidBroadcast, "at must be an RFC 3339 time")
+                    throw GatewayError(.badRequest, .invalidBroadcast, "at must be an RFC 3339 time")
                 }
                 at = max(at, date)
             }
             let due = at
-            let created = try await stored { try await store.createBroadcast(template: template, tags: tags, at: due) }
-            guard let created else { throw GatewayError(.conflict, .unknownTemplate, "no template \(template): save it first") }
-            return Response.json(created.json, status: .created)
+            switch try await stored({ try await broadcasts.create(template: template, tags: tags, at: due) }) {
+            case .created(let created): return Response.json(created.json, status: .created)
+            case .unknownTemplate: throw GatewayError(.conflict, .unknownTemplate, "no template \(template): save it first")
+            }
         }
         admin.get("/broadcasts/:id") { _, context in
             let id = try Self.broadcastID(context)
-            guard let broadcast = try await stored({ try await store.broadcast(id) }) else { throw Self.unknownBroadcast(id) }
+            guard let broadcast = try await stored({ try await broadcasts.broadcast(id) }) else { throw Self.unknownBroadcast(id) }
             return Response.json(broadcast.json)
         }
         admin.post("/broadcasts/:id/cancel") { _, context in
             let id = try Self.broadcastID(context)
-            guard try await stored({ try await store.cancelBroadcast(id) }) else {
-                guard try await stored({ try await store.broadcast(id) }) != nil else { throw Self.unknownBroadcast(id) }
-                throw GatewayError(.conflict, .alreadyCancelled, "broadcast \(id) is already cancelled")
+            switch try await stored({ try await broadcasts.cancel(id) }) {
+            case .cancelled(let broadcast): return Response.json(broadcast.json)
+            case .alreadyCancelled: throw GatewayError(.conflict, .alreadyCancelled, "broadcast \(id) is already cancelled")
+            case .unknownBroadcast: throw Self.unknownBroadcast(id)
             }
-            guard let broadcast = try await stored({ try await store.broadcast(id) }) else { throw Self.unknownBroadcast(id) }
-            return Response.json(broadcast.json)
         }
 
         admin.get("/pushes") { request, _ in
             let query = request.uri.queryParameters
             let member = try Self.integerParameter(query["member"].map(String.init), name: "member", code: .invalidMember, range: 1...Int.max)
-            let status = query["status"].map(String.init).flatMap { $0.isEmpty ? nil : $0 }
-            if let status, !Self.pushStatuses.contains(status) {
-                throw GatewayError.badRequest(.invalidStatus, "status must be one of \(Self.pushStatuses.sorted().joined(separator: ", "))")
+            var status: PushStatus?
+            if let text = query["status"].map(String.init), !text.isEmpty {
+                guard let known = PushStatus(rawValue: text) else {
+                    throw GatewayError(.badRequest, .invalidStatus,
+                                       "status must be one of \(PushStatus.allCases.map(\.rawValue).sorted().joined(separator: ", "))")
+                }
+                status = known
             }
             let limit = try Self.integerParameter(query["limit"].map(String.init), name: "limit", code: .invalidLimit, range: 1...500) ?? 50
             var before: Date?
             if let text = query["before"].map(String.init) {
-                guard let date = RFC3339.parse(text) else { throw GatewayError.badRequest(.invalidBefore, "before must be an RFC 3339 time") }
+                guard let date = RFC3339.parse(text) else { throw GatewayError(.badRequest, .invalidBefore, "before must be an RFC 3339 time") }
                 before = date
             }
-            let page = try await stored { try await store.pushes(member: member.map(Int64.init), status: status, limit: limit, before: before) }
+            let wanted = status
+            let page = try await stored { try await store.pushes(member: member.map(Int64.init), status: wanted, limit: limit, before: before) }
             var body: [String: JSONValue] = ["pushes": .array(page.map(\.json))]
             body["nextBefore"] = page.count == limit ? page.last.map { .string(RFC3339.format($0.createdAt)) } ?? .null : .null
             return Response.json(body)
         }
     }
 
-    static let pushStatuses: Set<String> = ["pending", "sending", "cancelled", "sent", "delivered", "user_block", "system_failed", "unsubscribed", "refused",
-                                            "deferred", "dead"]
-
     static func broadcastID(_ context: GatewayRequestContext) throws(GatewayError) -> Int64 {
         guard let id = context.parameters.get("id").flatMap({ Int64($0) }), id > 0 else {
-            throw GatewayError.badRequest(.invalidId, "a broadcast id is a positive integer")
+            throw GatewayError(.badRequest, .invalidId, "a broadcast id is a positive integer")
         }
         return id
     }
