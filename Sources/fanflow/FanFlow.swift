@@ -84,6 +84,15 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Unacknowledged messages per consumer.")
     var prefetch: Int = 500
 
+    // 60 s outlasts the longest batch measured (a push batch paced over 30 s); a worker killed while
+    // holding jobs leaves them this long before another worker takes them.
+    @Option(help: "How long a claimed batch of the pools' jobs is leased, in seconds (5-3600).")
+    var jobLeaseSeconds: Int = 60
+
+    func validate() throws {
+        guard (5...3600).contains(jobLeaseSeconds) else { throw ValidationError("--job-lease-seconds must be 5-3600") }
+    }
+
     func run() async throws {
         let specs: [PoolSpec]
         do { specs = try pools.map { try PoolSpec(parsing: $0) } } catch {
@@ -131,9 +140,10 @@ struct WorkerCommand: AsyncParsableCommand {
                     }, logger: logger)
                     closers += [{ await broker.close() }, { await redis.close() }]
                     // Maturing grants and the expiry sweep run here, from the jobs table.
-                    let jobs = PoolJobs(pool: .pipeline, handlers: LoyaltyJobs.handlers(
+                    var jobs = PoolJobs(pool: .pipeline, handlers: LoyaltyJobs.handlers(
                         ledger: Ledger(database: database, news: configuration.pointsNews.policy(pushes: PushStore(database: database))),
                         rules: RuleStore(database: database)))
+                    jobs.lease = .seconds(jobLeaseSeconds)
                     services += jobs.services(store: JobStore(database: database), logger: logger).map { $0 as any Service }
                     logger.info("running job kinds", metadata: ["pool": "pipeline", "kinds": "\(jobs.kinds.map(\.rawValue).joined(separator: ","))"])
                 }
@@ -144,7 +154,8 @@ struct WorkerCommand: AsyncParsableCommand {
                 let service = FlashSaleService(store: FlashSaleStore(database: database), stock: FlashSaleStock(redis: redis), logger: logger)
                 handler = EnvelopeBatchHandler(OrdersPool(service: service), logger: logger, deadLetterAfter: configuration.deadLetterAfter)
                 // Expiries, campaign loads and the reconcile run here, from the jobs table.
-                let jobs = PoolJobs(pool: .orders, handlers: service.jobHandlers)
+                var jobs = PoolJobs(pool: .orders, handlers: service.jobHandlers)
+                jobs.lease = .seconds(jobLeaseSeconds)
                 services += jobs.services(store: JobStore(database: database), logger: logger).map { $0 as any Service }
                 logger.info("running job kinds", metadata: ["pool": "orders", "kinds": "\(jobs.kinds.map(\.rawValue).joined(separator: ","))"])
             case .push:

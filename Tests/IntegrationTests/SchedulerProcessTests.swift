@@ -1,12 +1,15 @@
+import AsyncHTTPClient
 import Contracts
 import Foundation
 import Jobs
 import Loyalty
 import Members
+import NIOCore
+import NIOHTTP1
 import PostgresClient
 import Testing
 
-/// Real `fanflow scheduler` processes (the binary `swift build` made beside the tests) sharing one
+/// Real `fanflow worker` processes (the binary `swift build` made beside the tests) sharing one
 /// jobs table: no job is claimed twice, and a process killed while it holds a batch loses nothing.
 @Suite("Scheduler processes")
 struct SchedulerProcessTests {
@@ -17,13 +20,16 @@ struct SchedulerProcessTests {
             .appendingPathComponent(".build/debug/fanflow")
     }
 
-    static func startScheduler(databaseURL: String, log: URL) throws -> Process {
+    /// A pipeline worker (which runs the loyalty jobs) on the scratch database, with a broker vhost
+    /// of its own so its consumer takes no other test's events.
+    static func startWorker(databaseURL: String, amqpURL: String, log: URL) throws -> Process {
         let process = Process()
         process.executableURL = binary
-        process.arguments = ["scheduler", "--batch-size", "200", "--lease-seconds", "10", "--poll-milliseconds", "50"]
+        process.arguments = ["worker", "--pool", "pipeline=1", "--job-lease-seconds", "10"]
         var environment = ProcessInfo.processInfo.environment
         environment["FANFLOW_DATABASE_URL"] = databaseURL
-        environment["FANFLOW_SCHEDULER_PORT"] = "0"
+        environment["FANFLOW_AMQP_URL"] = amqpURL
+        environment["FANFLOW_SECRET_KEY"] = GatewayHarness.secretKey
         environment["FANFLOW_LOG_LEVEL"] = "notice"
         process.environment = environment
         FileManager.default.createFile(atPath: log.path, contents: nil)
@@ -34,8 +40,34 @@ struct SchedulerProcessTests {
         return process
     }
 
-    @Test("two schedulers and 10,000 due maturation jobs: each claimed once; one killed holding a batch loses none and doubles none")
-    func twoSchedulersOneKilled() async throws {
+    /// Creates (or deletes) a vhost through the management API, guest allowed everything in it.
+    static func vhost(_ name: String, delete: Bool = false) async throws -> String {
+        let management = ProcessInfo.processInfo.environment["FANFLOW_AMQP_MANAGEMENT_URL"] ?? "http://guest:guest@127.0.0.1:15672"
+        guard let url = URL(string: management), let host = url.host, let port = url.port else { throw PostgresError(.usage, "bad management URL") }
+        let base = "http://\(host):\(port)/api"
+        let auth = "Basic " + Data("\(url.user ?? "guest"):\(url.password ?? "guest")".utf8).base64EncodedString()
+        func call(_ method: HTTPMethod, _ path: String, _ body: String?) async throws {
+            var request = HTTPClientRequest(url: base + path)
+            request.method = method
+            request.headers.add(name: "Authorization", value: auth)
+            request.headers.add(name: "Content-Type", value: "application/json")
+            if let body { request.body = .bytes(ByteBuffer(string: body)) }
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            guard (200..<300).contains(Int(response.status.code)) else { throw PostgresError(.usage, "management API \(path): \(response.status)") }
+        }
+        if delete {
+            try await call(.DELETE, "/vhosts/\(name)", nil)
+        } else {
+            try await call(.PUT, "/vhosts/\(name)", "{}")
+            try await call(.PUT, "/permissions/\(name)/guest", #"{"configure":".*","write":".*","read":".*"}"#)
+        }
+        let amqp = ProcessInfo.processInfo.environment["FANFLOW_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
+        guard let slash = amqp.range(of: "/", options: .backwards) else { throw PostgresError(.usage, "bad AMQP URL") }
+        return String(amqp[..<slash.lowerBound]) + "/" + name
+    }
+
+    @Test("two pipeline workers and 10,000 due maturation jobs: each claimed once; one killed holding a batch loses none and doubles none")
+    func twoWorkersOneKilled() async throws {
         guard FileManager.default.isExecutableFile(atPath: Self.binary.path) else {
             Issue.record("no fanflow binary at \(Self.binary.path): run through scripts/test, which builds it")
             return
@@ -61,8 +93,10 @@ struct SchedulerProcessTests {
 
             let logs = FileManager.default.temporaryDirectory.appendingPathComponent("fanflow-scheduler-test-\(UUID().uuidString.prefix(8))")
             try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
-            let victim = try Self.startScheduler(databaseURL: url, log: logs.appendingPathComponent("victim.log"))
-            let survivor = try Self.startScheduler(databaseURL: url, log: logs.appendingPathComponent("survivor.log"))
+            let vhost = "fanflow-jobs-" + UUID().uuidString.prefix(8).lowercased()
+            let amqpURL = try await Self.vhost(vhost)
+            let victim = try Self.startWorker(databaseURL: url, amqpURL: amqpURL, log: logs.appendingPathComponent("victim.log"))
+            let survivor = try Self.startWorker(databaseURL: url, amqpURL: amqpURL, log: logs.appendingPathComponent("survivor.log"))
             defer {
                 for process in [victim, survivor] where process.isRunning { process.terminate() }
             }
@@ -110,6 +144,7 @@ struct SchedulerProcessTests {
             survivor.terminate()
             survivor.waitUntilExit()
             #expect(survivor.terminationStatus == 0, "the survivor stops cleanly on SIGTERM")
+            _ = try? await Self.vhost(vhost, delete: true)
             try? FileManager.default.removeItem(at: logs)
         }
     }
