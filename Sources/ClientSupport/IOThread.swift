@@ -9,8 +9,9 @@ import Synchronization
 /// The C clients (rabbitmq-c, hiredis, libpq) block in `read`/`write`/`poll`. Swift's cooperative pool
 /// has one thread per core (two here), so a blocking call there stalls every task in the process.
 /// Each connection therefore lives in an actor whose `unownedExecutor` is one of these threads:
-/// the actor's methods may block freely, and the C handle is actor-isolated, so the compiler
-/// proves it is touched from that thread only.
+/// the actor's methods may block freely, and only they touch the C handle. The handle itself is
+/// `nonisolated(unsafe)` so a plain `deinit` can free it (an `isolated deinit` trips the Swift 6.3
+/// optimizer across modules): the thread rule is kept by the actor's methods, not proved by the compiler.
 ///
 /// A connection that must also react to its socket while no caller is waiting (AMQP confirms,
 /// deliveries, heartbeats) installs a ``PollSource``: the thread then sleeps in `poll(2)` on both

@@ -14,7 +14,7 @@ import PostgresClient
 /// history with it; the batch handler then retries, splits or dead-letters it.
 ///
 /// A domain conforms with its service's own methods (`extension LoyaltyService: PipelineHandler {}`)
-/// and is registered with one line in ``Pipeline/standard(database:handlers:)``'s caller.
+/// and is registered with one line in ``Pipeline/standard(database:loyalty:)``'s caller.
 public protocol PipelineHandler: Sendable {
     associatedtype Plan: Sendable
     associatedtype Outcome: Sendable
