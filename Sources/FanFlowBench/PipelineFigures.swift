@@ -129,7 +129,7 @@ struct PipelineFigure: AsyncParsableCommand {
         figures.add(["non-2xx \\| no answer", "\(result.non2xx - result.unanswered) \\| \(result.unanswered)"])
         figures.add(["events accepted (broker-confirmed)", "\(accepted)"])
         figures.add(["events → ledger end to end/s (first request to last ledger entry)", Format.int(endToEnd)])
-        figures.add(["events in the ledger \\| stored by the behavior pool", "\(events) \\| \(progress.storedEvents)"])
+        figures.add(["events in the ledger \\| stored in the events history", "\(events) \\| \(progress.storedEvents)"])
         figures.add(["duplicate ledger entries (event, rule, member, kind)", "\(duplicates)"])
         figures.add(["broker deliveries per event (deliver_get, all queues)", events > 0 ? Format.fixed(deliveries / Double(events), 2) : "-"])
         figures.add(["messages routed into queues per event \\| redeliveries", (events > 0 ? Format.fixed(routed / Double(events), 2) : "-") + " \\| \(redelivered)"])
