@@ -8,7 +8,10 @@ import Testing
 struct AppLookupLimitTests {
     @Test("64 concurrent first requests for a registered app from one client share one query and none is refused; unknown ids still are")
     func coldStart() async throws {
-        let database = PostgresPool(url: TestEnvironment.databaseURL, maximumConnections: 4)
+        try await ScratchDatabase.with { database, _ in try await Self.coldStart(database) }
+    }
+
+    static func coldStart(_ database: PostgresPool) async throws {
         let keys = try SecretKeys(base64: GatewayHarness.secretKey)
         let logger = Logger(label: "test.apps")
         let appID = TestEnvironment.unique("site")
@@ -36,6 +39,5 @@ struct AppLookupLimitTests {
         }
         #expect(outcomes.contains("limited") && outcomes.prefix(4).allSatisfy { $0 == "unknown" }, "\(outcomes)")
         _ = try await writer.delete(.server, appID)
-        await database.close()
     }
 }
