@@ -66,6 +66,10 @@ let package = Package(
                 resources: [.copy("Resources")],
                 swiftSettings: swiftSettings),
         // Flash sales: campaigns, live stock in Redis (one Lua call per decision), orders in PostgreSQL.
+        // Tags, tag rules on sliding windows, segments and portraits.
+        .target(name: "Audiences",
+                dependencies: ["Contracts", "Members", "Jobs", "PostgresClient"],
+                swiftSettings: swiftSettings),
         .target(name: "FlashSales",
                 dependencies: ["Contracts", "Jobs", "PostgresClient", "RedisClient", .product(name: "Logging", package: "swift-log")],
                 resources: [.copy("Resources")],
@@ -124,7 +128,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .target(name: "Gateway",
-                dependencies: ["Apps", "DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "Members", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
+                dependencies: ["Apps", "Audiences", "DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "Members", "FlashSales", "Pushes", "AMQPClient", "RedisClient",
                                "PostgresClient", "Storage", "Platforms",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -138,7 +142,7 @@ let package = Package(
         // One delivery per event: history and every domain's writes in one transaction per batch.
         // Knows no broker: the worker's consumer feeds it.
         .target(name: "Pipeline",
-                dependencies: ["Contracts", "Loyalty", "PostgresClient"],
+                dependencies: ["Audiences", "Contracts", "Loyalty", "PostgresClient"],
                 swiftSettings: swiftSettings),
         .target(name: "Workers",
                 dependencies: ["Apps", "Pipeline", "Members", "DeadLetters", "Contracts", "Runtime", "Jobs", "Loyalty", "FlashSales", "Pushes", "AMQPClient", "RedisClient", "PostgresClient",
@@ -155,7 +159,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         .executableTarget(name: "fanflow",
-                          dependencies: ["Apps", "Pipeline", "Members", "DeadLetters", "Contracts", "Runtime", "Gateway", "Workers", "Jobs", "Scheduler", "Storage", "Loyalty", "FlashSales",
+                          dependencies: ["Apps", "Audiences", "Pipeline", "Members", "DeadLetters", "Contracts", "Runtime", "Gateway", "Workers", "Jobs", "Scheduler", "Storage", "Loyalty", "FlashSales",
                                          "Pushes", "FakePlatform", "Platforms", "AMQPClient", "PostgresClient", "RedisClient",
                                          .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -176,13 +180,13 @@ let package = Package(
                           swiftSettings: swiftSettings),
 
         .testTarget(name: "UnitTests",
-                    dependencies: ["Apps", "Contracts", "ClientSupport", "AMQPClient", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "Platforms",
+                    dependencies: ["Apps", "Audiences", "Contracts", "ClientSupport", "AMQPClient", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "Platforms",
                                    "Pushes", "PostgresClient", "RedisClient", "Workers",
                                    .product(name: "Crypto", package: "swift-crypto"),
                                    .product(name: "_CryptoExtras", package: "swift-crypto")],
                     swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests",
-                    dependencies: ["Apps", "Pipeline", "Members", "DeadLetters", "Contracts", "Runtime", "Workers", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
+                    dependencies: ["Apps", "Audiences", "Pipeline", "Members", "DeadLetters", "Contracts", "Runtime", "Workers", "Gateway", "Jobs", "Loyalty", "Scheduler", "FlashSales", "AMQPClient",
                                    "RedisClient", "Pushes", "FakePlatform", "Platforms",
                                    "PostgresClient", "Storage",
                                    .product(name: "Crypto", package: "swift-crypto"),

@@ -112,4 +112,17 @@ public struct ErrorCode: RawRepresentable, Sendable, Hashable, CustomStringConve
     public static let unsupportedService = ErrorCode("unsupported_service")
     public static let unsupportedSignType = ErrorCode("unsupported_sign_type")
     public static let wrongAppid = ErrorCode("wrong_appid")
+
+    // Audiences: tags, tag rules, segments, portraits.
+    public static let invalidTag = ErrorCode("invalid_tag")
+    public static let invalidTagCode = ErrorCode("invalid_tag_code")
+    public static let unknownTag = ErrorCode("unknown_tag")
+    public static let tagInUse = ErrorCode("tag_in_use")
+    public static let invalidTagChange = ErrorCode("invalid_tag_change")
+    public static let invalidTagRule = ErrorCode("invalid_tag_rule")
+    public static let unknownTagRule = ErrorCode("unknown_tag_rule")
+    public static let tooManyTagRules = ErrorCode("too_many_tag_rules")
+    public static let invalidSegment = ErrorCode("invalid_segment")
+    public static let unknownSegment = ErrorCode("unknown_segment")
+    public static let invalidCursor = ErrorCode("invalid_cursor")
 }

@@ -110,7 +110,7 @@ public struct FlashSaleStore: Sendable {
 
     /// Members carrying the campaign's audience tag.
     public func audience(tag: String) async throws -> [Int64] {
-        try await database.query("SELECT member_id FROM member_tags WHERE tag = $1", [tag]).map { try $0.requiredInt64("member_id") }
+        try await database.query("SELECT DISTINCT member_id FROM member_tags WHERE tag = $1 AND (expires_at IS NULL OR expires_at > now())", [tag]).map { try $0.requiredInt64("member_id") }
     }
 
     /// A reservation as the gateway publishes it.

@@ -55,8 +55,12 @@ public struct LoyaltyService: Sendable {
     /// Whether the decider's counters are whole (see ``CounterReadiness``): after Redis lost its
     /// data the service rebuilds them before deciding again.
     let readiness: CounterReadiness
+    /// Other domains' parts of a merge a bound phone causes (tags' counts), beside Loyalty's own.
+    let mergeParticipants: [any MemberMergeParticipant]
 
-    public init(rules: RuleBook, members: MemberDirectory, decider: PointsDecider, ledger: Ledger) {
+    public init(rules: RuleBook, members: MemberDirectory, decider: PointsDecider, ledger: Ledger,
+                mergeParticipants: [any MemberMergeParticipant] = []) {
+        self.mergeParticipants = mergeParticipants
         self.rules = rules
         self.members = members
         self.decider = decider
@@ -64,11 +68,12 @@ public struct LoyaltyService: Sendable {
         self.readiness = CounterReadiness(decider: decider, ledger: ledger)
     }
 
-    public init(database: PostgresPool, redis: RedisPool, timeZone: TimeZone, pointsNews: any PointsNewsPolicy = AlwaysAnnounce()) {
+    public init(database: PostgresPool, redis: RedisPool, timeZone: TimeZone, pointsNews: any PointsNewsPolicy = AlwaysAnnounce(),
+                mergeParticipants: [any MemberMergeParticipant] = []) {
         self.init(rules: RuleBook(store: RuleStore(database: database), calendar: BusinessCalendarStore(database: database),
                                   timeZone: timeZone), members: MemberDirectory(database: database),
                   decider: PointsDecider(redis: redis, calendar: PeriodCalendar(timeZone: timeZone)),
-                  ledger: Ledger(database: database, news: pointsNews))
+                  ledger: Ledger(database: database, news: pointsNews), mergeParticipants: mergeParticipants)
     }
 
     /// What ``prepare(_:)`` decided, to be written by ``handle(_:in:)``.
@@ -247,7 +252,7 @@ public struct LoyaltyService: Sendable {
         for (event, subject) in zip(events, subjects) where event.kind == .memberPhoneBound {
             guard let subject, let phone = event.attributes["phone"]?.string, !phone.isEmpty else { continue }
             let member = try await members.resolve(subject, unionid: event.subject.unionid)
-            let binding = try await members.bindPhone(phone, member: member, eventID: event.id, participants: [LoyaltyMerge(levels: levels)])
+            let binding = try await members.bindPhone(phone, member: member, eventID: event.id, participants: [LoyaltyMerge(levels: levels)] + mergeParticipants)
             outcomes.append(.phoneBound(event: event.id, binding))
         }
         return outcomes
@@ -259,18 +264,9 @@ public struct LoyaltyService: Sendable {
     /// visitor's, and reading it as, say, the brand's WeChat openid would let anyone earn on any
     /// member's account by naming its openid. So a claimed beacon earns nothing, even under a rule
     /// with `allowClaimed`; a beacon earns only with a member token (``tokenMember(_:)``).
-    static func identity(_ event: Envelope) -> Identity? {
-        guard tokenMember(event) == nil, let openid = event.subject.openid, !openid.isEmpty,
-              [.wechat, .alipay, .weibo, .qq].contains(event.platform) else { return nil }
-        return Identity(platform: event.platform, app: event.app, openid: openid)
-    }
+    static func identity(_ event: Envelope) -> Identity? { event.platformIdentity }
 
-    /// The member a verified subject names by id (a beacon with a member token: the gateway puts
-    /// the token's member there and nothing else). An unverified subject's member id is ignored.
-    static func tokenMember(_ event: Envelope) -> Int64? {
-        guard event.subject.verified, let member = event.subject.memberId, member > 0 else { return nil }
-        return member
-    }
+    static func tokenMember(_ event: Envelope) -> Int64? { event.tokenMember }
 
     static func reference(_ event: Envelope, _ key: String) -> String? {
         switch event.attributes[key] {

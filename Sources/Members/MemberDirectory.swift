@@ -219,8 +219,11 @@ public struct MemberDirectory: Sendable {
         try connection.query("UPDATE members SET phone = NULL WHERE id = $1", [absorbed])
         try connection.query("UPDATE member_identities SET member_id = $1 WHERE member_id = $2", [survivor, absorbed])
         try connection.query("""
-            INSERT INTO member_tags (member_id, tag, created_at) SELECT $1, tag, created_at FROM member_tags WHERE member_id = $2
-            ON CONFLICT DO NOTHING
+            INSERT INTO member_tags AS t (member_id, tag, source, created_at, expires_at)
+            SELECT $1, tag, source, created_at, expires_at FROM member_tags WHERE member_id = $2
+            ON CONFLICT (member_id, tag, source) DO UPDATE SET created_at = least(t.created_at, excluded.created_at),
+                expires_at = CASE WHEN t.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                                  ELSE greatest(t.expires_at, excluded.expires_at) END
             """, [survivor, absorbed])
         try connection.query("DELETE FROM member_tags WHERE member_id = $1", [absorbed])
         for participant in participants {

@@ -72,7 +72,7 @@ public struct MemberQueries: Sendable {
                    coalesce((SELECT json_agg(json_build_object('platform', platform, 'app', app, 'openid', openid,
                                                                'unionid', unionid) ORDER BY created_at)
                              FROM member_identities WHERE member_id = m.id), '[]')::text AS identities,
-                   coalesce((SELECT json_agg(tag ORDER BY tag) FROM member_tags WHERE member_id = m.id), '[]')::text AS tags
+                   coalesce((SELECT json_agg(DISTINCT tag ORDER BY tag) FROM member_tags WHERE member_id = m.id AND (expires_at IS NULL OR expires_at > now())), '[]')::text AS tags
             FROM members m WHERE m.id = $1
             """, [id])
         guard let row = rows.first else { return nil }

@@ -22,17 +22,21 @@ public enum EventHistory {
     /// (``Topology/retired``), which had bound everything.
     public static func keeps(_ event: Envelope) -> Bool { event.platform != .fanflow }
 
-    public static func store(_ events: [Envelope], on connection: isolated PostgresConnection) throws {
+    /// Stores the events; answers the ids this call inserted (not stored by an earlier delivery).
+    @discardableResult
+    public static func store(_ events: [Envelope], on connection: isolated PostgresConnection) throws -> Set<String> {
+        var inserted: Set<String> = []
         var start = events.startIndex
         while start < events.endIndex {
             let end = min(start + rowsPerStatement, events.endIndex)
-            try insert(events[start..<end], on: connection)
+            inserted.formUnion(try insert(events[start..<end], on: connection))
             start = end
         }
+        return inserted
     }
 
-    private static func insert(_ events: ArraySlice<Envelope>, on connection: isolated PostgresConnection) throws {
-        guard !events.isEmpty else { return }
+    private static func insert(_ events: ArraySlice<Envelope>, on connection: isolated PostgresConnection) throws -> [String] {
+        guard !events.isEmpty else { return [] }
         var parameters: [any PostgresEncodable] = []
         parameters.reserveCapacity(events.count * columns)
         var values = ""
@@ -52,9 +56,9 @@ public enum EventHistory {
                            event.subject.unionid, event.occurredAt, event.receivedAt, attributes,
                            event.subject.memberId, event.subject.verified] as [any PostgresEncodable]
         }
-        try connection.query("""
+        return try connection.query("""
             INSERT INTO events (id, platform, app, kind, openid, unionid, occurred_at, received_at, attributes, member_id, verified)
-            VALUES \(values) ON CONFLICT (id) DO NOTHING
-            """, parameters)
+            VALUES \(values) ON CONFLICT (id) DO NOTHING RETURNING id
+            """, parameters).map { row throws(PostgresRowError) in try row.requiredString("id") }
     }
 }

@@ -46,9 +46,9 @@ public struct Pipeline: Sendable {
         }
         let stages = prepared
         let outcomes = try await database.transaction { connection -> [any Sendable] in
-            try EventHistory.store(events, on: connection)
+            let firstStored = try EventHistory.store(events, on: connection)
             var outcomes: [any Sendable] = []
-            for stage in stages { outcomes += try stage.write(connection) }
+            for stage in stages { outcomes += try stage.write(connection, firstStored) }
             return outcomes
         }
         return Report(stored: events.count, outcomes: outcomes)
@@ -56,13 +56,15 @@ public struct Pipeline: Sendable {
 
     /// One handler's prepared work, its types erased.
     struct Stage: Sendable {
-        let write: @Sendable (isolated PostgresConnection) throws -> [any Sendable]
+        let write: @Sendable (isolated PostgresConnection, Set<String>) throws -> [any Sendable]
     }
 
     private static func prepare<Handler: PipelineHandler>(_ handler: Handler, _ events: [Envelope]) async throws -> Stage? {
         let selected = events.filter(handler.selector.matches)
         guard !selected.isEmpty else { return nil }
         let plan = try await handler.prepare(selected)
-        return Stage { connection in try handler.handle(plan, in: connection).map { $0 as any Sendable } }
+        return Stage { connection, firstStored in
+            try handler.handle(plan, firstStored: firstStored, in: connection).map { $0 as any Sendable }
+        }
     }
 }

@@ -26,5 +26,8 @@ public protocol PipelineHandler: Sendable {
     func prepare(_ events: [Envelope]) async throws -> Plan
 
     /// Inside the batch's transaction: writes what ``prepare(_:)`` decided and says what became of it.
-    func handle(_ plan: Plan, in transaction: isolated PostgresConnection) throws -> [Outcome]
+    /// `firstStored` names the batch's events whose history row this transaction inserted: the
+    /// others were stored by an earlier delivery, so a handler that adds up events (rather than
+    /// writing through unique keys) counts only these.
+    func handle(_ plan: Plan, firstStored: Set<String>, in transaction: isolated PostgresConnection) throws -> [Outcome]
 }

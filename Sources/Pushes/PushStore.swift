@@ -416,7 +416,8 @@ extension PushStore {
             SELECT m.id, m.nickname, m.points, m.growth, m.level, i.openid
             FROM members m
             JOIN LATERAL (SELECT openid FROM member_identities WHERE member_id = m.id AND platform = $2 AND app = $3 LIMIT 1) i ON true
-            WHERE m.id > $4 AND EXISTS (SELECT 1 FROM member_tags t WHERE t.member_id = m.id AND t.tag = ANY($1::text[]))
+            WHERE m.id > $4 AND EXISTS (SELECT 1 FROM member_tags t WHERE t.member_id = m.id AND t.tag = ANY($1::text[])
+                                                    AND (t.expires_at IS NULL OR t.expires_at > now()))
             ORDER BY m.id LIMIT $5
             """, [PostgresArray(tags), platform, app, cursor, limit]).map { row in try Self.recipient(row, member: row.require("id")) }
     }

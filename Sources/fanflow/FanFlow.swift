@@ -1,5 +1,6 @@
 import AMQPClient
 import Apps
+import Audiences
 import ArgumentParser
 import AsyncHTTPClient
 import Contracts
@@ -121,8 +122,10 @@ struct WorkerCommand: AsyncParsableCommand {
                     try LoyaltyScripts.check()  // a missing Lua resource stops the start, naming the file
                     let redis = try await RedisPool(url: configuration.redisURL, size: 2)
                     let loyalty = LoyaltyService(database: database, redis: redis, timeZone: configuration.timeZone,
-                                                 pointsNews: configuration.pointsNews.policy(pushes: PushStore(database: database)))
-                    let made = EnvelopeBatchHandler(Pipeline.standard(database: database, loyalty: loyalty), logger: logger,
+                                                 pointsNews: configuration.pointsNews.policy(pushes: PushStore(database: database)),
+                                                 mergeParticipants: [AudienceMerge()])
+                    let pipelineRun = Pipeline.standard(database: database, loyalty: loyalty, audiences: AudienceService(database: database))
+                    let made = EnvelopeBatchHandler(pipelineRun, logger: logger,
                                                     deadLetterAfter: configuration.deadLetterAfter)
                     pipeline = made
                     handler = made
@@ -139,10 +142,10 @@ struct WorkerCommand: AsyncParsableCommand {
                         DeadLetterKeeper(store: keepers, workQueue: queue, logger: logger)
                     }, logger: logger)
                     closers += [{ await broker.close() }, { await redis.close() }]
-                    // Maturing grants and the expiry sweep run here, from the jobs table.
+                    // Maturing grants, the points expiry sweep, tag-rule backfills and tag expiry run here, from the jobs table.
                     var jobs = PoolJobs(pool: .pipeline, handlers: LoyaltyJobs.handlers(
                         ledger: Ledger(database: database, news: configuration.pointsNews.policy(pushes: PushStore(database: database))),
-                        rules: RuleStore(database: database)))
+                        rules: RuleStore(database: database)).merging(AudienceJobs.handlers(database: database)) { first, _ in first })
                     jobs.lease = .seconds(jobLeaseSeconds)
                     services += jobs.services(store: JobStore(database: database), logger: logger).map { $0 as any Service }
                     logger.info("running job kinds", metadata: ["pool": "pipeline", "kinds": "\(jobs.kinds.map(\.rawValue).joined(separator: ","))"])
@@ -218,7 +221,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         let metrics = JobMetrics()
         let zone = configuration.timeZone
         let periodic = PeriodicEnqueuer(database: database,
-                                        jobs: try LoyaltyJobs.periodic(timeZone: zone) + MaintenanceJobs.periodic(timeZone: zone)
+                                        jobs: try LoyaltyJobs.periodic(timeZone: zone) + AudienceJobs.periodic(timeZone: zone) + MaintenanceJobs.periodic(timeZone: zone)
                                             + FlashSaleStore.periodic(timeZone: zone),
                                         metrics: metrics, logger: logger)
         var runnerConfiguration = JobRunner.Configuration()

@@ -1,3 +1,4 @@
+import Audiences
 import AMQPClient
 import Contracts
 import DeadLetters
@@ -218,7 +219,7 @@ struct PipelineTests {
 
         // The pipeline pool's drains.
         let amqp = try AMQPConfiguration(url: TestEnvironment.amqpURL)
-        let handler = EnvelopeBatchHandler(Pipeline.standard(database: h.database, loyalty: loyalty), logger: Logger(label: "test.drain"))
+        let handler = EnvelopeBatchHandler(Pipeline.standard(database: h.database, loyalty: loyalty, audiences: AudienceService(database: h.database)), logger: Logger(label: "test.drain"))
         let store = DeadLetterStore(database: h.database)
         let drains = RetiredQueueDrain.services(amqp: amqp, topology: upgraded, prefetch: 8, handler: handler,
                                                 keeper: { DeadLetterKeeper(store: store, workQueue: $0, logger: Logger(label: "test.drain")) },

@@ -1,3 +1,4 @@
+import Audiences
 import AMQPClient
 import Contracts
 import Foundation
@@ -64,7 +65,8 @@ struct PointsHarness {
 
     /// The pipeline as a worker runs it (history, then Loyalty, in one transaction per batch).
     func pool(_ program: RuleBook.Program, redis: RedisPool? = nil, database: PostgresPool? = nil) -> Pipeline {
-        Pipeline.standard(database: database ?? self.database, loyalty: loyalty(program, redis: redis, database: database))
+        Pipeline.standard(database: database ?? self.database, loyalty: loyalty(program, redis: redis, database: database),
+                          audiences: AudienceService(database: database ?? self.database))
     }
 
     func publish(_ events: [Envelope]) async throws {

@@ -1,3 +1,4 @@
+import Audiences
 import AMQPClient
 import Contracts
 import Foundation
@@ -148,7 +149,7 @@ struct PointsPoolTests {
                                      members: MemberDirectory(database: h.database),
                                      decider: PointsDecider(redis: h.redis, calendar: PeriodCalendar(timeZone: h.timeZone)),
                                      ledger: Ledger(database: h.database))
-        let pool = Pipeline.standard(database: h.database, loyalty: loyalty)
+        let pool = Pipeline.standard(database: h.database, loyalty: loyalty, audiences: AudienceService(database: h.database))
         try await pool.process([h.event("1", kind, openid: "o1", at: "2026-12-01T10:00:00+08:00")])
         rule.points = 7
         try await store.put(rule)

@@ -11,6 +11,7 @@ extension Gateway {
         addSchedulerAdminRoutes(admin)
         addFlashSaleAdminRoutes(admin)
         addPushAdminRoutes(admin)
+        addAudienceAdminRoutes(admin)
         addDeadLetterRoutes(admin)
         admin.get("/apps") { request, _ in
             let platform = try request.uri.queryParameters["platform"].map { text throws(GatewayError) in

@@ -140,7 +140,7 @@ extension Gateway {
         return code
     }
 
-    private func memberID(_ context: GatewayRequestContext) throws(GatewayError) -> Int64 {
+    func memberID(_ context: GatewayRequestContext) throws(GatewayError) -> Int64 {
         guard let id = context.parameters.get("id").flatMap({ Int64($0) }), id > 0 else {
             throw GatewayError.badRequest(.invalidMemberId, "a member id is a positive integer")
         }

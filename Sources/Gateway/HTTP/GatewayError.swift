@@ -11,12 +11,16 @@ public struct GatewayError: HTTPResponseError, Sendable, CustomStringConvertible
     /// What went wrong inside (a dependency's own error text): logged with the request id, never
     /// sent to the client.
     public let detail: String?
+    /// Where in the request body the problem is (`match.all[2].tag`), sent as `path` beside the
+    /// code, for definitions refused with 422.
+    public let path: String?
 
-    public init(_ status: HTTPResponse.Status, _ code: ErrorCode, _ message: String, detail: String? = nil) {
+    public init(_ status: HTTPResponse.Status, _ code: ErrorCode, _ message: String, detail: String? = nil, path: String? = nil) {
         self.status = status
         self.code = code
         self.message = message
         self.detail = detail
+        self.path = path
     }
 
     public var description: String { "\(status.code) \(code): \(message)" + (detail.map { " (\($0))" } ?? "") }
@@ -26,6 +30,7 @@ public struct GatewayError: HTTPResponseError, Sendable, CustomStringConvertible
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var error: [String: JSONValue] = ["code": .string(code.rawValue), "message": .string(message)]
         if status.code >= 500 { error["requestId"] = .string(context.id) }
+        if let path { error["path"] = .string(path) }
         let bytes = JSONValue.object(["error": .object(error)]).jsonBytes
         var response = Response(status: status, headers: [.contentType: "application/json"],
                                 body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
