@@ -32,7 +32,7 @@ final class Tripwire: PipelineHandler {
 
     func prepare(_ events: [Envelope]) async throws -> [String] { events.map(\.id) }
 
-    func handle(_ ids: [String], in transaction: isolated PostgresConnection) throws -> [String] {
+    func handle(_ ids: [String], firstStored: Set<String>, in transaction: isolated PostgresConnection) throws -> [String] {
         runs.withLock { $0 += 1 }
         if let bad = ids.first(where: refused.contains) { throw EventRefused("the tripwire refuses \(bad)") }
         if outages.withLock({ left in defer { left = max(0, left - 1) }; return left > 0 }) { throw Outage() }

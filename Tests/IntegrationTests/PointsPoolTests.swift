@@ -209,7 +209,7 @@ struct PointsPoolTests {
         let kind = h.kind("quiet")
         let pool = Pipeline.standard(database: h.database, loyalty: h.loyalty(
             .init(rules: [PointsRule(code: "\(h.prefix)-q", kinds: [kind], points: 5, growth: 0, reason: "q")], levels: .standard),
-            news: NeverAnnounce()))
+            news: NeverAnnounce()), audiences: AudienceService(database: h.database))
         try await pool.process([h.event("1", kind, openid: "q1", at: "2026-12-01T10:00:00+08:00")])
         let member = try #require(try await h.member("q1"))
         #expect(member.points == 5)
