@@ -129,6 +129,9 @@ public struct AudienceService: Sendable {
             )
             INSERT INTO tag_rule_counts (rule_id, member_id, hour, events)
             SELECT rule_id, member_id, hour, count(*) FROM resolved WHERE member_id IS NOT NULL GROUP BY rule_id, member_id, hour
+            -- One order for every batch's row locks: two workers' batches on the same members wait
+            -- for each other instead of deadlocking (a deadlock is retried, but costs the batch).
+            ORDER BY rule_id, member_id, hour
             ON CONFLICT (rule_id, member_id, hour) DO UPDATE SET events = tag_rule_counts.events + excluded.events
             RETURNING rule_id, member_id
             """, [PostgresArray(hits.rules), PostgresArray(hits.platforms), PostgresArray(hits.apps), PostgresArray(hits.openids),

@@ -46,6 +46,7 @@ enum TagEvaluation {
             SELECT q.member_id, r.tag, r.source, now(),
                    CASE WHEN r.sticky THEN NULL ELSE to_timestamp((q.hour::bigint + 1) * 3600 + r.window_seconds) END
             FROM qualified q JOIN rules r ON r.rule_id = q.rule_id
+            ORDER BY q.member_id, r.tag, r.source
             ON CONFLICT (member_id, tag, source) DO UPDATE SET
                 created_at = CASE WHEN t.expires_at <= now() THEN excluded.created_at ELSE t.created_at END,
                 expires_at = CASE WHEN t.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
