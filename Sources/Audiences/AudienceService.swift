@@ -54,6 +54,8 @@ public struct AudienceService: Sendable {
     }
 
     public func handle(_ plan: Plan, firstStored: Set<String>, in connection: isolated PostgresConnection) throws -> [AudienceOutcome] {
+        // Claimed subjects only (beacons without a token): nothing here can count.
+        guard !plan.events.isEmpty else { return [] }
         try connection.query("SELECT pg_advisory_xact_lock_shared($1)", [RulesLock.key])
         let rules = try cache.rules(version: try RuleSet.currentVersion(on: connection), on: connection)
         guard !rules.rules.isEmpty else { return [] }

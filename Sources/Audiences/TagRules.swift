@@ -128,10 +128,14 @@ public struct TagRuleStore: Sendable {
     }
 
     static func load(on connection: isolated PostgresConnection, code: String?) throws -> [StoredTagRule] {
+        try rows(on: connection, code: code).map { row in try stored(row) }
+    }
+
+    static func rows(on connection: isolated PostgresConnection, code: String?) throws -> PostgresRows {
         try connection.query("""
             SELECT code, id, definition::text AS definition, state, scanned, total, extract(epoch FROM updated_at)::float8 AS updated_at
             FROM tag_rules WHERE $1::text IS NULL OR code = $1 ORDER BY code
-            """, [code]).map { row in try stored(row) }
+            """, [code])
     }
 
     static func stored(_ row: PostgresRow) throws -> StoredTagRule {
@@ -193,7 +197,9 @@ final class RuleCache: Sendable {
     /// transaction, after the lock, so what it reads is what the batch counts by).
     func rules(version: Int64, on connection: isolated PostgresConnection) throws -> RuleSet {
         if let cached = rules, cached.version == version { return cached }
-        let loaded = RuleSet(version: version, rules: try TagRuleStore.load(on: connection, code: nil))
+        // A stored definition this build no longer reads is left out, not allowed to fail every
+        // batch of the pipeline (the admin API shows it refused until it is saved again).
+        let loaded = RuleSet(version: version, rules: try TagRuleStore.rows(on: connection, code: nil).compactMap { try? TagRuleStore.stored($0) })
         current.withLock { $0 = loaded }
         return loaded
     }
