@@ -94,7 +94,7 @@ public struct AudienceUpkeep: Sendable {
             report.expiredTags += deleted
             if deleted < Self.slice { break }
         }
-        let rules = try await database.transaction { connection in try TagRuleStore.load(on: connection, code: nil) }
+        let rules = try await database.transaction { connection in try TagRuleStore.readable(on: connection) }
         for stored in rules {
             while true {
                 let deleted = try await database.query("""

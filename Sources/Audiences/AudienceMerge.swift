@@ -17,7 +17,7 @@ public struct AudienceMerge: MemberMergeParticipant {
             """, [absorbed, survivor])
         // By rule id first: the primary key's order, so these are index probes, not a scan.
         try connection.query("DELETE FROM tag_rule_counts WHERE rule_id IN (SELECT id FROM tag_rules) AND member_id = $1", [absorbed])
-        let rules = try TagRuleStore.load(on: connection, code: nil)
+        let rules = try TagRuleStore.readable(on: connection)
         guard !rules.isEmpty else { return }
         var parameters = SQLParameters()
         let pairs = "SELECT DISTINCT rule_id, member_id FROM tag_rule_counts WHERE rule_id IN (SELECT id FROM tag_rules) AND member_id = \(parameters.add(survivor))"

@@ -131,6 +131,12 @@ public struct TagRuleStore: Sendable {
         try rows(on: connection, code: code).map { row in try stored(row) }
     }
 
+    /// Every rule this build reads; one it cannot (a definition stored by another version) is left
+    /// out, so counting, merges and upkeep go on for the others.
+    static func readable(on connection: isolated PostgresConnection) throws -> [StoredTagRule] {
+        try rows(on: connection, code: nil).compactMap { try? stored($0) }
+    }
+
     static func rows(on connection: isolated PostgresConnection, code: String?) throws -> PostgresRows {
         try connection.query("""
             SELECT code, id, definition::text AS definition, state, scanned, total, extract(epoch FROM updated_at)::float8 AS updated_at
@@ -199,7 +205,7 @@ final class RuleCache: Sendable {
         if let cached = rules, cached.version == version { return cached }
         // A stored definition this build no longer reads is left out, not allowed to fail every
         // batch of the pipeline (the admin API shows it refused until it is saved again).
-        let loaded = RuleSet(version: version, rules: try TagRuleStore.rows(on: connection, code: nil).compactMap { try? TagRuleStore.stored($0) })
+        let loaded = RuleSet(version: version, rules: try TagRuleStore.readable(on: connection))
         current.withLock { $0 = loaded }
         return loaded
     }
