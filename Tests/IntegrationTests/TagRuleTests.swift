@@ -19,23 +19,25 @@ struct TagRuleTests {
 
     /// Creates the tag and the rule in the stores (as the admin API does) and returns the rule.
     static func rule(_ h: PointsHarness, tag: String, kinds: [EventKind], conditions: JSONValue? = nil, atLeast: Int,
-                     within: String, sticky: Bool = false) async throws -> StoredTagRule {
-        _ = try await TagStore(database: h.database).put(Tag(code: tag, name: tag))
+                     within: String, sticky: Bool = false, database: PostgresPool? = nil) async throws -> StoredTagRule {
+        let database = database ?? h.database
+        _ = try await TagStore(database: database).put(Tag(code: tag, name: tag))
         var body: [String: JSONValue] = ["tag": .string(tag), "kinds": .array(kinds.map { .string($0.rawValue) }),
                                          "atLeast": .integer(Int64(atLeast)), "within": .string(within), "sticky": .bool(sticky)]
         if let conditions { body["conditions"] = conditions }
         let code = TestEnvironment.unique("r")
         let rule = try TagRule.parse(code: code, json: .object(body))
-        #expect(try await TagRuleStore(database: h.database).save(rule) == .saved(created: true))
-        return try #require(try await TagRuleStore(database: h.database).get(code))
+        #expect(try await TagRuleStore(database: database).save(rule) == .saved(created: true))
+        return try #require(try await TagRuleStore(database: database).get(code))
     }
 
     /// Runs a rule's backfill to the end, step by step, as the pipeline worker's job runner would
     /// (another process's runner may take steps too: a step is keyed by its cursor).
-    static func backfill(_ h: PointsHarness, _ stored: StoredTagRule) async throws {
-        let backfill = TagRuleBackfill(database: h.database)
+    static func backfill(_ h: PointsHarness, _ stored: StoredTagRule, database: PostgresPool? = nil) async throws {
+        let database = database ?? h.database
+        let backfill = TagRuleBackfill(database: database)
         for _ in 0..<400 {
-            let row = try await h.database.query("""
+            let row = try await database.query("""
                 SELECT state, extract(epoch FROM cursor)::float8 AS cursor FROM tag_rules WHERE code = $1 AND id = $2
                 """, [stored.rule.code, Int64(stored.id)])
             let state = try #require(row.first).requiredString("state")
@@ -50,16 +52,22 @@ struct TagRuleTests {
         Issue.record("the backfill did not finish in 400 steps")
     }
 
-    static func tags(_ h: PointsHarness, _ openid: String) async throws -> [MemberTag] {
-        guard let member = try await h.member(openid) else { return [] }
-        return try await TagStore(database: h.database).tags(of: member.id) ?? []
+    static func tags(_ h: PointsHarness, _ openid: String, database: PostgresPool? = nil) async throws -> [MemberTag] {
+        let database = database ?? h.database
+        guard let member = try await MemberDirectory(database: database).lookup(Identity(platform: .wechat, app: h.app, openid: openid)) else {
+            return []
+        }
+        return try await TagStore(database: database).tags(of: member) ?? []
     }
 
-    static func counted(_ h: PointsHarness, _ stored: StoredTagRule, _ openid: String) async throws -> Int64 {
-        guard let member = try await h.member(openid) else { return 0 }
-        return try await h.database.query("""
+    static func counted(_ h: PointsHarness, _ stored: StoredTagRule, _ openid: String, database: PostgresPool? = nil) async throws -> Int64 {
+        let database = database ?? h.database
+        guard let member = try await MemberDirectory(database: database).lookup(Identity(platform: .wechat, app: h.app, openid: openid)) else {
+            return 0
+        }
+        return try await database.query("""
             SELECT coalesce(sum(events), 0)::bigint AS n FROM tag_rule_counts WHERE rule_id = $1 AND member_id = $2
-            """, [Int64(stored.id), member.id]).first?.requiredInt64("n") ?? 0
+            """, [Int64(stored.id), member]).first?.requiredInt64("n") ?? 0
     }
 
     static func at(_ date: Date) -> String { RFC3339.format(date) }
@@ -68,30 +76,35 @@ struct TagRuleTests {
     func windowSlides() async throws {
         let h = try await PointsHarness.open()
         defer { Task { await h.close() } }
-        let kind = h.kind("read")
-        let stored = try await Self.rule(h, tag: TestEnvironment.unique("reader"), kinds: [kind], atLeast: 1, within: "7d")
-        try await Self.backfill(h, stored)
-        let pipeline = h.pool(.init(rules: [], levels: .standard))
-        let now = Date()
-        let old = now.addingTimeInterval(-8 * 86_400), recent = now.addingTimeInterval(-6 * 86_400)
-        try await pipeline.process([h.event("old", kind, openid: "o1", at: Self.at(old))])
-        #expect(try await Self.tags(h, "o1").isEmpty, "an event 8 days old counts in a 7d window")
-        #expect(try await Self.counted(h, stored, "o1") == 0, "a bucket out of the window was stored")
+        // A database of its own: the upkeep below runs at a future instant, which on the shared
+        // database would end other tests' holds and prune their counts.
+        try await ScratchDatabase.with { database, _ in
+            let kind = h.kind("read")
+            let stored = try await Self.rule(h, tag: TestEnvironment.unique("reader"), kinds: [kind], atLeast: 1, within: "7d", database: database)
+            try await Self.backfill(h, stored, database: database)
+            let pipeline = h.pool(.init(rules: [], levels: .standard), database: database)
+            let now = Date()
+            let old = now.addingTimeInterval(-8 * 86_400), recent = now.addingTimeInterval(-6 * 86_400)
+            try await pipeline.process([h.event("old", kind, openid: "o1", at: Self.at(old))])
+            #expect(try await Self.tags(h, "o1", database: database).isEmpty, "an event 8 days old counts in a 7d window")
+            #expect(try await Self.counted(h, stored, "o1", database: database) == 0, "a bucket out of the window was stored")
 
-        try await pipeline.process([h.event("recent", kind, openid: "o2", at: Self.at(recent))])
-        let held = try await Self.tags(h, "o2")
-        #expect(held.map(\.code) == [stored.rule.tag])
-        #expect(held.first?.source == "rule:\(stored.rule.code)")
-        // The hold ends exactly when the event's hour has slid a whole window away.
-        let hourStart = (recent.timeIntervalSince1970 / Self.hour).rounded(.down) * Self.hour
-        let expected = Date(timeIntervalSince1970: hourStart + Self.hour + 7 * 86_400)
-        let expiresAt = try #require(held.first?.expiresAt)
-        #expect(abs(expiresAt.timeIntervalSince(expected)) < 0.01, "expires \(expiresAt), expected \(expected)")
+            try await pipeline.process([h.event("recent", kind, openid: "o2", at: Self.at(recent))])
+            let held = try await Self.tags(h, "o2", database: database)
+            #expect(held.map(\.code) == [stored.rule.tag])
+            #expect(held.first?.source == "rule:\(stored.rule.code)")
+            // The hold ends exactly when the event's hour has slid a whole window away.
+            let hourStart = (recent.timeIntervalSince1970 / Self.hour).rounded(.down) * Self.hour
+            let expected = Date(timeIntervalSince1970: hourStart + Self.hour + 7 * 86_400)
+            let expiresAt = try #require(held.first?.expiresAt)
+            #expect(abs(expiresAt.timeIntervalSince(expected)) < 0.01, "expires \(expiresAt), expected \(expected)")
 
-        // The minute's upkeep at that instant deletes the hold; the API no longer shows it.
-        _ = try await AudienceUpkeep(database: h.database).run(now: expected)
-        #expect(try await Self.tags(h, "o2").isEmpty, "the hold outlived its window")
-        _ = try await TagRuleStore(database: h.database).delete(stored.rule.code)
+            // The minute's upkeep at that instant deletes the hold, and prunes the hour it came from.
+            let report = try await AudienceUpkeep(database: database).run(now: expected)
+            #expect(report.expiredTags == 1)
+            #expect(report.prunedBuckets == 1)
+            #expect(try await Self.tags(h, "o2", database: database).isEmpty, "the hold outlived its window")
+        }
     }
 
     @Test("atLeast 2: the hold lasts until the second-newest event's hour leaves the window; conditions filter; claimed subjects never count")
