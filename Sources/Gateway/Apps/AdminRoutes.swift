@@ -12,6 +12,7 @@ extension Gateway {
         addFlashSaleAdminRoutes(admin)
         addPushAdminRoutes(admin)
         addAudienceAdminRoutes(admin)
+        addPortraitAdminRoutes(admin)
         addDeadLetterRoutes(admin)
         admin.get("/apps") { request, _ in
             let platform = try request.uri.queryParameters["platform"].map { text throws(GatewayError) in
