@@ -164,13 +164,14 @@ struct PortraitTests {
             try await database.query("INSERT INTO member_tags (member_id, tag, source) VALUES ($1, 'lipstick-fan', 'rule:lipstick-buyers')", [member])
             try await database.query("UPDATE members SET points = 1234, growth = 567, level = 'gold' WHERE id = $1", [member])
 
+            let expected = counted
             let gateway = try await Gateway(configuration: try GatewayHarness.configuration(["FANFLOW_DATABASE_URL": url]),
                                             logger: Logger(label: "test.portrait"))
             do {
                 try await gateway.application().test(.live) { client in
                     let (status, json, body) = try await Self.call(client, "/admin/v1/members/\(member)/portrait")
                     #expect(status == .ok, "\(body)")
-                    Self.check(json, body: body, member: member, phone: phone, fixture: f, counted: counted, first: first)
+                    Self.check(json, body: body, member: member, phone: phone, fixture: f, counted: expected, first: first)
 
                     // The absorbed member's id answers the survivor's portrait.
                     let (mergedStatus, merged, _) = try await Self.call(client, "/admin/v1/members/\(other)/portrait")
