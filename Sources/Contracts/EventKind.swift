@@ -42,6 +42,9 @@ public struct EventKind: RawRepresentable, Codable, Sendable, Hashable, CustomSt
     public static let memberRegistered: EventKind = "member.registered"
     /// A phone number the brand verified (SMS) for the member: merges members who share it.
     public static let memberPhoneBound: EventKind = "member.phone_bound"
+    /// Profile fields the brand's systems know (gender, city, birthday…), as the event's attributes:
+    /// kept as the member's profile attributes, the newest event winning.
+    public static let memberProfileUpdated: EventKind = "member.profile_updated"
     public static let communityPost: EventKind = "community.post"
     public static let communityComment: EventKind = "community.comment"
     public static let communityShare: EventKind = "community.share"

@@ -14,13 +14,18 @@ extension LoyaltyService: PipelineHandler {
 
 extension AudienceService: PipelineHandler {}
 
+// Profile attributes write through their primary key, the newest event winning: a redelivery changes nothing.
+extension ProfileAttributeService: PipelineHandler {}
+
 extension Pipeline {
     /// The domains every worker runs, in the order they write. Audiences comes after Loyalty: the
     /// members Loyalty's step created for a batch's first sightings are there to be counted.
+    /// Profile attributes need nothing from the others; they come last.
     public static func standard(database: PostgresPool, loyalty: LoyaltyService, audiences: AudienceService) -> Pipeline {
         Pipeline(database: database, handlers: [
             loyalty,
             audiences,
+            ProfileAttributeService(database: database),
         ])
     }
 }

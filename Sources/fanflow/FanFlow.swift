@@ -123,7 +123,7 @@ struct WorkerCommand: AsyncParsableCommand {
                     let redis = try await RedisPool(url: configuration.redisURL, size: 2)
                     let loyalty = LoyaltyService(database: database, redis: redis, timeZone: configuration.timeZone,
                                                  pointsNews: configuration.pointsNews.policy(pushes: PushStore(database: database)),
-                                                 mergeParticipants: [AudienceMerge()])
+                                                 mergeParticipants: [AudienceMerge(), ProfileAttributeMerge()])
                     let pipelineRun = Pipeline.standard(database: database, loyalty: loyalty, audiences: AudienceService(database: database))
                     let made = EnvelopeBatchHandler(pipelineRun, logger: logger,
                                                     deadLetterAfter: configuration.deadLetterAfter)

@@ -13,6 +13,7 @@ extension Gateway {
         addPushAdminRoutes(admin)
         addAudienceAdminRoutes(admin)
         addSegmentAdminRoutes(admin)
+        addPortraitAdminRoutes(admin)
         addDeadLetterRoutes(admin)
         admin.get("/apps") { request, _ in
             let platform = try request.uri.queryParameters["platform"].map { text throws(GatewayError) in
