@@ -125,4 +125,10 @@ public struct ErrorCode: RawRepresentable, Sendable, Hashable, CustomStringConve
     public static let invalidSegment = ErrorCode("invalid_segment")
     public static let unknownSegment = ErrorCode("unknown_segment")
     public static let invalidCursor = ErrorCode("invalid_cursor")
+
+    // Segment broadcasts.
+    /// No segment store is configured where the request was answered.
+    public static let segmentsUnavailable = ErrorCode("segments_unavailable")
+    /// A broadcast lists a template under an app it does not belong to.
+    public static let templateAppMismatch = ErrorCode("template_app_mismatch")
 }

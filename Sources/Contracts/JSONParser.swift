@@ -26,11 +26,31 @@ extension JSONValue {
         guard parser.index == bytes.count else { throw parser.error("unexpected bytes after the value") }
         return value
     }
+
+    /// `bytes` parsed exactly as ``parse(_:)`` parses them, and the keys of the top-level object's
+    /// member `member` in the order they are written, when that member is an object (nil when the
+    /// value is not an object, or has no such member, or it is not an object). ``JSONValue/object(_:)``
+    /// is a dictionary and forgets the order; an API where the order means something (the first
+    /// app a broadcast can reach a member on) reads it here. A repeated key is listed once, at its
+    /// first place, as its first value is the one kept.
+    public static func parse(_ bytes: [UInt8], keyOrderOf member: String) throws(JSONParseError) -> (value: JSONValue, keys: [String]?) {
+        var parser = JSONParser(bytes: bytes)
+        parser.orderedMember = member
+        parser.skipWhitespace()
+        let value = try parser.value(depth: 0)
+        parser.skipWhitespace()
+        guard parser.index == bytes.count else { throw parser.error("unexpected bytes after the value") }
+        return (value, parser.memberOrder)
+    }
 }
 
 struct JSONParser {
     let bytes: [UInt8]
     var index = 0
+    /// The top-level object's member whose keys are recorded in order (``JSONValue/parse(_:keyOrderOf:)``).
+    var orderedMember: String?
+    /// Its keys in order, once it was read as an object.
+    var memberOrder: [String]?
 
     init(bytes: [UInt8]) { self.bytes = bytes }
 
@@ -70,6 +90,13 @@ struct JSONParser {
     }
 
     mutating func object(depth: Int) throws(JSONParseError) -> JSONValue {
+        var unrecorded: [String]? = nil
+        return try object(depth: depth, recording: &unrecorded)
+    }
+
+    /// An object; `order`, when not nil, gets its keys in the order they first appear. At depth 1
+    /// (the top-level object) the member named ``orderedMember`` is read recording its own keys.
+    mutating func object(depth: Int, recording order: inout [String]?) throws(JSONParseError) -> JSONValue {
         guard depth <= JSONValue.maximumDepth else { throw error("nested too deeply") }
         index += 1
         var members: [String: JSONValue] = [:]
@@ -86,8 +113,19 @@ struct JSONParser {
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
             index += 1
             skipWhitespace()
-            let member = try value(depth: depth)
-            if members[key] == nil { members[key] = member }
+            let member: JSONValue
+            if depth == 1, let ordered = orderedMember, key == ordered, members[key] == nil, index < bytes.count,
+               bytes[index] == UInt8(ascii: "{") {
+                var keys: [String]? = []
+                member = try object(depth: depth + 1, recording: &keys)
+                memberOrder = keys
+            } else {
+                member = try value(depth: depth)
+            }
+            if members[key] == nil {
+                members[key] = member
+                order?.append(key)
+            }
             skipWhitespace()
             guard index < bytes.count else { throw error("unexpected end of input") }
             if bytes[index] == UInt8(ascii: ",") {

@@ -81,7 +81,7 @@ struct AttemptJobs: JobHandler {
     }
 }
 
-/// `push.broadcast`: one batch of a broadcast's audience.
+/// `push.broadcast`: one batch of a broadcast's audience (a tag's or a segment's members).
 struct BroadcastJobs: JobHandler {
     let broadcasts: Broadcasts
 
@@ -95,6 +95,15 @@ struct BroadcastJobs: JobHandler {
                 case .fannedOut, .notDue: return .done
                 case .unknownBroadcast: return .fail(error: "no broadcast \(id)")
                 case .templateGone(let template): return .fail(error: "broadcast \(id) names a template that is gone: \(template)")
+                case .templateMoved(let app, let owner):
+                    return .fail(error: "broadcast \(id) sends template \(app.template) on app \(app.app), but it now belongs to app \(owner)")
+                case .segmentGone(let segment): return .fail(error: "broadcast \(id) is for segment \(segment), which is gone")
+                case .audienceOutOfOrder: return .fail(error: "the segment audience of broadcast \(id) answered members out of order")
+                // A worker deployed without segments wired in leaves the batch to one that has
+                // them: a minute apart, its 20 attempts span a rolling deploy's 20 minutes, then
+                // the job is kept for an operator.
+                case .segmentsUnavailable:
+                    return .retry(error: "broadcast \(id) is a segment broadcast and this worker has no segment audience", delay: .seconds(60))
                 }
             } catch {
                 return .retry(error: "\(error)")

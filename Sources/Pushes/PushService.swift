@@ -7,7 +7,7 @@ import Synchronization
 /// The push domain as a worker runs it: ``TriggeredPushes`` (an event fires its app's trigger and
 /// the push is rendered, stored and sent), ``PushDelivery`` (one attempt at the app's pace, its
 /// outcome recorded and, where it says so, the next attempt's job written with it; receipts) and
-/// ``Broadcasts`` (a tag's members fanned out in batches, each push a send job). Each operation
+/// ``Broadcasts`` (a tag's or a segment's members fanned out in batches, each push a send job). Each operation
 /// answers an outcome enum; none knows a broker or an HTTP server: the push queue's consumer, the
 /// push job handlers (``PushJobs/handlers(_:triggering:)``) and the gateway's admin routes adapt it.
 public struct PushService: Sendable {
@@ -17,14 +17,16 @@ public struct PushService: Sendable {
 
     /// `members` makes the member behind a platform follow (a welcome usually arrives before the
     /// points pool has seen the follower); `reservations` says whether a flash-sale reservation
-    /// still waits for its payment (a reminder is only for those).
+    /// still waits for its payment (a reminder is only for those); `audience` lists a segment's
+    /// members for segment broadcasts (nil: their batches wait, ``Broadcasts/BatchOutcome/segmentsUnavailable``).
     public init(store: PushStore, sender: PushSender, pace: PushPace, members: any PushMembers, reservations: any ReservationPayments,
-                logger: Logger, policy: PushDelivery.RetryPolicy = .init(), broadcastBatch: Int = 1000) {
+                logger: Logger, policy: PushDelivery.RetryPolicy = .init(), broadcastBatch: Int = 1000,
+                audience: (any BroadcastAudience)? = nil) {
         let catalog = PushCatalog(store: store)
         delivery = PushDelivery(store: store, sender: sender, pace: pace, policy: policy, logger: logger)
         triggers = TriggeredPushes(store: store, catalog: catalog, delivery: delivery, members: members, reservations: reservations,
                                    logger: logger)
-        broadcasts = Broadcasts(store: store, catalog: catalog, batchSize: broadcastBatch)
+        broadcasts = Broadcasts(store: store, catalog: catalog, audience: audience, batchSize: broadcastBatch)
     }
 }
 

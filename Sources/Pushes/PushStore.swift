@@ -338,50 +338,170 @@ public struct RenderedMessage: Sendable, Equatable {
 
 extension PushStore {
     public struct Broadcast: Sendable, Equatable {
+        /// Who a broadcast is for.
+        public enum Target: Sendable, Equatable {
+            /// Members with any of the tags and an identity on the template's app.
+            case tags([String], template: String)
+            /// The segment's members, each through the first of `apps` they can be reached on.
+            case segment(String, apps: [BroadcastApp])
+        }
+
+        /// One app of a broadcast: the template sent there and its pushes by status.
+        public struct AppCounts: Sendable, Equatable {
+            public let app: String
+            public let template: String
+            public var counts: [PushStatus: Int]
+
+            /// Members sent it through this app (one push each, whatever became of it).
+            public var recipients: Int { counts.values.reduce(0, +) }
+
+            var json: JSONValue {
+                .object(["template": .string(template), "recipients": .integer(Int64(recipients)), "counts": PushStore.json(counts)])
+            }
+        }
+
         public let id: Int64
-        public let template: String
-        public let tags: [String]
+        public let target: Target
         public let dueAt: Date
         public let status: BroadcastStatus
         public let recipients: Int
         public let cursor: Int64
         /// Pushes by status.
         public var counts: [PushStatus: Int] = [:]
+        /// The broadcast's apps in its order (a tag broadcast's: its template's app, and any other
+        /// app its pushes went to should the template have moved), with their pushes.
+        public var apps: [AppCounts] = []
 
+        /// `template` and `tags` for a tag broadcast, `segment` and `templates` (app to template) for
+        /// a segment broadcast; `apps` for both. Its `templates` and `apps` as a dictionary: see
+        /// ``jsonBytes`` for them in the broadcast's order.
         public var json: JSONValue {
-            .object(["id": .integer(id), "template": .string(template), "tags": .array(tags.map(JSONValue.string)),
-                     "at": .string(RFC3339.format(dueAt)), "status": .string(status.rawValue), "recipients": .integer(Int64(recipients)),
-                     "counts": .object(Dictionary(uniqueKeysWithValues: counts.map { ($0.key.rawValue, JSONValue.integer(Int64($0.value))) }))])
+            var fields: [String: JSONValue] = [
+                "id": .integer(id), "at": .string(RFC3339.format(dueAt)), "status": .string(status.rawValue),
+                "recipients": .integer(Int64(recipients)), "counts": PushStore.json(counts),
+                "apps": .object(Dictionary(apps.map { ($0.app, $0.json) }, uniquingKeysWith: { first, _ in first })),
+            ]
+            switch target {
+            case .tags(let tags, let template):
+                fields["template"] = .string(template)
+                fields["tags"] = .array(tags.map(JSONValue.string))
+            case .segment(let segment, let list):
+                fields["segment"] = .string(segment)
+                fields["templates"] = .object(Dictionary(list.map { ($0.app, JSONValue.string($0.template)) }, uniquingKeysWith: { first, _ in first }))
+            }
+            return .object(fields)
+        }
+
+        /// ``json``'s bytes, with `templates` and `apps` in the broadcast's order: the order decides
+        /// who receives which template, so the answer shows it as the operator gave it.
+        public var jsonBytes: [UInt8] {
+            guard case .object(let fields) = json else { return json.jsonBytes }
+            var ordered: [String: [UInt8]] = ["apps": OrderedJSON.object(apps.map { (key: $0.app, value: $0.json.jsonBytes) })]
+            if case .segment(_, let list) = target {
+                ordered["templates"] = OrderedJSON.object(list.map { (key: $0.app, value: JSONValue.string($0.template).jsonBytes) })
+            }
+            return OrderedJSON.object(fields.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+                .map { (key: $0.key, value: ordered[$0.key] ?? $0.value.jsonBytes) })
         }
     }
 
-    /// A new broadcast and the job that starts its fan-out at `at`, in one transaction; nil when
-    /// the template is unknown.
+    static func json(_ counts: [PushStatus: Int]) -> JSONValue {
+        .object(Dictionary(uniqueKeysWithValues: counts.map { ($0.key.rawValue, JSONValue.integer(Int64($0.value))) }))
+    }
+
+    /// A new tag broadcast and the job that starts its fan-out at `at`, in one transaction; nil
+    /// when the template is unknown.
     public func createBroadcast(template: String, tags: [String], at: Date) async throws -> Broadcast? {
         try await database.transaction { connection in
-            guard try !connection.query("SELECT 1 FROM push_templates WHERE code = $1", [template]).isEmpty else { return nil }
+            guard let app = try connection.query("SELECT app_id FROM push_templates WHERE code = $1", [template]).first?
+                .require("app_id", as: String.self) else { return nil }
             guard let id = try connection.query("""
                 INSERT INTO broadcasts (template, tags, due_at, status) VALUES ($1, $2::text[], $3, $4) RETURNING id
                 """, [template, PostgresArray(tags), at, BroadcastStatus.scheduled.rawValue]).first?.require("id", as: Int64.self) else {
                 throw PostgresError(.column, "INSERT … RETURNING id gave no row")
             }
             try JobStore.enqueue([PushJobs.broadcastBatch(id, after: 0, at: at)], on: connection)
-            return Broadcast(id: id, template: template, tags: tags, dueAt: at, status: .scheduled, recipients: 0, cursor: 0)
+            return Broadcast(id: id, target: .tags(tags, template: template), dueAt: at, status: .scheduled, recipients: 0, cursor: 0,
+                             apps: [Broadcast.AppCounts(app: app, template: template, counts: [:])])
         }
     }
 
+    public enum SegmentBroadcastOutcome: Sendable, Equatable {
+        case created(Broadcast)
+        /// No template has this app's template code.
+        case unknownTemplate(BroadcastApp)
+        /// This app's template is another app's (`templateApp`): a message goes out from the app
+        /// its template was made on, or the platform refuses its template id.
+        case templateOfAnotherApp(BroadcastApp, templateApp: String)
+    }
+
+    /// A new segment broadcast over `apps` (in their order) and the job that starts its fan-out at
+    /// `at`, in one transaction; refused when an app's template is unknown or another app's. The
+    /// templates are read `FOR SHARE`: one moved to another app meanwhile waits for this to commit.
+    public func createBroadcast(segment: String, apps: [BroadcastApp], at: Date) async throws -> SegmentBroadcastOutcome {
+        try await database.transaction { connection in
+            var owners: [String: String] = [:]
+            for row in try connection.query("SELECT code, app_id FROM push_templates WHERE code = ANY($1::text[]) FOR SHARE",
+                                             [PostgresArray(apps.map(\.template))]) {
+                owners[try row.require("code", as: String.self)] = try row.require("app_id", as: String.self)
+            }
+            for app in apps {
+                guard let owner = owners[app.template] else { return .unknownTemplate(app) }
+                guard owner == app.app else { return .templateOfAnotherApp(app, templateApp: owner) }
+            }
+            guard let id = try connection.query("""
+                INSERT INTO broadcasts (segment, due_at, status) VALUES ($1, $2, $3) RETURNING id
+                """, [segment, at, BroadcastStatus.scheduled.rawValue]).first?.require("id", as: Int64.self) else {
+                throw PostgresError(.column, "INSERT … RETURNING id gave no row")
+            }
+            try connection.query("""
+                INSERT INTO broadcast_apps (broadcast_id, position, app_id, template)
+                SELECT $1, a.position::integer, a.app, a.template FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS a(app, template, position)
+                """, [id, PostgresArray(apps.map(\.app)), PostgresArray(apps.map(\.template))])
+            try JobStore.enqueue([PushJobs.broadcastBatch(id, after: 0, at: at)], on: connection)
+            return .created(Broadcast(id: id, target: .segment(segment, apps: apps), dueAt: at, status: .scheduled, recipients: 0, cursor: 0,
+                                      apps: apps.map { Broadcast.AppCounts(app: $0.app, template: $0.template, counts: [:]) }))
+        }
+    }
+
+    /// The broadcast with its pushes counted by status and by app; nil when there is none. A row
+    /// that is neither a tag nor a segment broadcast, or a segment broadcast without apps, throws.
     public func broadcast(_ id: Int64) async throws -> Broadcast? {
         guard let row = try await database.query("""
-            SELECT id, template, to_json(tags)::text AS tags, extract(epoch FROM due_at)::float8 AS due_at, status, recipients, cursor
-            FROM broadcasts WHERE id = $1
+            SELECT b.template, to_json(b.tags)::text AS tags, b.segment, extract(epoch FROM b.due_at)::float8 AS due_at, b.status,
+                   b.recipients, b.cursor, t.app_id AS template_app
+            FROM broadcasts b LEFT JOIN push_templates t ON t.code = b.template WHERE b.id = $1
             """, [id]).first else { return nil }
         let text = try row.require("status", as: String.self)
         guard let status = BroadcastStatus(rawValue: text) else { throw PostgresError(.column, "status \(text) is not a broadcast status") }
-        var broadcast = Broadcast(id: id, template: try row.require("template"), tags: try Self.tags(row, of: id),
-                                  dueAt: Date(timeIntervalSince1970: try row.require("due_at")), status: status,
-                                  recipients: try row.require("recipients"), cursor: try row.require("cursor"))
-        for count in try await database.query("SELECT status, count(*) AS n FROM pushes WHERE broadcast_id = $1 GROUP BY status", [id]) {
-            broadcast.counts[try Self.status(count)] = try count.require("n", as: Int.self)
+        let target: Broadcast.Target
+        var apps: [Broadcast.AppCounts] = []
+        if let segment = try row.optional("segment", as: String.self) {
+            let listed = try await database.query("SELECT app_id, template FROM broadcast_apps WHERE broadcast_id = $1 ORDER BY position", [id])
+                .map { app in BroadcastApp(app: try app.require("app_id"), template: try app.require("template")) }
+            guard !listed.isEmpty else { throw PostgresError(.column, "segment broadcast \(id) has no apps") }
+            target = .segment(segment, apps: listed)
+            apps = listed.map { Broadcast.AppCounts(app: $0.app, template: $0.template, counts: [:]) }
+        } else {
+            guard let template = try row.optional("template", as: String.self) else {
+                throw PostgresError(.column, "broadcast \(id) has neither a segment nor a template")
+            }
+            target = .tags(try Self.tags(row, of: id), template: template)
+            if let app = try row.optional("template_app", as: String.self) { apps = [Broadcast.AppCounts(app: app, template: template, counts: [:])] }
+        }
+        var broadcast = Broadcast(id: id, target: target, dueAt: Date(timeIntervalSince1970: try row.require("due_at")), status: status,
+                                  recipients: try row.require("recipients"), cursor: try row.require("cursor"), apps: apps)
+        for count in try await database.query("""
+            SELECT app_id, status, count(*) AS n FROM pushes WHERE broadcast_id = $1 GROUP BY app_id, status
+            """, [id]) {
+            let app = try count.require("app_id", as: String.self), status = try Self.status(count), n = try count.require("n", as: Int.self)
+            broadcast.counts[status, default: 0] += n
+            if let index = broadcast.apps.firstIndex(where: { $0.app == app }) {
+                broadcast.apps[index].counts[status, default: 0] += n
+            } else if case .tags(_, let template) = target {
+                // The template was moved to another app after some pushes went out: those still count there.
+                broadcast.apps.append(Broadcast.AppCounts(app: app, template: template, counts: [status: n]))
+            }
         }
         return broadcast
     }
@@ -422,6 +542,47 @@ extension PushStore {
             """, [PostgresArray(tags), platform, app, cursor, limit]).map { row in try Self.recipient(row, member: row.require("id")) }
     }
 
+    /// One of a segment broadcast's members and the app they are reached on (an index into the
+    /// broadcast's apps).
+    public struct Reached: Sendable, Equatable {
+        public let recipient: Recipient
+        public let channel: Int
+    }
+
+    /// Of `members`, those who can be reached on one of `channels` (platform and app, in the
+    /// broadcast's order), each with the first such channel and their identity there; by member id.
+    ///
+    /// Reachable on an app: the member has an identity there, and that identity's latest
+    /// `subscribe` or `unsubscribe` event on the app (in `events`) is not an `unsubscribe` (none at
+    /// all counts as reachable: identities from OAuth or from before events were stored). Of
+    /// several identities on one app, the first reachable openid. The latest follow event is found
+    /// by walking `events_subject_idx` (platform, app, openid, occurred_at) backwards from the
+    /// newest event of that openid; events at the same second are told apart by `received_at`.
+    public func reachable(members: [Int64], channels: [(platform: String, app: String)]) async throws -> [Reached] {
+        guard !members.isEmpty, !channels.isEmpty else { return [] }
+        return try await database.query("""
+            SELECT DISTINCT ON (m.id) m.id, m.nickname, m.points, m.growth, m.level, c.position, i.openid
+            FROM members m
+            CROSS JOIN unnest($2::text[], $3::text[]) WITH ORDINALITY AS c(platform, app, position)
+            JOIN LATERAL (
+                SELECT mi.openid FROM member_identities mi
+                WHERE mi.member_id = m.id AND mi.platform = c.platform AND mi.app = c.app
+                  AND coalesce((SELECT e.kind FROM events e
+                                WHERE e.platform = c.platform AND e.app = c.app AND e.openid = mi.openid AND e.kind = ANY($4::text[])
+                                ORDER BY e.occurred_at DESC, e.received_at DESC LIMIT 1), '') <> $5
+                ORDER BY mi.openid LIMIT 1) i ON true
+            WHERE m.id = ANY($1::bigint[])
+            ORDER BY m.id, c.position
+            """, [PostgresArray(members.map(String.init)), PostgresArray(channels.map(\.platform)), PostgresArray(channels.map(\.app)),
+                  PostgresArray([EventKind.subscribe.rawValue, EventKind.unsubscribe.rawValue]), EventKind.unsubscribe.rawValue]).map { row in
+            let position = try row.require("position", as: Int64.self)
+            guard let channel = Int(exactly: position - 1), channels.indices.contains(channel) else {
+                throw PostgresError(.column, "position \(position) is not one of the broadcast's \(channels.count) apps")
+            }
+            return Reached(recipient: try Self.recipient(row, member: row.require("id")), channel: channel)
+        }
+    }
+
     /// One batch of a broadcast, in one transaction: its pushes, a send job for each new one, the
     /// cursor moved, and the next batch's job when `more` (or the broadcast marked fanned out). A
     /// batch done twice (a redelivered job) finds the cursor moved and does nothing. The next
@@ -430,9 +591,11 @@ extension PushStore {
     /// do not run dry between batches. (Claimed in any order, the next batch's job could come last
     /// among the sends written with it, and the runners then had nothing to send for the fan-out's
     /// time plus an idle poll.)
-    public func fanOut(broadcast id: Int64, from cursor: Int64, pushes: [NewPush], more: Bool, at now: Date) async throws -> Bool {
-        let last = pushes.last?.member ?? cursor
-        return try await database.transaction { connection in
+    ///
+    /// `last` is the new cursor: the batch's last member, whether or not they got a push (a segment
+    /// member reachable on none of the apps gets none).
+    public func fanOut(broadcast id: Int64, from cursor: Int64, to last: Int64, pushes: [NewPush], more: Bool, at now: Date) async throws -> Bool {
+        try await database.transaction { connection in
             guard try !connection.query("""
                 UPDATE broadcasts SET cursor = $3, recipients = recipients + $4, updated_at = now(),
                     status = CASE WHEN $5 THEN $6 ELSE $7 END

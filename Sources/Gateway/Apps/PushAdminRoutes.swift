@@ -1,3 +1,4 @@
+import Audiences
 import Contracts
 import Foundation
 import HTTPTypes
@@ -9,9 +10,12 @@ import Pushes
 /// `/admin/v1/pushes` (every push and what became of it) and `/admin/v1/push-stats` (today's
 /// outcomes and quota per app).
 extension Gateway {
-    func addPushAdminRoutes(_ admin: RouterGroup<GatewayRequestContext>) {
+    ///
+    /// `audience` reads segments for segment broadcasts; without one they are refused
+    /// (503 `segments_unavailable`) and tag broadcasts work as ever.
+    func addPushAdminRoutes(_ admin: RouterGroup<GatewayRequestContext>, audience: (any BroadcastAudience)? = nil) {
         let store = PushStore(database: database)
-        let broadcasts = Broadcasts(store: store)
+        let broadcasts = Broadcasts(store: store, audience: audience)
 
         admin.put("/templates/:code") { request, context in
             let body = try await request.collectBody(upTo: 64 * 1024)
@@ -99,8 +103,27 @@ extension Gateway {
 
         admin.post("/broadcasts") { request, _ in
             let body = try await request.collectBody(upTo: 16 * 1024)
-            guard case .object(let object)? = try? JSONValue.parse(body) else {
-                throw GatewayError(.badRequest, .malformedJson, #"body must be {"template","tags":[…],"at"?}"#)
+            // The segment form's `templates` is tried in the order written: the parse keeps it.
+            guard let parsed = try? JSONValue.parse(body, keyOrderOf: "templates"), case .object(let object) = parsed.value else {
+                throw GatewayError(.badRequest, .malformedJson, #"body must be {"template","tags":[…],"at"?} or {"segment","templates":{…},"at"?}"#)
+            }
+            if object["segment"] != nil || object["templates"] != nil {
+                let (segment, apps) = try Self.segmentBroadcast(object, order: parsed.keys)
+                let due = try Self.broadcastTime(object["at"])
+                switch try await stored({ try await broadcasts.create(segment: segment, apps: apps, at: due) }) {
+                case .created(let created): return Self.broadcastResponse(created, status: .created)
+                case .segmentsUnavailable:
+                    throw GatewayError.unavailable(.segmentsUnavailable, "segments cannot be read here: no segment store is configured")
+                case .unknownSegment:
+                    throw GatewayError(.unprocessableContent, .unknownSegment, "no segment \(segment)", path: "segment")
+                case .unknownTemplate(let app):
+                    throw GatewayError(.unprocessableContent, .unknownTemplate, "no template \(app.template) for app \(app.app): save it first",
+                                       path: "templates.\(app.app)")
+                case .templateOfAnotherApp(let app, let owner):
+                    throw GatewayError(.unprocessableContent, .templateAppMismatch,
+                                       "template \(app.template) listed for app \(app.app) belongs to app \(owner)", path: "templates.\(app.app)")
+                case .invalidApps: throw Self.invalidTemplates
+                }
             }
             guard let template = object["template"]?.string, PushTemplate.isValidCode(template) else {
                 throw GatewayError(.badRequest, .invalidBroadcast, "template must be a template's code")
@@ -109,28 +132,21 @@ extension Gateway {
                   case let tags = list.compactMap(\.string), tags.count == list.count, tags.allSatisfy({ (1...64).contains($0.count) }) else {
                 throw GatewayError(.badRequest, .invalidBroadcast, "tags must be 1-20 tags; members with any of them receive it")
             }
-            var at = Date()
-            if let given = object["at"], given != .null {
-                guard let text = given.string, let date = RFC3339.parse(text) else {
-                    throw GatewayError(.badRequest, .invalidBroadcast, "at must be an RFC 3339 time")
-                }
-                at = max(at, date)
-            }
-            let due = at
+            let due = try Self.broadcastTime(object["at"])
             switch try await stored({ try await broadcasts.create(template: template, tags: tags, at: due) }) {
-            case .created(let created): return Response.json(created.json, status: .created)
+            case .created(let created): return Self.broadcastResponse(created, status: .created)
             case .unknownTemplate: throw GatewayError(.conflict, .unknownTemplate, "no template \(template): save it first")
             }
         }
         admin.get("/broadcasts/:id") { _, context in
             let id = try Self.broadcastID(context)
             guard let broadcast = try await stored({ try await broadcasts.broadcast(id) }) else { throw Self.unknownBroadcast(id) }
-            return Response.json(broadcast.json)
+            return Self.broadcastResponse(broadcast)
         }
         admin.post("/broadcasts/:id/cancel") { _, context in
             let id = try Self.broadcastID(context)
             switch try await stored({ try await broadcasts.cancel(id) }) {
-            case .cancelled(let broadcast): return Response.json(broadcast.json)
+            case .cancelled(let broadcast): return Self.broadcastResponse(broadcast)
             case .alreadyCancelled: throw GatewayError(.conflict, .alreadyCancelled, "broadcast \(id) is already cancelled")
             case .unknownBroadcast: throw Self.unknownBroadcast(id)
             }
@@ -159,6 +175,50 @@ extension Gateway {
             body["nextBefore"] = page.count == limit ? page.last.map { .string(RFC3339.format($0.createdAt)) } ?? .null : .null
             return Response.json(body)
         }
+    }
+
+    /// A segment broadcast's `segment` and its `templates` (app id to template code) as apps in the
+    /// order written (`order`, from ``JSONValue/parse(_:keyOrderOf:)``).
+    static func segmentBroadcast(_ object: [String: JSONValue], order: [String]?) throws(GatewayError) -> (String, [BroadcastApp]) {
+        guard object["tags"] == nil, object["template"] == nil else {
+            throw GatewayError(.badRequest, .invalidBroadcast,
+                               #"a broadcast is to tags ({"template","tags"}) or to a segment ({"segment","templates"}), not both"#)
+        }
+        guard let segment = object["segment"]?.string, AudienceCode.isValid(segment) else {
+            throw GatewayError(.badRequest, .invalidBroadcast, "segment must be a segment's code: \(AudienceCode.rule)", path: "segment")
+        }
+        guard case .object(let templates)? = object["templates"], let order, order.count == templates.count,
+              BroadcastApp.limit.contains(order.count) else { throw invalidTemplates }
+        var apps: [BroadcastApp] = []
+        for app in order {
+            guard AppIDShape.isValid(app) else {
+                throw GatewayError(.badRequest, .invalidBroadcast, "\(app) is not an app id: \(AppIDShape.rule)", path: "templates")
+            }
+            guard let template = templates[app]?.string, PushTemplate.isValidCode(template) else {
+                throw GatewayError(.badRequest, .invalidBroadcast, "the template for app \(app) must be a template's code", path: "templates.\(app)")
+            }
+            apps.append(BroadcastApp(app: app, template: template))
+        }
+        return (segment, apps)
+    }
+
+    static let invalidTemplates = GatewayError(.badRequest, .invalidBroadcast,
+        "templates must map \(BroadcastApp.limit.lowerBound)-\(BroadcastApp.limit.upperBound) app ids to template codes, in the order members are tried",
+        path: "templates")
+
+    /// `at`: absent or null for now, else an RFC 3339 time (a past one is now).
+    static func broadcastTime(_ given: JSONValue?) throws(GatewayError) -> Date {
+        let now = Date()
+        guard let given, given != .null else { return now }
+        guard let text = given.string, let date = RFC3339.parse(text) else {
+            throw GatewayError(.badRequest, .invalidBroadcast, "at must be an RFC 3339 time")
+        }
+        return max(now, date)
+    }
+
+    /// A broadcast's JSON with its apps and templates in the broadcast's order (``PushStore/Broadcast/jsonBytes``).
+    static func broadcastResponse(_ broadcast: PushStore.Broadcast, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: broadcast.jsonBytes)))
     }
 
     static func broadcastID(_ context: GatewayRequestContext) throws(GatewayError) -> Int64 {
