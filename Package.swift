@@ -123,7 +123,7 @@ let package = Package(
 
         // Process plumbing shared by gateway, workers and scheduler.
         .target(name: "Runtime",
-                dependencies: ["Contracts", "AMQPClient", "ClientSupport",
+                dependencies: ["Audiences", "Contracts", "AMQPClient", "ClientSupport", "Pushes",
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
 

@@ -1,3 +1,5 @@
+import Audiences
+import Runtime
 import Contracts
 import FlashSales
 import Foundation
@@ -104,7 +106,9 @@ extension PushPool {
         PushService(store: PushStore(database: database), sender: sender, pace: pace,
                     members: DirectoryMembers(directory: MemberDirectory(database: database)),
                     reservations: OrderPayments(store: FlashSaleStore(database: database)), logger: logger, policy: policy,
-                    broadcastBatch: broadcastBatch)
+                    broadcastBatch: broadcastBatch, audience: SegmentAudience(store: SegmentStore(database: database) {
+                        try await RuleStore(database: database).levels().levels.map(\.name)
+                    }))
     }
 
     /// The job kinds the push worker runs: Pushes' own and flash sales' payment reminder (an event

@@ -43,8 +43,9 @@ struct SegmentBroadcastTests {
     static let logger = Logger(label: "test.segmentbroadcasts")
 
     struct Setup: Sendable {
-        /// The gateway as deployed today: no segment store configured.
+        /// The gateway as deployed: segments from Audiences' store on the scratch database.
         let gateway: any TestClientProtocol
+        let gatewayObject: Gateway
         /// The gateway's push admin routes given the test's segment store, over HTTP.
         let admin: any TestClientProtocol
         /// The push worker's service, with the test's segment store.
@@ -88,7 +89,7 @@ struct SegmentBroadcastTests {
                         gateway.addPushAdminRoutes(routes.group("/admin/v1")
                             .add(middleware: AdminAuthMiddleware(token: BearerToken(GatewayHarness.adminToken))), audience: audience)
                         try await Application(router: routes, configuration: .init(address: .hostname("127.0.0.1", port: 0))).test(.live) { admin in
-                            try await body(Setup(gateway: gatewayClient, admin: admin, service: service, fake: fake, a: a, b: b, c: c,
+                            try await body(Setup(gateway: gatewayClient, gatewayObject: gateway, admin: admin, service: service, fake: fake, a: a, b: b, c: c,
                                                  segment: segment, audience: audience, database: database))
                         }
                     }
@@ -313,9 +314,19 @@ struct SegmentBroadcastTests {
                 (status, code, message) = try await post(setup.admin, refused)
                 #expect((status, code) == (.badRequest, "invalid_broadcast"), "\(refused): \(message)")
             }
+            // The gateway as deployed reads segments from Audiences' store, where this test's segment
+            // (its own audience above) is not saved.
             (status, code, _) = try await post(setup.gateway, #"{"segment":"\#(seg)","templates":{"\#(a)":"\#(ta)"}}"#)
-            #expect((status, code) == (.serviceUnavailable, "segments_unavailable"))
+            #expect((status, code) == (.unprocessableContent, "unknown_segment"))
             #expect(try await database.query("SELECT count(*) AS n FROM broadcasts").first?.require("n", as: Int.self) == 0, "a refusal stored a broadcast")
+            // Without a segment store a gateway refuses the segment form, and only it.
+            let bare = Router(context: GatewayRequestContext.self)
+            setup.gatewayObject.addPushAdminRoutes(bare.group("/admin/v1"), audience: nil)
+            let body = #"{"segment":"\#(seg)","templates":{"\#(a)":"\#(ta)"}}"#
+            try await Application(router: bare).test(.router) { client in
+                let (refused, json) = try await PointsAdminTests.call(client, .post, "/admin/v1/broadcasts", body)
+                #expect((refused, FlashSaleTests.code(json)) == (.serviceUnavailable, "segments_unavailable"))
+            }
 
             // Scheduled for later, then cancelled through the gateway as deployed.
             let later = RFC3339.format(Date().addingTimeInterval(3600))

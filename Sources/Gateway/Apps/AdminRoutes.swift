@@ -1,4 +1,5 @@
 import Apps
+import Runtime
 import Foundation
 import Hummingbird
 
@@ -10,7 +11,7 @@ extension Gateway {
         addCatalogAdminRoutes(admin)
         addSchedulerAdminRoutes(admin)
         addFlashSaleAdminRoutes(admin)
-        addPushAdminRoutes(admin)
+        addPushAdminRoutes(admin, audience: SegmentAudience(store: segmentStore()))
         addAudienceAdminRoutes(admin)
         addSegmentAdminRoutes(admin)
         addPortraitAdminRoutes(admin)

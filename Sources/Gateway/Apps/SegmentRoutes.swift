@@ -10,9 +10,13 @@ import Loyalty
 /// program, read when an expression ranks levels.
 extension Gateway {
     func addSegmentAdminRoutes(_ admin: RouterGroup<GatewayRequestContext>) {
+        admin.addRoutes(segmentAdminRoutes(segmentStore()))
+    }
+
+    /// Segments over this gateway's database, levels ranked by the loyalty program's table.
+    func segmentStore() -> SegmentStore {
         let rules = RuleStore(database: database)
-        let store = SegmentStore(database: database) { try await rules.levels().levels.map(\.name) }
-        admin.addRoutes(segmentAdminRoutes(store))
+        return SegmentStore(database: database) { try await rules.levels().levels.map(\.name) }
     }
 
     func segmentAdminRoutes(_ segments: SegmentStore) -> RouteCollection<GatewayRequestContext> {
