@@ -126,7 +126,7 @@ enum DMPData {
                                           ELSE CASE WHEN random() < 0.1 THEN now() - random() * interval '2 days'
                                                     ELSE now() + (1 + random() * 719) * interval '1 hour' END END
                     FROM m CROSS JOIN (VALUES \(tags)) AS tg (code, share, source, expiry)
-                    WHERE random() < tg.share
+                    WHERE abs(hashtext(tg.code || m.id::text)) % 10000 < tg.share * 10000
                     RETURNING 1
                 )
                 SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b) + (SELECT count(*) FROM c) AS identities, (SELECT count(*) FROM t) AS tags

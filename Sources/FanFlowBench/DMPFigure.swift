@@ -613,7 +613,6 @@ struct DMPRun {
         for _ in 0..<2 { windows.append(try await oneWindow(false, &self)) }
 
         let saved = now()
-        let savedWall = Date().timeIntervalSince1970
         try await putRule(code, tag: tag, body: body)
         say("backfill: rule \(code) saved; live windows until it is live")
         let gateway = gateway, auth = auth
@@ -670,7 +669,7 @@ struct DMPRun {
         live.add(["before the rule (just before saving it)"] + (try await summary(windows.filter { !$0.backfilling })))
         live.add(["during the backfill"] + (try await summary(windows.filter(\.backfilling))))
         print("")
-        print("Live traffic before and during the backfill (the same mixed webhooks as figure 1, open loop; \(savedWall > 0 ? "" : "")queues' ready messages at the end: \(depth)); load average \(loadAverage()):")
+        print("Live traffic before and during the backfill (the same mixed webhooks as figure 1, open loop; queues' ready messages at the end: \(depth)); load average \(loadAverage()):")
         print("")
         print(live.text)
         let late = windows.filter { !$0.load.keptUp }.count
