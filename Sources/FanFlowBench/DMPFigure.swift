@@ -63,11 +63,14 @@ struct DMPFigure: AsyncParsableCommand {
         print("\(banner("dmp")): release gateway, worker (pipeline=2 orders=1 push=2), scheduler, in a database, vhost and Redis database of the bench's own; parts: \(parts.joined(separator: ", ")); load average at the start \(loadAverage())")
         if parts.contains("latency") {
             try await run.latency()
+            fflush(nil)
             try await run.memory(after: "the latency figure (20 rules, the load's webhooks)")
+            fflush(nil)
         }
-        if parts.contains("reach") { try await run.reach() }
+        if parts.contains("reach") { try await run.reach(); fflush(nil) }
         if parts.contains("backfill") {
             try await run.backfill()
+            fflush(nil)
             try await run.memory(after: "the backfill figure")
         }
         await db.close()
@@ -146,6 +149,7 @@ struct DMPRun {
 
     struct Phase {
         var label: String
+        var plan: LoadPlan
         var load: LoadResult
         var accepted: Int
         var progress: LedgerProgress
@@ -187,15 +191,16 @@ struct DMPRun {
 
     /// The load for --seconds (and, alongside, `during`), then the wait until the ledger has an
     /// entry for every accepted event.
-    mutating func phase(_ label: String, during: (@Sendable () async -> Void)? = nil) async throws -> Phase {
-        let plan = try figure.load.plan(for: gateway)
+    mutating func phase(_ label: String, rate: Double? = nil, during: (@Sendable () async -> Void)? = nil) async throws -> Phase {
+        var plan = try figure.load.plan(for: gateway)
+        if let rate { plan.rate = rate }
         let count = plan.rate.map { Int($0 * plan.seconds * 1.02) + 1000 } ?? Int(plan.seconds * 12_000)
         say("\(label): pre-signing \(count) webhooks")
         let requests = requests(count, plan: plan)
         next += count
         let acceptedBefore = try await Web.acceptedEvents(gateway: gateway)
         var meter = CPUMeter(groups: try CPUGroups.make(processes: figure.pids, servers: true))
-        say("\(label): webhooks, \(figure.load.shape), \(Format.int(plan.seconds)) s")
+        say("\(label): webhooks, \(plan.label), \(Format.int(plan.seconds)) s")
         let start = Date().timeIntervalSince1970
         meter.start()
         let side = Task { if let during { await during() } }
@@ -219,7 +224,7 @@ struct DMPRun {
         let drained = now() - loadEnded
         let (readings, wall) = meter.stop()
         let lag = try await lag(from: start, to: Date().timeIntervalSince1970 + 1)
-        return Phase(label: label, load: result, accepted: accepted, progress: progress, start: start,
+        return Phase(label: label, plan: plan, load: result, accepted: accepted, progress: progress, start: start,
                      cpu: CPUReport(readings: readings, wall: wall, events: progress.ledgerEvents), lag: lag, drainSeconds: drained)
     }
 
@@ -327,8 +332,13 @@ struct DMPRun {
         let gateway = gateway, app = figure.app, token = figure.token, auth = auth, msgBase = msgBase
         let spacing = figure.load.seconds * 0.9 / Double(count)
         let timeout = max(120, figure.settleTimeout)
+        // The cost of the rules: the same load as without them, nothing else running.
+        let ruled = try await phase("20 tag rules")
+        // Latency at a rate the pipeline sustains with the rules (above it the broker's queue only
+        // grows, and a tag waits behind it): the asked rate, or 90% of what the last phase reached.
+        let probeRate = min(figure.load.rate ?? .infinity, (0.9 * ruled.ledgerRate).rounded())
         let outcomes = Mutex_<[ProbeOutcome]>([])
-        let ruled = try await phase("20 tag rules") {
+        let probed = try await phase("20 tag rules, latency probes", rate: probeRate) {
             let result = await Self.runProbes(probes, gateway: gateway, app: app, token: token, auth: auth, msgBase: msgBase,
                                               spacing: spacing, timeout: timeout)
             outcomes.set(result)
@@ -341,26 +351,29 @@ struct DMPRun {
         let polls = results.reduce(0) { $0 + $1.polls }
 
         // The probes' events are in the ledger as well: every phase counts what it sent.
-        var table = Table(["figure", "no tag rules", "20 live tag rules", "difference"])
-        func row(_ name: String, _ a: String, _ b: String, _ d: String = "") { table.add([name, a, b, d]) }
-        row("webhooks offered", figure.load.shape, figure.load.shape)
-        row("webhooks accepted/s while sending", Format.int(plain.load.requestsPerSecond), Format.int(ruled.load.requestsPerSecond))
-        row("webhook p50 \\| p99 ms", "\(plain.load.latency.milliseconds(0.5)) \\| \(plain.load.latency.milliseconds(0.99))",
-            "\(ruled.load.latency.milliseconds(0.5)) \\| \(ruled.load.latency.milliseconds(0.99))")
-        row("non-2xx \\| no answer", "\(plain.load.non2xx - plain.load.unanswered) \\| \(plain.load.unanswered)",
-            "\(ruled.load.non2xx - ruled.load.unanswered) \\| \(ruled.load.unanswered)")
-        row("events accepted (broker-confirmed)", "\(plain.accepted)", "\(ruled.accepted)")
-        row("events in the ledger", "\(plain.progress.ledgerEvents)", "\(ruled.progress.ledgerEvents)")
+        var table = Table(["figure", "no tag rules", "20 live tag rules", "difference", "20 rules and the latency probes"])
+        func row(_ name: String, _ a: String, _ b: String, _ d: String = "", _ c: String = "") { table.add([name, a, b, d, c]) }
+        func shape(_ p: Phase) -> String { p.plan.rate.map { "open loop at \(Format.int($0))/s" } ?? "closed loop" }
+        row("webhooks offered (\(figure.load.connections) connections)", shape(plain), shape(ruled), "", shape(probed))
+        row("webhooks accepted/s while sending", Format.int(plain.load.requestsPerSecond), Format.int(ruled.load.requestsPerSecond),
+            Self.change(plain.load.requestsPerSecond, ruled.load.requestsPerSecond), Format.int(probed.load.requestsPerSecond))
+        func ms(_ p: Phase) -> String { "\(p.load.latency.milliseconds(0.5)) \\| \(p.load.latency.milliseconds(0.99))" }
+        row("webhook p50 \\| p99 ms (from the due time)", ms(plain), ms(ruled), "", ms(probed))
+        func refused(_ p: Phase) -> String { "\(p.load.non2xx - p.load.unanswered) \\| \(p.load.unanswered)" }
+        row("non-2xx \\| no answer", refused(plain), refused(ruled), "", refused(probed))
+        row("events accepted (broker-confirmed)", "\(plain.accepted)", "\(ruled.accepted)", "", "\(probed.accepted)")
+        row("events in the ledger", "\(plain.progress.ledgerEvents)", "\(ruled.progress.ledgerEvents)", "", "\(probed.progress.ledgerEvents)")
         row("**events → ledger/s** (first request to last entry)", "**\(Format.int(plain.ledgerRate))**", "**\(Format.int(ruled.ledgerRate))**",
-            "**\(Self.change(plain.ledgerRate, ruled.ledgerRate))**")
-        row("ledger still catching up after the load (s)", Format.fixed(plain.drainSeconds, 1), Format.fixed(ruled.drainSeconds, 1))
-        row("event → ledger p50 \\| p99 \\| max ms (gateway receipt to entry)", plain.lag.text, ruled.lag.text)
+            "**\(Self.change(plain.ledgerRate, ruled.ledgerRate))**", Format.int(probed.ledgerRate))
+        row("ledger still catching up after the load (s)", Format.fixed(plain.drainSeconds, 1), Format.fixed(ruled.drainSeconds, 1), "",
+            Format.fixed(probed.drainSeconds, 1))
+        row("event → ledger p50 \\| p99 \\| max ms (gateway receipt to entry)", plain.lag.text, ruled.lag.text, "", probed.lag.text)
         row("CPU per ledger event, product and servers (µs)", plain.cpu.microsecondsPerEvent, ruled.cpu.microsecondsPerEvent,
-            Self.change(Double(plain.cpu.microsecondsPerEvent) ?? 0, Double(ruled.cpu.microsecondsPerEvent) ?? 0))
-        for (a, b) in zip(plain.cpu.readings.dropLast(), ruled.cpu.readings.dropLast()) {
-            let pa = plain.progress.ledgerEvents > 0 ? a.seconds * 1e6 / Double(plain.progress.ledgerEvents) : 0
-            let pb = ruled.progress.ledgerEvents > 0 ? b.seconds * 1e6 / Double(ruled.progress.ledgerEvents) : 0
-            row("· \(a.name) µs per event", Format.int(pa), Format.int(pb), Self.change(pa, pb))
+            Self.change(Double(plain.cpu.microsecondsPerEvent) ?? 0, Double(ruled.cpu.microsecondsPerEvent) ?? 0), probed.cpu.microsecondsPerEvent)
+        for ((a, b), c) in zip(zip(plain.cpu.readings.dropLast(), ruled.cpu.readings.dropLast()), probed.cpu.readings.dropLast()) {
+            func per(_ r: CPUMeter.Reading, _ p: Phase) -> Double { p.progress.ledgerEvents > 0 ? r.seconds * 1e6 / Double(p.progress.ledgerEvents) : 0 }
+            row("· \(a.name) µs per event", Format.int(per(a, plain)), Format.int(per(b, ruled)), Self.change(per(a, plain), per(b, ruled)),
+                Format.int(per(c, probed)))
         }
         let counts = try await db.one("SELECT count(*) AS n FROM tag_rule_counts").number("n")
         let holds = try await db.one("SELECT count(*) AS n FROM member_tags WHERE source LIKE 'rule:dmp-r%' AND (expires_at IS NULL OR expires_at > now())").number("n")
@@ -381,8 +394,9 @@ struct DMPRun {
         print(table.text)
         if let pacing = plain.load.pacing { print(""); print("no rules: \(pacing)") }
         if let pacing = ruled.load.pacing { print(""); print("20 rules: \(pacing)") }
+        if let pacing = probed.load.pacing { print(""); print("20 rules and the probes: \(pacing)") }
         print("")
-        print("Latency from a probe webhook's HTTP 200 to its tag in `GET /admin/v1/members/{id}/tags` (rule dmp-r20: text containing 探针, at least 1 within 1h), probes spread over the 20-rule phase's load, tags polled every 50 ms after the last answer (so values are late by up to 50 ms plus one read):")
+        print("Latency from a probe webhook's HTTP 200 to its tag in `GET /admin/v1/members/{id}/tags` (rule dmp-r20: text containing 探针, at least 1 within 1h), probes spread over a third phase's load with the 20 rules, offered at \(Format.int(probeRate))/s (the asked rate, or 90% of the events → ledger/s the 20-rule phase reached if that is lower: above it the broker's queue only grows and every tag waits behind it), tags polled every 50 ms after the last answer (so values are late by up to 50 ms plus one read):")
         print("")
         print(probeTable.text)
         print("")
@@ -395,6 +409,10 @@ struct DMPRun {
         print("CPU with 20 tag rules (\(Format.fixed(ruled.cpu.wall, 1)) s):")
         print("")
         print(ruled.cpu.table().text)
+        print("")
+        print("CPU with 20 tag rules and the latency probes' webhooks and tag reads (\(Format.fixed(probed.cpu.wall, 1)) s):")
+        print("")
+        print(probed.cpu.table().text)
     }
 
     /// `b` against `a`, as a signed percentage.
@@ -622,6 +640,10 @@ struct DMPRun {
                 if let answer = try? await Web.call(.GET, "\(gateway)/admin/v1/tag-rules/\(code)", headers: auth),
                    let object = try? answer.json() as? [String: Any], let state = object["state"] as? String {
                     progress.set(RuleWatch(state: state, liveAt: state == "live" ? now() : nil))
+                    if Int(now() - saved) / 30 != Int(now() - saved - 0.25) / 30 {
+                        let scanned = (object["scanned"] as? NSNumber)?.intValue ?? 0
+                        DMPData.log("backfill: \(scanned) scanned in \(Int(now() - saved)) s (\(Int(Double(scanned) / (now() - saved)))/s)")
+                    }
                     if state == "live" { return }
                 }
                 try? await Task.sleep(for: .milliseconds(250))
