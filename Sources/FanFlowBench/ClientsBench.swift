@@ -11,7 +11,7 @@ struct FanFlowBench: AsyncParsableCommand {
         subcommands: [GatewayFigure.self, PipelineFigure.self, PointsRound.self, PointsTable.self, FlashSaleRound.self,
                       FlashSaleTable.self, HTTPLoad.self, SchedulerRound.self, SchedulerTable.self, PushPass.self, PushTable.self,
                       ClientsBench.self, ClientsFixtures.self, ClientsReport.self, FlashSaleRequests.self, WaitDrained.self,
-                      FaultLoad.self, QueueWatch.self, WaitSettled.self, FaultsPhase.self, SelfCheck.self])
+                      FaultLoad.self, QueueWatch.self, WaitSettled.self, FaultsPhase.self, SelfCheck.self, DMPFigure.self])
 }
 
 /// Seconds on a monotonic clock.
