@@ -175,6 +175,10 @@ public struct SegmentStore: Sendable {
         let values = parameters.values
         return try await database.transaction { connection in
             try connection.query("SET LOCAL work_mem = '\(Self.workMemory)'")
+            // Reach over a million members is planned above the JIT threshold; compiling it costs
+            // more than it saves for a statement that runs once (2.1 s on a comparable backfill
+            // step, measured).
+            try connection.query("SET LOCAL jit = off")
             return try connection.query(sql, values)
         }
     }
