@@ -508,13 +508,14 @@ struct DMPRun {
         let match = #"{"all":[{"tag":"dmp-vip"},{"level":{"gte":2}},{"points":{"gte":500}},{"any":[{"app":"\#(DMPData.appB)"},{"not":{"tag":"dmp-churn"}}]}]}"#
         let code = "dmp-reach-\(runTag)"
         // The same expression, counted straight from the tables: a current hold is one without an
-        // expiry or expiring later; level 2 and above of the standard table are silver and gold.
+        // expiry or expiring later; levels rank from 1, the lowest, so level 2 and above of the
+        // standard table are bronze, silver and gold.
         let current = "(t.expires_at IS NULL OR t.expires_at > now())"
         let independent = """
             SELECT count(*) AS n FROM members m
             WHERE m.merged_into IS NULL
               AND EXISTS (SELECT 1 FROM member_tags t WHERE t.member_id = m.id AND t.tag = 'dmp-vip' AND \(current))
-              AND m.level IN ('silver', 'gold') AND m.points >= 500
+              AND m.level IN ('bronze', 'silver', 'gold') AND m.points >= 500
               AND (EXISTS (SELECT 1 FROM member_identities i WHERE i.member_id = m.id AND i.app = '\(DMPData.appB)')
                    OR NOT EXISTS (SELECT 1 FROM member_tags t WHERE t.member_id = m.id AND t.tag = 'dmp-churn' AND \(current)))
             """
