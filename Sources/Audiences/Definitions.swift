@@ -106,3 +106,30 @@ public enum DefinitionLimits {
     /// Live tag rules: each one is matched against every event of its kinds.
     public static let maximumRules = 200
 }
+
+/// A comparison with a bound: an event attribute's number (`{"gte":100}` in conditions), a
+/// member's points or level rank (segments). `eq` is the segments' only: in conditions an equality
+/// is a JSON value's (``EventConditions/Test/equals(_:)``), never a comparison.
+public enum Comparison: String, Sendable, CaseIterable {
+    case gte, gt, lte, lt, eq
+
+    var sql: String {
+        switch self {
+        case .gte: ">="
+        case .gt: ">"
+        case .lte: "<="
+        case .lt: "<"
+        case .eq: "="
+        }
+    }
+
+    func holds<T: Comparable>(_ value: T, _ bound: T) -> Bool {
+        switch self {
+        case .gte: value >= bound
+        case .gt: value > bound
+        case .lte: value <= bound
+        case .lt: value < bound
+        case .eq: value == bound
+        }
+    }
+}

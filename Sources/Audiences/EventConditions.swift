@@ -20,28 +20,6 @@ public struct EventConditions: Sendable, Equatable {
         case compare(Comparison, Double)
     }
 
-    public enum Comparison: String, Sendable, CaseIterable {
-        case gte, gt, lte, lt
-
-        var sql: String {
-            switch self {
-            case .gte: ">="
-            case .gt: ">"
-            case .lte: "<="
-            case .lt: "<"
-            }
-        }
-
-        func holds(_ value: Double, _ bound: Double) -> Bool {
-            switch self {
-            case .gte: value >= bound
-            case .gt: value > bound
-            case .lte: value <= bound
-            case .lt: value < bound
-            }
-        }
-    }
-
     /// Attribute name → every test it must pass; sorted by name so the SQL is stable.
     public let tests: [(attribute: String, tests: [Test])]
 

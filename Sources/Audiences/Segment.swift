@@ -2,37 +2,12 @@ import Contracts
 import Foundation
 import PostgresClient
 
-/// A comparison of a member's number (`points`) or rank (`level`) with a bound.
-public enum SegmentComparison: String, Sendable, CaseIterable {
-    case gte, gt, lte, lt, eq
-
-    var sql: String {
-        switch self {
-        case .gte: ">="
-        case .gt: ">"
-        case .lte: "<="
-        case .lt: "<"
-        case .eq: "="
-        }
-    }
-
-    func holds(_ value: Int64, _ bound: Int64) -> Bool {
-        switch self {
-        case .gte: value >= bound
-        case .gt: value > bound
-        case .lte: value <= bound
-        case .lt: value < bound
-        case .eq: value == bound
-        }
-    }
-}
-
 /// `{"gte":100}`, `{"gte":100,"lt":500}`: every bound must hold. Sorted by operator so the JSON
 /// and the SQL are stable.
 public struct SegmentBounds: Sendable, Equatable {
-    public let bounds: [(comparison: SegmentComparison, value: Int64)]
+    public let bounds: [(comparison: Comparison, value: Int64)]
 
-    public init(_ bounds: [(comparison: SegmentComparison, value: Int64)]) {
+    public init(_ bounds: [(comparison: Comparison, value: Int64)]) {
         self.bounds = bounds.sorted { $0.comparison.rawValue < $1.comparison.rawValue }
     }
 
@@ -146,13 +121,13 @@ public indirect enum SegmentMatch: Sendable, Equatable {
     }
 
     private static func bounds(_ value: JSONValue, path: String, range: ClosedRange<Int64>, what: String) throws(DefinitionProblem) -> SegmentBounds {
-        let names = SegmentComparison.allCases.map(\.rawValue).joined(separator: ", ")
+        let names = Comparison.allCases.map(\.rawValue).joined(separator: ", ")
         guard case .object(let object) = value, !object.isEmpty else {
             throw DefinitionProblem(path, "takes an object of comparisons (\(names)), e.g. {\"gte\":3}")
         }
-        var bounds: [(comparison: SegmentComparison, value: Int64)] = []
+        var bounds: [(comparison: Comparison, value: Int64)] = []
         for key in object.keys.sorted() {
-            guard let comparison = SegmentComparison(rawValue: key) else {
+            guard let comparison = Comparison(rawValue: key) else {
                 throw DefinitionProblem("\(path).\(key)", "unknown comparison \(key); comparisons are \(names)")
             }
             guard let bound = object[key].flatMap(EventCriteria.wholeNumber), range.contains(bound) else {
