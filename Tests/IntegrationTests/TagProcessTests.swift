@@ -24,9 +24,17 @@ struct TagProcessTests {
         guard FileManager.default.isExecutableFile(atPath: SchedulerProcessTests.binary.path) else {
             Issue.record("no fanflow binary at \(SchedulerProcessTests.binary.path): build it first"); return
         }
+        // A database of its own: a pipeline worker relays every outbox row and runs every due job
+        // of its kinds in the database it is given, which on the shared one are other tests'.
+        try await ScratchDatabase.with { _, databaseURL in
+            try await Self.run(databaseURL: databaseURL)
+        }
+    }
+
+    static func run(databaseURL: String) async throws {
         let vhost = "fanflow-tags-" + UUID().uuidString.prefix(8).lowercased()
         let amqpURL = try await SchedulerProcessTests.vhost(vhost)
-        let worker = try FlashSaleProcessTests.start(["worker", "--pool", "pipeline=1"], environment: ["FANFLOW_AMQP_URL": amqpURL],
+        let worker = try FlashSaleProcessTests.start(["worker", "--pool", "pipeline=1"], environment: ["FANFLOW_AMQP_URL": amqpURL, "FANFLOW_DATABASE_URL": databaseURL],
                                                     log: "tags-worker")
         var gateway: Process?
         do {
@@ -34,7 +42,8 @@ struct TagProcessTests {
             for _ in 0..<5 where gateway == nil {
                 let candidate = Int.random(in: 30_000...39_999)
                 let process = try FlashSaleProcessTests.start(["gateway"], environment: [
-                    "FANFLOW_AMQP_URL": amqpURL, "FANFLOW_HTTP_PORT": String(candidate), "FANFLOW_HTTP_HOST": "127.0.0.1"], log: "tags-gateway")
+                    "FANFLOW_AMQP_URL": amqpURL, "FANFLOW_DATABASE_URL": databaseURL, "FANFLOW_HTTP_PORT": String(candidate),
+                    "FANFLOW_HTTP_HOST": "127.0.0.1"], log: "tags-gateway")
                 for _ in 0..<100 where process.isRunning {
                     if (try? await FlashSaleProcessTests.request(port: candidate, .get, "/ready").0) == .ok { gateway = process; port = candidate; break }
                     try await Task.sleep(for: .milliseconds(100))
