@@ -97,13 +97,12 @@ public struct AudienceService: Sendable {
 
     /// The batch's matches, as columns for one statement.
     struct Hits {
-        var rules: [Int64] = [], events: [String] = [], platforms: [String] = [], apps: [String] = [], openids: [String] = []
+        var rules: [Int64] = [], platforms: [String] = [], apps: [String] = [], openids: [String] = []
         var tokenMembers: [Int64] = [], hours: [Int64] = []
         var markedRules: [Int64] = [], markedEvents: [String] = []
 
         mutating func append(rule: Int32, event: String, identity: Identity?, tokenMember: Int64?, hour: Int, marked: Bool) {
             rules.append(Int64(rule))
-            events.append(event)
             platforms.append(identity?.platform.rawValue ?? "")
             apps.append(identity?.app ?? "")
             openids.append(identity?.openid ?? "")

@@ -244,12 +244,12 @@ public indirect enum SegmentMatch: Sendable, Equatable {
 }
 
 extension EventCriteria {
-    /// ``membersSQL(_:)`` for a segment: the same events (verified, of the kinds, meeting the
-    /// conditions, from the same first hour) resolved to the same members, but counted per subject
-    /// first and each subject resolved by an index probe. Measured on 1,000,000 members and
-    /// 3,000,000 events (54,000 of one kind in a week, all by openid): at a segment statement's 64MB
-    /// of work_mem the join of ``membersSQL(_:)`` hashed all 1,433,000 identities (103MB) to resolve
-    /// them; this shape probes 52,669 subjects, and a 4-clause reach took 2.4-3.3 s against
+    /// The members with at least `atLeast` counting events in the window now: verified events of
+    /// the kinds, meeting the conditions, from the window's first hour (as live counting and the
+    /// backfill count them), counted per subject first and each subject resolved by an index probe.
+    /// Measured on 1,000,000 members and 3,000,000 events (54,000 of one kind in a week, all by
+    /// openid): at a segment statement's 64MB of work_mem a join of events to identities hashed all
+    /// 1,433,000 identities (103MB) to resolve them; this shape probes 52,669 subjects, and a 4-clause reach took 2.4-3.3 s against
     /// 3.5-4.4 s for the same statement with the join, run alternately on a machine loaded 6x over
     /// its 2 cores.
     func segmentMembersSQL(_ parameters: inout SQLParameters) -> String {

@@ -71,29 +71,6 @@ public struct EventCriteria: Sendable, Equatable {
         if !conditions.isEmpty { fields["conditions"] = conditions.json }
         return fields
     }
-
-    /// Stored events that count, from `from` on, as `(member_id, occurred_at)` rows: verified
-    /// subjects only, each resolved to the member it is now (a token's member through merges, an
-    /// openid through its identity).
-    func eventsSQL(from: String, extra: String = "TRUE", _ parameters: inout SQLParameters) -> String {
-        let kinds = parameters.add(PostgresArrayOfKinds(kinds))
-        let conditions = conditions.sql("e.attributes", &parameters)
-        return """
-            SELECT CASE WHEN e.member_id IS NOT NULL THEN member_survivor(e.member_id) ELSE i.member_id END AS member_id,
-                   e.occurred_at, e.id
-            FROM events e
-            LEFT JOIN member_identities i ON e.member_id IS NULL AND i.platform = e.platform AND i.app = e.app AND i.openid = e.openid
-            WHERE e.verified AND e.kind = ANY(\(kinds)::text[]) AND e.occurred_at >= \(from) AND (\(conditions)) AND (\(extra))
-            """
-    }
-
-    /// Members with at least `atLeast` counting events in the window at the statement's time.
-    func membersSQL(_ parameters: inout SQLParameters) -> String {
-        let hours = parameters.add(Int64(within.hours))
-        let from = "to_timestamp((floor(extract(epoch FROM now()) / 3600) - \(hours)) * 3600)"
-        let events = eventsSQL(from: from, &parameters)
-        return "SELECT member_id FROM (\(events)) x WHERE member_id IS NOT NULL GROUP BY member_id HAVING count(*) >= \(parameters.add(Int64(atLeast)))"
-    }
 }
 
 /// A tag rule (`PUT /admin/v1/tag-rules/{code}`): a member has `tag` while they have at least
